@@ -1,0 +1,10 @@
+"""GitOps core: read the config repo at a commit, build the desired state, plan, record history.
+
+Stages, each its own module: ``repository`` (the only pygit2 user) → ``parsing`` and
+``schemas`` (files) → ``checking`` (across files) → ``building`` + ``merging`` (model)
+→ ``loading`` (the orchestrator with its caches) → ``planning`` and ``policy`` (pure
+decisions) → ``rendering`` (output) and ``history`` (state ref and notes).
+
+Only ``repository``, ``loading``, ``history`` and ``scaffolding`` touch Git; everything
+else here is pure and must stay so (see the import-linter contracts).
+"""

@@ -1,0 +1,257 @@
+"""Deployment history kept in Git: the state ref and notes.
+
+- ``refs/quicflow/state``: one commit per finished run. Its tree holds one JSON file per
+  project/environment (``<project>/<env>.json``, under the config subdirectory's path
+  when the config lives in a subdirectory). ``version`` in a file only ever names a
+  release that fully succeeded; failed attempts and pins are recorded beside it.
+- ``refs/notes/quicflow``: each run's outcome as a line of the note on the config commit
+  it applied, so ``git log --notes=quicflow`` shows what each change did.
+
+Both are pushed to the config repo's remote when one is configured (``push=True``) and
+fetched explicitly by readers; reading the state ref is how the planner learns what is
+deployed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.gitops.planning import Attempt, DeployedRecord, Pin
+from reconciler.gitops.repository import NOTES_REF, STATE_REF, CommitInfo, GitRepository
+
+FORMAT = 1
+SUCCEEDED = "succeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """What a finished run did, as history records it."""
+
+    run_id: str
+    project: str
+    env: str
+    config_commit: str
+    version: str
+    config_hash: str
+    outcome: str  # succeeded | failed | rolled_back | cancelled | interrupted | pinned
+    strategy: str = ""
+    trigger: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    image_digest: str | None = None
+    targets: tuple[str, ...] = ()
+    previous_version: str | None = None
+    error: str = ""
+    forced: bool = False
+    pin: Pin | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One state commit that changed a project/environment, with the record it wrote."""
+
+    commit: CommitInfo
+    record: DeployedRecord | None
+
+
+@dataclass(slots=True)
+class _Cache:
+    commit: str | None = None
+    records: dict[tuple[str, str], DeployedRecord] = field(default_factory=dict)
+    trees: dict[str, dict[tuple[str, str], DeployedRecord]] = field(default_factory=dict)
+
+
+class History:
+    """Reads and writes the deployment history of one config repo."""
+
+    def __init__(self, repo: GitRepository, push: bool = False):
+        self.repo = repo
+        self.push = push
+        self._cache = _Cache()
+
+    # -- reading -----------------------------------------------------------------
+
+    def state_commit(self) -> str | None:
+        return self.repo.ref_target(STATE_REF)
+
+    def deployed(self) -> tuple[str | None, dict[tuple[str, str], DeployedRecord]]:
+        """(state commit, records) — reused while the state ref has not moved."""
+        head = self.state_commit()
+        if head == self._cache.commit and head is not None:
+            return head, self._cache.records
+        records: dict[tuple[str, str], DeployedRecord] = {}
+        trees: dict[str, dict[tuple[str, str], DeployedRecord]] = {}
+        root = self._state_root(head) if head else None
+        if root is not None:
+            for project in self.repo.entries(root):
+                if not project.is_tree:
+                    continue
+                # One subtree per project: unchanged projects reuse their parsed records.
+                found = self._cache.trees.get(project.id)
+                if found is None:
+                    found = {}
+                    for entry in self.repo.entries(project.id):
+                        if entry.name.endswith(".json") and not entry.is_tree:
+                            record = parse_record(self.repo.blob(entry.id))
+                            if record is not None:
+                                found[record.key] = record
+                trees[project.id] = found
+                records.update(found)
+        self._cache = _Cache(head, records, trees)
+        return head, records
+
+    def record(self, project: str, env: str) -> DeployedRecord | None:
+        return self.deployed()[1].get((project, env))
+
+    def entries(self, project: str, env: str, limit: int | None = 50) -> Iterator[HistoryEntry]:
+        """State commits that changed ``project/env``, newest first."""
+        for commit, data in self.repo.file_history(STATE_REF, self._path(project, env), limit):
+            yield HistoryEntry(commit, parse_record(data) if data is not None else None)
+
+    def note(self, config_commit: str) -> str | None:
+        return self.repo.read_note(config_commit, NOTES_REF)
+
+    # -- writing -----------------------------------------------------------------
+
+    def record_run(self, outcome: RunOutcome) -> str:
+        """Write the run's state commit and note; push both when configured. Returns the state commit."""
+        previous = self.record(outcome.project, outcome.env)
+        record = next_record(previous, outcome)
+        message = _commit_message(outcome, previous)
+        state_commit = self.repo.commit_files(
+            STATE_REF, {self._path(outcome.project, outcome.env): render_record(record)}, message
+        )
+        existing = self.repo.read_note(outcome.config_commit) or ""
+        line = note_line(outcome, previous)
+        if line not in existing.splitlines():
+            text = (existing.rstrip("\n") + "\n" + line if existing.strip() else line) + "\n"
+            self.repo.write_note(outcome.config_commit, text)
+        if self.push:
+            self.repo.push_history()
+        return state_commit
+
+    # -- paths -------------------------------------------------------------------
+
+    def _path(self, project: str, env: str) -> str:
+        prefix = f"{self.repo.subdir}/" if self.repo.subdir else ""
+        return f"{prefix}{project}/{env}.json"
+
+    def _state_root(self, commit: str) -> str | None:
+        root = self.repo.root_tree_of_commit(commit)
+        for part in [p for p in self.repo.subdir.split("/") if p]:
+            entry = {e.name: e for e in self.repo.entries(root)}.get(part)
+            if entry is None or not entry.is_tree:
+                return None
+            root = entry.id
+        return root
+
+
+def next_record(previous: DeployedRecord | None, outcome: RunOutcome) -> DeployedRecord:
+    """The state file after ``outcome``: only a success (or a pin) changes the version."""
+    if outcome.outcome == SUCCEEDED or outcome.pin is not None:
+        return DeployedRecord(
+            project=outcome.project, env=outcome.env, version=outcome.version,
+            config_hash=outcome.config_hash, config_commit=outcome.config_commit,
+            image_digest=outcome.image_digest, strategy=outcome.strategy, outcome=outcome.outcome,
+            run_id=outcome.run_id, started_at=outcome.started_at, finished_at=outcome.finished_at,
+            targets=outcome.targets, last_failure=None, pin=outcome.pin,
+        )
+    base = previous or DeployedRecord(outcome.project, outcome.env, None)
+    failure = Attempt(outcome.version, outcome.config_hash, outcome.outcome, outcome.run_id)
+    return DeployedRecord(
+        project=base.project, env=base.env, version=base.version, config_hash=base.config_hash,
+        config_commit=base.config_commit, image_digest=base.image_digest, strategy=base.strategy,
+        outcome=base.outcome, run_id=base.run_id, started_at=base.started_at,
+        finished_at=base.finished_at, targets=base.targets, last_failure=failure, pin=base.pin,
+    )
+
+
+def render_record(record: DeployedRecord) -> bytes:
+    """The state file's bytes: stable, sorted JSON."""
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "project": record.project,
+        "environment": record.env,
+        "version": record.version,
+        "config_hash": record.config_hash,
+        "config_commit": record.config_commit,
+        "image_digest": record.image_digest,
+        "strategy": record.strategy,
+        "outcome": record.outcome,
+        "run_id": record.run_id,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "targets": list(record.targets),
+        "last_failure": None if record.last_failure is None else {
+            "version": record.last_failure.version, "config_hash": record.last_failure.config_hash,
+            "outcome": record.last_failure.outcome, "run_id": record.last_failure.run_id,
+        },
+        "pin": None if record.pin is None else {
+            "version": record.pin.version, "desired_version": record.pin.desired_version,
+            "desired_hash": record.pin.desired_hash,
+        },
+    }
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def parse_record(data: bytes) -> DeployedRecord | None:
+    """A state file's record; None for a file this version cannot read."""
+    try:
+        raw: Mapping[str, Any] = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        return None
+    failure = raw.get("last_failure")
+    pin = raw.get("pin")
+    return DeployedRecord(
+        project=raw["project"], env=raw["environment"], version=raw.get("version"),
+        config_hash=raw.get("config_hash", ""), config_commit=raw.get("config_commit", ""),
+        image_digest=raw.get("image_digest"), strategy=raw.get("strategy", ""),
+        outcome=raw.get("outcome", ""), run_id=raw.get("run_id", ""),
+        started_at=raw.get("started_at", ""), finished_at=raw.get("finished_at", ""),
+        targets=tuple(raw.get("targets", ())),
+        last_failure=Attempt(failure["version"], failure["config_hash"], failure["outcome"],
+                             failure.get("run_id", "")) if failure else None,
+        pin=Pin(pin["version"], pin["desired_version"], pin["desired_hash"]) if pin else None,
+    )
+
+
+def note_line(outcome: RunOutcome, previous: DeployedRecord | None) -> str:
+    """One line of the note on the config commit: what this run did."""
+    before = (previous.version if previous else None) or "nothing"
+    extra = []
+    if outcome.strategy:
+        extra.append(outcome.strategy)
+    if outcome.targets:
+        extra.append(f"{len(outcome.targets)} target{'s' if len(outcome.targets) != 1 else ''}")
+    if outcome.trigger:
+        extra.append(f"trigger {outcome.trigger}")
+    if outcome.forced:
+        extra.append("forced outside release window")
+    if outcome.error:
+        extra.append(f"error: {outcome.error.splitlines()[0][:200]}")
+    return (f"quicflow run {outcome.run_id}: {outcome.project}/{outcome.env} {before} -> {outcome.version} "
+            f"{outcome.outcome} at {outcome.finished_at} ({'; '.join(extra)})")
+
+
+def _commit_message(outcome: RunOutcome, previous: DeployedRecord | None) -> str:
+    before = (previous.version if previous else None) or "nothing"
+    lines = [
+        f"{outcome.project}/{outcome.env}: {before} -> {outcome.version} {outcome.outcome}",
+        "",
+        f"Run: {outcome.run_id}",
+        f"Config-Commit: {outcome.config_commit}",
+        f"Trigger: {outcome.trigger or 'unknown'}",
+        f"Strategy: {outcome.strategy}",
+    ]
+    if outcome.forced:
+        lines.append("Forced: outside release window")
+    if outcome.pin is not None:
+        lines.append(f"Pinned: {outcome.pin.version} until the environment changes in Git")
+    if outcome.error:
+        lines.append(f"Error: {outcome.error.splitlines()[0][:500]}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,372 @@
+"""The Git adapter: the one module of QUIC-Flow that imports pygit2.
+
+Everything the reconciler does with Git goes through ``GitRepository``: opening a
+local repository (or a subdirectory of one), mirroring a remote URL into a cache
+directory, resolving revisions, reading trees and blobs of a commit (never a working
+copy), writing commits on our own refs and notes, fetching and pushing those refs.
+The calls are blocking; async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pygit2
+
+from reconciler.errors import SourceError
+
+STATE_REF = "refs/quicflow/state"
+NOTES_REF = "refs/notes/quicflow"
+# Default refspecs carry neither our state ref nor our notes: fetch them explicitly.
+HISTORY_REFSPECS = (f"+{STATE_REF}:{STATE_REF}", f"+{NOTES_REF}:{NOTES_REF}")
+_REMOTE_URL = re.compile(r"^(file|git|https?|ssh)://")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """The parts of a commit that the planner, history and CLI show."""
+
+    id: str
+    author_name: str
+    author_email: str
+    message: str
+    time: int
+    parents: tuple[str, ...]
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:10]
+
+    @property
+    def summary(self) -> str:
+        return self.message.strip().splitlines()[0] if self.message.strip() else ""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    """One entry of a Git tree."""
+
+    name: str
+    id: str
+    is_tree: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who writes our commits and notes."""
+
+    name: str = "quicflow"
+    email: str = "quicflow@localhost"
+
+
+def is_remote_url(location: str) -> bool:
+    """True when ``location`` names a remote repository rather than a local path."""
+    return bool(_REMOTE_URL.match(location))
+
+
+def redact_url(url: str) -> str:
+    """The URL without any user-info, safe for logs and errors."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return url
+
+
+class _Callbacks(pygit2.RemoteCallbacks):
+    """Credentials for HTTP(S) remotes: a token (user 'x-access-token' unless given)."""
+
+    def __init__(self, username: str | None, token: str | None):
+        super().__init__()
+        self._username = username
+        self._token = token
+        self._tries = 0
+
+    def credentials(self, url, username_from_url, allowed_types):  # noqa: ANN001
+        # libgit2 keeps asking when credentials are refused; give up after one try
+        # so a bad token fails fast instead of looping.
+        self._tries += 1
+        if self._tries > 1 or self._token is None:
+            return None
+        user = self._username or username_from_url or "x-access-token"
+        return pygit2.UserPass(user, self._token)
+
+
+class GitRepository:
+    """A Git repository the reconciler reads from and records history in."""
+
+    def __init__(self, repo: pygit2.Repository, subdir: str = "", remote_url: str | None = None):
+        self._repo = repo
+        self.subdir = subdir.strip("/")
+        self.remote_url = remote_url
+        self._username: str | None = None
+        self._token: str | None = None
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str], cache_dir: Path | None = None,
+             token: str | None = None, username: str | None = None) -> GitRepository:
+        """Open a local path (possibly a subdirectory of a repository) or mirror a URL."""
+        text = os.fspath(location)
+        if is_remote_url(text):
+            return cls.mirror(text, cache_dir or Path(".quicflow") / "repos", token, username)
+        path = Path(text).resolve()
+        if not path.exists():
+            raise SourceError(f"{text}: no such directory")
+        found = pygit2.discover_repository(str(path))
+        if found is None:
+            raise SourceError(f"{text}: not inside a Git repository (run 'git init' or pass --repo)")
+        repo = pygit2.Repository(found)
+        top = Path(repo.workdir).resolve() if repo.workdir else Path(repo.path).resolve()
+        subdir = "" if repo.is_bare else path.relative_to(top).as_posix()
+        return cls(repo, "" if subdir == "." else subdir)
+
+    @classmethod
+    def mirror(cls, url: str, cache_dir: Path, token: str | None = None,
+               username: str | None = None) -> GitRepository:
+        """Clone ``url`` bare into ``cache_dir`` (or reuse the clone) and fetch it."""
+        # The URL may end with '//subdir' to name a config subtree, as in Kustomize.
+        subdir = ""
+        scheme_end = url.find("://") + 3
+        if "//" in url[scheme_end:]:
+            url, subdir = url[:scheme_end] + url[scheme_end:].split("//", 1)[0], \
+                url[scheme_end:].split("//", 1)[1]
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(redact_url(url).encode()).hexdigest()[:16]
+        path = cache_dir / f"{key}.git"
+        if (path / "HEAD").exists():
+            repo = pygit2.Repository(str(path))
+        else:
+            repo = pygit2.init_repository(str(path), bare=True)
+            repo.remotes.create("origin", url, "+refs/heads/*:refs/heads/*")
+        self = cls(repo, subdir, remote_url=url)
+        self._username, self._token = username, token
+        self.fetch()
+        return self
+
+    @classmethod
+    def create(cls, path: Path, files: Mapping[str, bytes], message: str,
+               identity: Identity = Identity()) -> tuple[GitRepository, str]:
+        """A new repository at ``path`` whose first commit on ``main`` holds ``files``."""
+        repo = pygit2.init_repository(str(path), initial_head="main")
+        self = cls(repo)
+        commit = self.commit_files("refs/heads/main", files, message, identity)
+        repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)
+        return self, commit
+
+    @staticmethod
+    def inside_repository(path: Path) -> bool:
+        """True when ``path`` is inside an existing Git work tree."""
+        return pygit2.discover_repository(str(path)) is not None
+
+    # -- remotes -----------------------------------------------------------------
+
+    def _remote(self) -> pygit2.Remote | None:
+        try:
+            return self._repo.remotes["origin"]
+        except KeyError:
+            return None
+
+    @property
+    def has_remote(self) -> bool:
+        return self._remote() is not None
+
+    def fetch(self, include_history: bool = True) -> None:
+        """Fetch branches and tags (mirrors) and always our state ref and notes."""
+        remote = self._remote()
+        if remote is None:
+            return
+        specs: list[str] = []
+        if self.remote_url is not None:
+            specs += ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+        else:
+            specs += [s for s in remote.fetch_refspecs]
+        if include_history:
+            specs += list(HISTORY_REFSPECS)
+        try:
+            remote.fetch(specs, callbacks=_Callbacks(self._username, self._token))
+        except pygit2.GitError as exc:
+            # A remote without our refs yet is normal; anything else is a real failure.
+            message = str(exc)
+            if include_history and "couldn't find remote ref" in message:
+                remote.fetch(specs[:-2] or None, callbacks=_Callbacks(self._username, self._token))
+                self._fetch_history_refs_one_by_one(remote)
+                return
+            raise SourceError(f"fetch from {redact_url(remote.url or '')} failed: {message}") from None
+
+    def _fetch_history_refs_one_by_one(self, remote: pygit2.Remote) -> None:
+        for spec in HISTORY_REFSPECS:
+            try:
+                remote.fetch([spec], callbacks=_Callbacks(self._username, self._token))
+            except pygit2.GitError:
+                continue
+
+    def push_history(self) -> None:
+        """Push our state ref and notes to the remote, when there is one."""
+        remote = self._remote()
+        if remote is None:
+            return
+        specs = [f"{ref}:{ref}" for ref in (STATE_REF, NOTES_REF) if self.ref_target(ref)]
+        if not specs:
+            return
+        try:
+            remote.push(specs, callbacks=_Callbacks(self._username, self._token))
+        except pygit2.GitError as exc:
+            raise SourceError(f"push to {redact_url(remote.url or '')} failed: {exc}") from None
+
+    # -- reading -----------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self._repo.path
+
+    def resolve(self, rev: str) -> str:
+        """The commit id that ``rev`` names."""
+        try:
+            obj = self._repo.revparse_single(rev)
+            return str(obj.peel(pygit2.Commit).id)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            raise SourceError(f"unknown revision {rev!r}") from None
+
+    def ref_target(self, ref: str) -> str | None:
+        """The commit a ref points at, or None when it does not exist."""
+        try:
+            return str(self._repo.references[ref].peel(pygit2.Commit).id)
+        except (KeyError, pygit2.InvalidSpecError):
+            return None
+
+    def commit(self, commit_id: str) -> CommitInfo:
+        """Metadata of a commit."""
+        c = self._repo[commit_id]
+        return CommitInfo(
+            id=str(c.id), author_name=c.author.name, author_email=c.author.email,
+            message=c.message, time=c.commit_time, parents=tuple(str(p) for p in c.parent_ids),
+        )
+
+    def commits_between(self, base: str | None, head: str) -> list[CommitInfo]:
+        """Commits reachable from ``head`` but not from ``base``, oldest first."""
+        walker = self._repo.walk(pygit2.Oid(hex=head), pygit2.enums.SortMode.TOPOLOGICAL)
+        if base:
+            walker.hide(pygit2.Oid(hex=base))
+        return [self.commit(str(c.id)) for c in walker][::-1]
+
+    def root_tree(self, commit_id: str) -> str | None:
+        """The tree id of the configured subdirectory at a commit (None if absent)."""
+        tree = self._repo[commit_id].peel(pygit2.Commit).tree
+        if not self.subdir:
+            return str(tree.id)
+        try:
+            entry = tree[self.subdir]
+        except KeyError:
+            return None
+        return str(entry.id) if entry.type_str == "tree" else None
+
+    def root_tree_of_commit(self, commit_id: str) -> str:
+        """The whole repository's tree id at a commit (ignoring the config subdirectory)."""
+        return str(self._repo[commit_id].peel(pygit2.Commit).tree.id)
+
+    def entries(self, tree_id: str) -> list[TreeEntry]:
+        """The entries of a tree."""
+        tree = self._repo[tree_id]
+        return [TreeEntry(e.name, str(e.id), e.type_str == "tree") for e in tree]
+
+    def blob(self, blob_id: str) -> bytes:
+        """The contents of a blob."""
+        return self._repo[blob_id].data
+
+    def changed_paths(self, old_commit: str, new_commit: str) -> list[str]:
+        """Paths that differ between two commits (whole repository, POSIX paths)."""
+        old = self._repo[old_commit].peel(pygit2.Commit).tree
+        new = self._repo[new_commit].peel(pygit2.Commit).tree
+        diff = old.diff_to_tree(new)
+        paths = []
+        for delta in diff.deltas:
+            paths.append(delta.new_file.path)
+            if delta.old_file.path != delta.new_file.path:
+                paths.append(delta.old_file.path)
+        return paths
+
+    def file_history(self, ref: str, path: str, limit: int | None = None) -> Iterator[tuple[CommitInfo, bytes | None]]:
+        """Commits on ``ref`` that changed ``path``, newest first, with the file's content."""
+        target = self.ref_target(ref)
+        if target is None:
+            return
+        found = 0
+        # Topological: a child before its parents, so newest first even within one second.
+        for c in self._repo.walk(pygit2.Oid(hex=target), pygit2.enums.SortMode.TOPOLOGICAL):
+            mine = _blob_id_at(c.tree, path)
+            parent = _blob_id_at(c.parents[0].tree, path) if c.parents else None
+            if mine != parent:
+                data = self._repo[mine].data if mine else None
+                yield self.commit(str(c.id)), data
+                found += 1
+                if limit is not None and found >= limit:
+                    return
+
+    # -- writing -----------------------------------------------------------------
+
+    def commit_files(self, ref: str, files: Mapping[str, bytes | None], message: str,
+                     identity: Identity = Identity()) -> str:
+        """Commit ``files`` (path → content, None deletes) on top of ``ref``; return the id."""
+        parent = self.ref_target(ref)
+        index = pygit2.Index()
+        if parent is not None:
+            index.read_tree(self._repo[parent].peel(pygit2.Commit).tree)
+        for path, content in files.items():
+            if content is None:
+                if path in index:
+                    index.remove(path)
+                continue
+            oid = self._repo.create_blob(content)
+            index.add(pygit2.IndexEntry(path, oid, pygit2.enums.FileMode.BLOB))
+        tree = index.write_tree(self._repo)
+        sig = _signature(identity)
+        parents = [pygit2.Oid(hex=parent)] if parent else []
+        return str(self._repo.create_commit(ref, sig, sig, message, tree, parents))
+
+    def read_note(self, commit_id: str, ref: str = NOTES_REF) -> str | None:
+        """The note attached to a commit under ``ref``, if any."""
+        try:
+            return self._repo.lookup_note(commit_id, ref).message
+        except KeyError:
+            return None
+
+    def write_note(self, commit_id: str, text: str, ref: str = NOTES_REF,
+                   identity: Identity = Identity()) -> None:
+        """Attach (replace) the note of a commit under ``ref``."""
+        sig = _signature(identity)
+        self._repo.create_note(text, sig, sig, commit_id, ref, True)
+
+    def update_file_on_branch(self, branch: str, path: str, content: bytes, message: str,
+                              identity: Identity = Identity()) -> str:
+        """Commit one changed file on a branch (used by rollback-by-revert and image automation)."""
+        full = f"{self.subdir}/{path}" if self.subdir else path
+        ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+        return self.commit_files(ref, {full: content}, message, identity)
+
+
+def _blob_id_at(tree: pygit2.Tree, path: str) -> pygit2.Oid | None:
+    try:
+        return tree[path].id
+    except KeyError:
+        return None
+
+
+def _signature(identity: Identity) -> pygit2.Signature:
+    return pygit2.Signature(identity.name, identity.email, int(time.time()), 0)
+
+
+def short(commit_id: str | None) -> str:
+    """A commit id shortened for people."""
+    return (commit_id or "")[:10]
+
