@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from reconciler.credential.commands import secrets_group
 from reconciler.errors import QuicFlowError, SourceError
 from reconciler.gitops import history as history_mod
 from reconciler.gitops import loading, planning, policy, rendering, scaffolding
@@ -55,25 +56,53 @@ def validate(repo: str, rev: str) -> None:
         desired = result.desired
         assert desired is not None
         envs = sum(len(p.environments) for p in desired.projects.values())
-        click.echo(f"valid: {len(desired.projects)} projects, {envs} environments at {result.commit[:10]}")
+        click.echo(
+            f"valid: {len(desired.projects)} projects, {envs} environments at {result.commit[:10]}"
+        )
         return
     for problem in result.problems:
         click.echo(str(problem), err=True)
-    click.echo(f"{len(result.problems)} problem{'s' if len(result.problems) != 1 else ''} "
-               f"at {result.commit[:10]}", err=True)
+    click.echo(
+        f"{len(result.problems)} problem{'s' if len(result.problems) != 1 else ''} "
+        f"at {result.commit[:10]}",
+        err=True,
+    )
     sys.exit(1)
 
 
 @main.command()
 @click.option("--repo", default=".", show_default=True, help=REPO_HELP)
-@click.option("--base", default=None, help="Base revision of a change (e.g. origin/main): adds the roles it needs.")
-@click.option("--head", default="HEAD", show_default=True, help="Revision whose desired state is planned.")
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@click.option(
+    "--base",
+    default=None,
+    help="Base revision of a change (e.g. origin/main): adds the roles it needs.",
+)
+@click.option(
+    "--head", default="HEAD", show_default=True, help="Revision whose desired state is planned."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error."
+)
 @click.option("--only", default=None, metavar="PROJECT[/ENV]", help="Restrict the plan.")
-@click.option("--verbose", "-v", is_flag=True, help="Also list unchanged environments (text format).")
-def plan(repo: str, base: str | None, head: str, fmt: str, detailed_exitcode: bool,
-         only: str | None, verbose: bool) -> None:
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Also list unchanged environments (text format)."
+)
+def plan(
+    repo: str,
+    base: str | None,
+    head: str,
+    fmt: str,
+    detailed_exitcode: bool,
+    only: str | None,
+    verbose: bool,
+) -> None:
     """Show what would roll out, where and how — and, with --base, who may merge it."""
     try:
         git = _open(repo)
@@ -93,8 +122,10 @@ def plan(repo: str, base: str | None, head: str, fmt: str, detailed_exitcode: bo
         if base is not None:
             base_result = loader.load(base)
             base_desired = base_result.desired  # an invalid base is judged as if empty
-            authors = [(c.author_name, c.author_email)
-                       for c in git.commits_between(git.resolve(base), head_result.commit)]
+            authors = [
+                (c.author_name, c.author_email)
+                for c in git.commits_between(git.resolve(base), head_result.commit)
+            ]
             report = policy.report(base_desired, desired, authors)
     except QuicFlowError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -116,7 +147,9 @@ def plan(repo: str, base: str | None, head: str, fmt: str, detailed_exitcode: bo
 @click.argument("project")
 @click.argument("env")
 @click.option("--repo", default=".", show_default=True, help=REPO_HELP)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.option("--limit", default=50, show_default=True, help="Newest entries to show.")
 def history(project: str, env: str, repo: str, fmt: str, limit: int) -> None:
     """Deployment history of one project/environment, from the state ref."""
@@ -129,15 +162,25 @@ def history(project: str, env: str, repo: str, fmt: str, limit: int) -> None:
         out = []
         for e in entries:
             r = e.record
-            out.append({
-                "state_commit": e.commit.id, "time": e.commit.time, "summary": e.commit.summary,
-                "version": r.version if r else None, "outcome": r.outcome if r else None,
-                "config_commit": r.config_commit if r else None, "run_id": r.run_id if r else None,
-                "last_failure": None if not r or not r.last_failure else {
-                    "version": r.last_failure.version, "outcome": r.last_failure.outcome,
-                    "run_id": r.last_failure.run_id},
-                "pinned": bool(r and r.pin),
-            })
+            out.append(
+                {
+                    "state_commit": e.commit.id,
+                    "time": e.commit.time,
+                    "summary": e.commit.summary,
+                    "version": r.version if r else None,
+                    "outcome": r.outcome if r else None,
+                    "config_commit": r.config_commit if r else None,
+                    "run_id": r.run_id if r else None,
+                    "last_failure": None
+                    if not r or not r.last_failure
+                    else {
+                        "version": r.last_failure.version,
+                        "outcome": r.last_failure.outcome,
+                        "run_id": r.last_failure.run_id,
+                    },
+                    "pinned": bool(r and r.pin),
+                }
+            )
         click.echo(json.dumps({"project": project, "environment": env, "entries": out}, indent=2))
         return
     if not entries:
@@ -146,7 +189,9 @@ def history(project: str, env: str, repo: str, fmt: str, limit: int) -> None:
     for e in entries:
         r = e.record
         deployed = f"deployed {r.version}" if r and r.version else "nothing deployed"
-        click.echo(f"{e.commit.short_id}  {e.commit.summary}  [{deployed}; config {(r.config_commit if r else '')[:10]}]")
+        click.echo(
+            f"{e.commit.short_id}  {e.commit.summary}  [{deployed}; config {(r.config_commit if r else '')[:10]}]"
+        )
 
 
 @main.command()
@@ -172,19 +217,22 @@ def _add_optional_commands() -> None:
     for module, names in (
         ("reconciler.hub.commands", ("hub", "agent_token")),
         ("agent.cli", ("agent",)),
-        ("reconciler.credential.commands", ("secrets",)),
     ):
         try:
             mod = importlib.import_module(module)
         except ImportError:
             continue
         for name in names:
-            command = getattr(mod, name, None) or getattr(mod, f"{name}_command", None) \
+            command = (
+                getattr(mod, name, None)
+                or getattr(mod, f"{name}_command", None)
                 or getattr(mod, f"{name}_group", None)
+            )
             if isinstance(command, click.Command):
                 main.add_command(command)
 
 
+main.add_command(secrets_group)
 _add_optional_commands()
 
 __all__ = ["main", "redact_url"]

@@ -14,7 +14,9 @@ EXAMPLE = ROOT / "examples" / "config-repo"
 def git(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
     """Run git in ``cwd`` and return stdout (raises on failure)."""
     full_env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(cwd), **(env or {})}
-    out = subprocess.run(["git", *args], cwd=cwd, env=full_env, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, env=full_env, check=True, capture_output=True, text=True
+    )
     return out.stdout.strip()
 
 
@@ -36,13 +38,21 @@ class ConfigRepo:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)
 
-    def commit(self, files: Mapping[str, str | None] | None = None, message: str = "change",
-               author: tuple[str, str] = ("Alice Admin", "alice@example.com")) -> str:
+    def commit(
+        self,
+        files: Mapping[str, str | None] | None = None,
+        message: str = "change",
+        author: tuple[str, str] = ("Alice Admin", "alice@example.com"),
+    ) -> str:
         """Write ``files`` (None deletes), commit everything, return the commit id."""
         self.write(files or {})
         name, email = author
-        env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
-               "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+        env = {
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+        }
         git(self.path, "add", "-A")
         git(self.path, "commit", "-q", "--allow-empty", "-m", message, env=env)
         return git(self.path, "rev-parse", "HEAD")

@@ -20,10 +20,19 @@ from reconciler.durations import parse_duration
 from reconciler.gitops import merging, model
 
 _TIERS = {
-    "prod": "prod", "production": "prod", "prd": "prod", "live": "prod",
-    "staging": "staging", "stage": "staging", "stg": "staging", "preprod": "staging",
-    "pre-prod": "staging", "uat": "staging",
-    "test": "test", "testing": "test", "qa": "test",
+    "prod": "prod",
+    "production": "prod",
+    "prd": "prod",
+    "live": "prod",
+    "staging": "staging",
+    "stage": "staging",
+    "stg": "staging",
+    "preprod": "staging",
+    "pre-prod": "staging",
+    "uat": "staging",
+    "test": "test",
+    "testing": "test",
+    "qa": "test",
 }
 
 DEFAULT_STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
@@ -70,9 +79,12 @@ def settings(raw: Mapping[str, Any] | None) -> model.Settings:
         quic_listen=raw.get("quic", {}).get("listen", "0.0.0.0:4433"),
         store=merging.freeze(merging.merge({"backend": "sqlite"}, raw.get("store"))),
         logs=merging.freeze(merging.merge({"backend": "local"}, raw.get("logs"))),
-        features=merging.freeze(merging.merge(
-            {"build": True, "webhooks": True, "schedules": True, "victoria_logs": False},
-            raw.get("features"))),
+        features=merging.freeze(
+            merging.merge(
+                {"build": True, "webhooks": True, "schedules": True, "victoria_logs": False},
+                raw.get("features"),
+            )
+        ),
         max_concurrent_builds=raw.get("builds", {}).get("max_concurrent", 2),
         config_webhook=merging.freeze(raw["config_webhook"]) if "config_webhook" in raw else None,
     )
@@ -80,44 +92,66 @@ def settings(raw: Mapping[str, Any] | None) -> model.Settings:
 
 def users(raw: list[Mapping[str, Any]]) -> dict[str, model.User]:
     return {
-        u["username"]: model.User(u["username"], u["email"], u.get("display_name", ""),
-                                  u.get("is_admin", False))
+        u["username"]: model.User(
+            u["username"], u["email"], u.get("display_name", ""), u.get("is_admin", False)
+        )
         for u in raw
     }
 
 
 def agents(raw: list[Mapping[str, Any]] | None) -> dict[str, model.Agent]:
     return {
-        a["name"]: model.Agent(a["name"], merging.freeze(a.get("labels", {})), a.get("address"),
-                               a.get("description", ""))
+        a["name"]: model.Agent(
+            a["name"],
+            merging.freeze(a.get("labels", {})),
+            a.get("address"),
+            a.get("description", ""),
+        )
         for a in raw or []
     }
 
 
-def callbacks(raw: list[Mapping[str, Any]] | None, project: str | None) -> tuple[model.Callback, ...]:
+def callbacks(
+    raw: list[Mapping[str, Any]] | None, project: str | None
+) -> tuple[model.Callback, ...]:
     return tuple(
         model.Callback(
-            name=c["name"], type=c["type"], url=c["url"], events=tuple(c.get("events", ())),
-            secret=c.get("secret"), format=c.get("format"), template=c.get("template"),
-            retry=merging.freeze({
-                "attempts": c.get("retry", {}).get("attempts", 3),
-                "backoff": parse_duration(c.get("retry", {}).get("backoff"), 2.0),
-                "max_backoff": parse_duration(c.get("retry", {}).get("max_backoff"), 60.0),
-                "timeout": parse_duration(c.get("retry", {}).get("timeout"), 10.0),
-            }),
-            enabled=c.get("enabled", True), project=project,
+            name=c["name"],
+            type=c["type"],
+            url=c["url"],
+            events=tuple(c.get("events", ())),
+            secret=c.get("secret"),
+            format=c.get("format"),
+            template=c.get("template"),
+            retry=merging.freeze(
+                {
+                    "attempts": c.get("retry", {}).get("attempts", 3),
+                    "backoff": parse_duration(c.get("retry", {}).get("backoff"), 2.0),
+                    "max_backoff": parse_duration(c.get("retry", {}).get("max_backoff"), 60.0),
+                    "timeout": parse_duration(c.get("retry", {}).get("timeout"), 10.0),
+                }
+            ),
+            enabled=c.get("enabled", True),
+            project=project,
         )
         for c in raw or []
     )
 
 
-def alert_rules(raw: list[Mapping[str, Any]] | None, project: str | None) -> tuple[model.AlertRule, ...]:
+def alert_rules(
+    raw: list[Mapping[str, Any]] | None, project: str | None
+) -> tuple[model.AlertRule, ...]:
     return tuple(
         model.AlertRule(
-            name=r["name"], event=r["event"], callbacks=tuple(r["callbacks"]),
-            environment=r.get("environment", "all"), severity=r.get("severity", "warning"),
-            mode=r.get("mode", "immediate"), window=parse_duration(r.get("window")),
-            enabled=r.get("enabled", True), project=project,
+            name=r["name"],
+            event=r["event"],
+            callbacks=tuple(r["callbacks"]),
+            environment=r.get("environment", "all"),
+            severity=r.get("severity", "warning"),
+            mode=r.get("mode", "immediate"),
+            window=parse_duration(r.get("window")),
+            enabled=r.get("enabled", True),
+            project=project,
         )
         for r in raw or []
     )
@@ -136,11 +170,15 @@ def deploy(raw: Mapping[str, Any]) -> model.DeployConfig:
 def build_config(raw: Mapping[str, Any] | None) -> model.BuildConfig:
     raw = raw or {}
     return model.BuildConfig(
-        enabled=raw.get("enabled", False), dockerfile=raw.get("dockerfile", "Dockerfile"),
-        context=raw.get("context", "."), target=raw.get("target"),
+        enabled=raw.get("enabled", False),
+        dockerfile=raw.get("dockerfile", "Dockerfile"),
+        context=raw.get("context", "."),
+        target=raw.get("target"),
         args=merging.freeze({k: str(v) for k, v in raw.get("args", {}).items()}),
-        target_image=raw.get("target_image"), registry_credential=raw.get("registry_credential"),
-        cache=raw.get("cache", True), timeout=parse_duration(raw.get("timeout")),
+        target_image=raw.get("target_image"),
+        registry_credential=raw.get("registry_credential"),
+        cache=raw.get("cache", True),
+        timeout=parse_duration(raw.get("timeout")),
     )
 
 
@@ -160,8 +198,9 @@ def strategy(raw: Mapping[str, Any] | None) -> model.Strategy:
 DEFAULT_PIPELINE = {"stages": [{"name": "deploy", "tasks": [{"name": "deploy", "uses": "deploy"}]}]}
 
 
-def pipeline(raw: Mapping[str, Any] | None, env_variables: Mapping[str, Any],
-             env_deploy: Mapping[str, Any]) -> model.Pipeline:
+def pipeline(
+    raw: Mapping[str, Any] | None, env_variables: Mapping[str, Any], env_deploy: Mapping[str, Any]
+) -> model.Pipeline:
     """The pipeline with task variables and deploy merged over the environment's."""
     raw = raw or DEFAULT_PIPELINE
     stages = []
@@ -169,13 +208,20 @@ def pipeline(raw: Mapping[str, Any] | None, env_variables: Mapping[str, Any],
         tasks = []
         for t in s["tasks"]:
             task_deploy = deploy(merging.merge(env_deploy, t["deploy"])) if "deploy" in t else None
-            tasks.append(model.Task(
-                name=t["name"], uses=t.get("uses"), run=t.get("run"), on=t.get("run_on", "reconciler"),
-                when=t.get("when"), timeout=parse_duration(t.get("timeout")),
-                retries=t.get("retries", 0),
-                variables=variables(merging.merge(env_variables, t.get("variables"))),
-                deploy=task_deploy, description=t.get("description", ""),
-            ))
+            tasks.append(
+                model.Task(
+                    name=t["name"],
+                    uses=t.get("uses"),
+                    run=t.get("run"),
+                    on=t.get("run_on", "reconciler"),
+                    when=t.get("when"),
+                    timeout=parse_duration(t.get("timeout")),
+                    retries=t.get("retries", 0),
+                    variables=variables(merging.merge(env_variables, t.get("variables"))),
+                    deploy=task_deploy,
+                    description=t.get("description", ""),
+                )
+            )
         approval = None
         if "approval" in s and s["approval"].get("required", True):
             a = s["approval"]
@@ -190,8 +236,13 @@ def pipeline(raw: Mapping[str, Any] | None, env_variables: Mapping[str, Any],
 
 def targets(raw: list[Mapping[str, Any]] | None) -> tuple[model.Target, ...]:
     return tuple(
-        model.Target(agent=t.get("agent"), selector=merging.freeze(t.get("selector", {})),
-                     local=t.get("local"), address=t.get("address"), port=t.get("port"))
+        model.Target(
+            agent=t.get("agent"),
+            selector=merging.freeze(t.get("selector", {})),
+            local=t.get("local"),
+            address=t.get("address"),
+            port=t.get("port"),
+        )
         for t in raw or []
     )
 
@@ -202,20 +253,29 @@ def effective_config(project_raw: Mapping[str, Any], env_raw: Mapping[str, Any])
     return {
         "deploy": merging.merge(project_raw.get("deploy"), overrides.get("deploy")),
         "build": merging.merge(project_raw.get("build"), overrides.get("build")),
-        "pipeline": merging.merge(project_raw.get("pipeline") or DEFAULT_PIPELINE,
-                                  overrides.get("pipeline")),
+        "pipeline": merging.merge(
+            project_raw.get("pipeline") or DEFAULT_PIPELINE, overrides.get("pipeline")
+        ),
         "variables": merging.merge(project_raw.get("variables"), env_raw.get("variables")),
         "targets": env_raw.get("targets", []),
         "strategy": merging.merge(project_raw.get("strategy"), env_raw.get("strategy")),
     }
 
 
-def environment(project: str, name: str, project_raw: Mapping[str, Any],
-                env_raw: Mapping[str, Any], source: model.Source) -> model.Environment:
+def environment(
+    project: str,
+    name: str,
+    project_raw: Mapping[str, Any],
+    env_raw: Mapping[str, Any],
+    source: model.Source,
+) -> model.Environment:
     eff = effective_config(project_raw, env_raw)
     tier = env_raw.get("tier") or guess_tier(name)
     return model.Environment(
-        project=project, name=name, version=str(env_raw["version"]), tier=tier,
+        project=project,
+        name=name,
+        version=str(env_raw["version"]),
+        tier=tier,
         protected=env_raw.get("protected", tier == "prod"),
         strategy=strategy(eff["strategy"]),
         deploy=deploy(eff["deploy"]),
@@ -233,32 +293,47 @@ def environment(project: str, name: str, project_raw: Mapping[str, Any],
     )
 
 
-def project(name: str, raw: Mapping[str, Any], envs: Mapping[str, model.Environment],
-            source: model.Source) -> model.Project:
+def project(
+    name: str, raw: Mapping[str, Any], envs: Mapping[str, model.Environment], source: model.Source
+) -> model.Project:
     triggers = raw.get("triggers", {})
     repo = raw.get("repo")
     settings_part = {k: v for k, v in raw.items() if k != "members"}
     return model.Project(
         name=name,
-        members=tuple(model.Member(m["user"], m["role"], m.get("added_by")) for m in raw["members"]),
+        members=tuple(
+            model.Member(m["user"], m["role"], m.get("added_by")) for m in raw["members"]
+        ),
         environments=merging.freeze(dict(envs)),
         description=raw.get("description", ""),
-        repo=model.Repo(repo["url"], repo.get("branch", "main"), repo.get("credential")) if repo else None,
+        repo=model.Repo(repo["url"], repo.get("branch", "main"), repo.get("credential"))
+        if repo
+        else None,
         variables=variables(raw.get("variables")),
         webhooks=tuple(
             model.WebhookTrigger(
-                project=name, name=w["name"], source=w["source"], secret=w["secret"],
-                action=w["action"], branches=tuple(w.get("branches", ())),
-                events=tuple(w.get("events", ("push",))), target_env=w.get("target_env"),
+                project=name,
+                name=w["name"],
+                source=w["source"],
+                secret=w["secret"],
+                action=w["action"],
+                branches=tuple(w.get("branches", ())),
+                events=tuple(w.get("events", ("push",))),
+                target_env=w.get("target_env"),
                 enabled=w.get("enabled", True),
             )
             for w in triggers.get("webhooks", [])
         ),
         schedules=tuple(
             model.ScheduleTrigger(
-                project=name, name=s["name"], cron=s["cron"], action=s["action"],
-                target_env=s["target_env"], timezone=s.get("timezone", "UTC"),
-                missed=s.get("missed", "run_once"), enabled=s.get("enabled", True),
+                project=name,
+                name=s["name"],
+                cron=s["cron"],
+                action=s["action"],
+                target_env=s["target_env"],
+                timezone=s.get("timezone", "UTC"),
+                missed=s.get("missed", "run_once"),
+                enabled=s.get("enabled", True),
             )
             for s in triggers.get("schedules", [])
         ),
@@ -270,9 +345,12 @@ def project(name: str, raw: Mapping[str, Any], envs: Mapping[str, model.Environm
     )
 
 
-def credentials(raw: Mapping[str, Any], project: str | None,
-                source: model.Source) -> dict[str, model.CredentialInfo]:
+def credentials(
+    raw: Mapping[str, Any], project: str | None, source: model.Source
+) -> dict[str, model.CredentialInfo]:
     return {
-        name: model.CredentialInfo(name, c.get("type", ""), c.get("description", ""), project, source)
+        name: model.CredentialInfo(
+            name, c.get("type", ""), c.get("description", ""), project, source
+        )
         for name, c in (raw.get("credentials") or {}).items()
     }

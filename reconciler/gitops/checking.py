@@ -45,15 +45,20 @@ class GlobalContext:
     credentials: frozenset[str] = frozenset()
 
 
-def check_global(path: str, doc: Mapping[str, Any], credentials: frozenset[str]) -> Iterator[Finding]:
+def check_global(
+    path: str, doc: Mapping[str, Any], credentials: frozenset[str]
+) -> Iterator[Finding]:
     """Checks of quicflow.yaml on its own."""
     yield from _unique(path, doc.get("users", []), "username", ("users",), "user")
     emails: dict[str, int] = {}
     for i, user in enumerate(doc.get("users", [])):
         email = user["email"].lower()
         if email in emails:
-            yield Finding(path, ("users", i, "email"),
-                          f"email {user['email']!r} is already used by users[{emails[email]}]")
+            yield Finding(
+                path,
+                ("users", i, "email"),
+                f"email {user['email']!r} is already used by users[{emails[email]}]",
+            )
         emails.setdefault(email, i)
     yield from _unique(path, doc.get("agents", []), "name", ("agents",), "agent")
     yield from _unique(path, doc.get("callbacks", []), "name", ("callbacks",), "callback")
@@ -64,14 +69,20 @@ def check_global(path: str, doc: Mapping[str, Any], credentials: frozenset[str])
     for i, rule in enumerate(doc.get("alert_rules", [])):
         for j, name in enumerate(rule["callbacks"]):
             if name not in callbacks:
-                yield Finding(path, ("alert_rules", i, "callbacks", j),
-                              f"unknown callback {name!r}; declared: {_list(callbacks)}")
+                yield Finding(
+                    path,
+                    ("alert_rules", i, "callbacks", j),
+                    f"unknown callback {name!r}; declared: {_list(callbacks)}",
+                )
     settings = doc.get("settings", {})
     for key_path in (("store", "dsn_credential"), ("config_webhook", "secret")):
         value = settings.get(key_path[0], {}).get(key_path[1])
         if value is not None and value not in credentials:
-            yield Finding(path, ("settings", *key_path),
-                          f"unknown credential {value!r}; global credentials: {_list(credentials)}")
+            yield Finding(
+                path,
+                ("settings", *key_path),
+                f"unknown credential {value!r}; global credentials: {_list(credentials)}",
+            )
 
 
 def global_context(doc: Mapping[str, Any], credentials: frozenset[str]) -> GlobalContext:
@@ -83,9 +94,15 @@ def global_context(doc: Mapping[str, Any], credentials: frozenset[str]) -> Globa
     )
 
 
-def check_project(name: str, path: str, doc: Mapping[str, Any],
-                  envs: Mapping[str, tuple[str, Mapping[str, Any]]], env_names: frozenset[str],
-                  own_credentials: frozenset[str], ctx: GlobalContext) -> Iterator[Finding]:
+def check_project(
+    name: str,
+    path: str,
+    doc: Mapping[str, Any],
+    envs: Mapping[str, tuple[str, Mapping[str, Any]]],
+    env_names: frozenset[str],
+    own_credentials: frozenset[str],
+    ctx: GlobalContext,
+) -> Iterator[Finding]:
     """Checks of one project: project.yaml and its schema-valid environment files.
 
     ``envs`` maps environment name → (path, document) for the files that passed their
@@ -96,19 +113,28 @@ def check_project(name: str, path: str, doc: Mapping[str, Any],
 
     def cred(file: str, where: tuple[str | int, ...], value: str | None) -> Iterator[Finding]:
         if value is not None and value not in usable:
-            yield Finding(file, where, f"unknown credential {value!r}; project {name!r} may use: "
-                          f"{_list(usable)}")
+            yield Finding(
+                file,
+                where,
+                f"unknown credential {value!r}; project {name!r} may use: {_list(usable)}",
+            )
 
     # Members
     owners = 0
     seen: dict[str, int] = {}
     for i, m in enumerate(doc.get("members", [])):
         if m["user"] not in ctx.users:
-            yield Finding(path, ("members", i, "user"),
-                          f"unknown user {m['user']!r}; users are declared in quicflow.yaml")
+            yield Finding(
+                path,
+                ("members", i, "user"),
+                f"unknown user {m['user']!r}; users are declared in quicflow.yaml",
+            )
         if m["user"] in seen:
-            yield Finding(path, ("members", i, "user"),
-                          f"user {m['user']!r} is already a member (members[{seen[m['user']]}])")
+            yield Finding(
+                path,
+                ("members", i, "user"),
+                f"user {m['user']!r} is already a member (members[{seen[m['user']]}])",
+            )
         seen.setdefault(m["user"], i)
         owners += m["role"] == "owner"
         if m.get("added_by") is not None and m["added_by"] not in ctx.users:
@@ -133,13 +159,20 @@ def check_project(name: str, path: str, doc: Mapping[str, Any],
     for i, rule in enumerate(doc.get("alert_rules", [])):
         for j, cb_name in enumerate(rule["callbacks"]):
             if cb_name not in callbacks:
-                yield Finding(path, ("alert_rules", i, "callbacks", j),
-                              f"unknown callback {cb_name!r}; declared: {_list(callbacks)}")
+                yield Finding(
+                    path,
+                    ("alert_rules", i, "callbacks", j),
+                    f"unknown callback {cb_name!r}; declared: {_list(callbacks)}",
+                )
 
     # Triggers
     triggers = doc.get("triggers", {})
-    yield from _unique(path, triggers.get("webhooks", []), "name", ("triggers", "webhooks"), "webhook")
-    yield from _unique(path, triggers.get("schedules", []), "name", ("triggers", "schedules"), "schedule")
+    yield from _unique(
+        path, triggers.get("webhooks", []), "name", ("triggers", "webhooks"), "webhook"
+    )
+    yield from _unique(
+        path, triggers.get("schedules", []), "name", ("triggers", "schedules"), "schedule"
+    )
     for i, hook in enumerate(triggers.get("webhooks", [])):
         where = ("triggers", "webhooks", i)
         yield from cred(path, (*where, "secret"), hook["secret"])
@@ -151,8 +184,11 @@ def check_project(name: str, path: str, doc: Mapping[str, Any],
         if hook["action"] == "deploy" and env is None:
             yield Finding(path, where, "action 'deploy' needs 'target_env'")
         if env is not None and env not in env_names:
-            yield Finding(path, (*where, "target_env"), f"unknown environment {env!r}; "
-                          f"environments: {_list(env_names)}")
+            yield Finding(
+                path,
+                (*where, "target_env"),
+                f"unknown environment {env!r}; environments: {_list(env_names)}",
+            )
     for i, sched in enumerate(triggers.get("schedules", [])):
         where = ("triggers", "schedules", i)
         if not croniter.is_valid(sched["cron"]):
@@ -160,8 +196,11 @@ def check_project(name: str, path: str, doc: Mapping[str, Any],
         if not _zone_ok(sched.get("timezone", "UTC")):
             yield Finding(path, (*where, "timezone"), f"unknown time zone {sched['timezone']!r}")
         if sched["target_env"] not in env_names:
-            yield Finding(path, (*where, "target_env"), f"unknown environment "
-                          f"{sched['target_env']!r}; environments: {_list(env_names)}")
+            yield Finding(
+                path,
+                (*where, "target_env"),
+                f"unknown environment {sched['target_env']!r}; environments: {_list(env_names)}",
+            )
 
     # Pipeline of the project
     if "pipeline" in doc:
@@ -174,7 +213,9 @@ def check_project(name: str, path: str, doc: Mapping[str, Any],
         yield from _build(env_path, ("overrides", "build"), overrides.get("build"), cred)
         yield from _variables(env_path, ("variables",), env_doc.get("variables"), cred)
         if "pipeline" in overrides:
-            yield from _pipeline(env_path, ("overrides", "pipeline"), overrides["pipeline"], env_names, cred)
+            yield from _pipeline(
+                env_path, ("overrides", "pipeline"), overrides["pipeline"], env_names, cred
+            )
         if "strategy" in env_doc:
             yield from _strategy(env_path, ("strategy",), env_doc["strategy"])
         eff = effective_config(doc, env_doc)
@@ -182,52 +223,88 @@ def check_project(name: str, path: str, doc: Mapping[str, Any],
         for i, target in enumerate(env_doc.get("targets", [])):
             yield from _target(env_path, ("targets", i), target, ctx)
         for i, w in enumerate(env_doc.get("release_windows", [])):
-            for problem in windows.window_problems(w.get("timezone", "UTC"), w["days"], w["start"], w["end"]):
+            for problem in windows.window_problems(
+                w.get("timezone", "UTC"), w["days"], w["start"], w["end"]
+            ):
                 yield Finding(env_path, ("release_windows", i), problem)
 
 
-def _effective(env_path: str, eff: Mapping[str, Any], doc: Mapping[str, Any],
-               env_doc: Mapping[str, Any]) -> Iterator[Finding]:
+def _effective(
+    env_path: str, eff: Mapping[str, Any], doc: Mapping[str, Any], env_doc: Mapping[str, Any]
+) -> Iterator[Finding]:
     deploy = eff["deploy"]
     kind = deploy.get("type")
     where = ("overrides", "deploy") if "deploy" in env_doc.get("overrides", {}) else ("deploy",)
     if kind is None:
-        yield Finding(env_path, where, "no deploy type: set deploy.type in project.yaml "
-                      "or overrides.deploy.type here")
+        yield Finding(
+            env_path,
+            where,
+            "no deploy type: set deploy.type in project.yaml or overrides.deploy.type here",
+        )
         return
     block = deploy.get(kind)
     required = {"script": "run", "git_pull": "directory", "kubernetes": "deployment"}
     if kind in required and not (block and block.get(required[kind])):
-        yield Finding(env_path, where, f"deploy type {kind!r} needs deploy.{kind}.{required[kind]} "
-                      "(in project.yaml or overrides)")
-    if kind == "container" and not (block or {}).get("image") and not eff["build"].get("target_image"):
-        yield Finding(env_path, where, "deploy type 'container' needs deploy.container.image "
-                      "or build.target_image")
+        yield Finding(
+            env_path,
+            where,
+            f"deploy type {kind!r} needs deploy.{kind}.{required[kind]} "
+            "(in project.yaml or overrides)",
+        )
+    if (
+        kind == "container"
+        and not (block or {}).get("image")
+        and not eff["build"].get("target_image")
+    ):
+        yield Finding(
+            env_path,
+            where,
+            "deploy type 'container' needs deploy.container.image or build.target_image",
+        )
     if eff["build"].get("enabled") and not eff["build"].get("target_image"):
         yield Finding(env_path, ("overrides", "build"), "build.enabled needs build.target_image")
     if kind in ("script", "git_pull", "container") and not eff["targets"]:
         yield Finding(env_path, ("targets",), f"deploy type {kind!r} needs at least one target")
 
 
-def _target(path: str, where: tuple[str | int, ...], target: Mapping[str, Any],
-            ctx: GlobalContext) -> Iterator[Finding]:
+def _target(
+    path: str, where: tuple[str | int, ...], target: Mapping[str, Any], ctx: GlobalContext
+) -> Iterator[Finding]:
     kinds = [k for k in ("agent", "selector", "local") if k in target]
     if len(kinds) != 1:
-        yield Finding(path, where, "a target names exactly one of agent, selector or local"
-                      + (f"; got {', '.join(kinds)}" if kinds else ""))
+        yield Finding(
+            path,
+            where,
+            "a target names exactly one of agent, selector or local"
+            + (f"; got {', '.join(kinds)}" if kinds else ""),
+        )
         return
     if "agent" in target and target["agent"] not in ctx.agents:
-        yield Finding(path, (*where, "agent"), f"unknown agent {target['agent']!r}; agents are "
-                      f"declared in quicflow.yaml: {_list(ctx.agents)}")
+        yield Finding(
+            path,
+            (*where, "agent"),
+            f"unknown agent {target['agent']!r}; agents are "
+            f"declared in quicflow.yaml: {_list(ctx.agents)}",
+        )
     if "selector" in target:
         wanted = target["selector"]
-        if not any(all(labels.get(k) == v for k, v in wanted.items()) for labels in ctx.agents.values()):
-            yield Finding(path, (*where, "selector"), f"selector {dict(wanted)} matches no agent "
-                          "declared in quicflow.yaml")
+        if not any(
+            all(labels.get(k) == v for k, v in wanted.items()) for labels in ctx.agents.values()
+        ):
+            yield Finding(
+                path,
+                (*where, "selector"),
+                f"selector {dict(wanted)} matches no agent declared in quicflow.yaml",
+            )
 
 
-def _pipeline(path: str, where: tuple[str | int, ...], pipeline: Mapping[str, Any],
-              envs: Mapping[str, Any], cred: Any) -> Iterator[Finding]:
+def _pipeline(
+    path: str,
+    where: tuple[str | int, ...],
+    pipeline: Mapping[str, Any],
+    envs: Mapping[str, Any],
+    cred: Any,
+) -> Iterator[Finding]:
     stage_names: dict[str, int] = {}
     task_names: dict[str, tuple[int, int]] = {}
     names = expressions.STANDARD_NAMES
@@ -240,14 +317,20 @@ def _pipeline(path: str, where: tuple[str | int, ...], pipeline: Mapping[str, An
             yield from _condition(path, (*s_where, "when"), stage["when"], names)
         for e, env in enumerate(stage.get("approval", {}).get("environments", [])):
             if env not in envs:
-                yield Finding(path, (*s_where, "approval", "environments", e),
-                              f"unknown environment {env!r}; environments: {_list(envs)}")
+                yield Finding(
+                    path,
+                    (*s_where, "approval", "environments", e),
+                    f"unknown environment {env!r}; environments: {_list(envs)}",
+                )
         for j, task in enumerate(stage["tasks"]):
             t_where = (*s_where, "tasks", j)
             if task["name"] in task_names:
                 si, ti = task_names[task["name"]]
-                yield Finding(path, (*t_where, "name"), f"duplicate task name {task['name']!r} "
-                              f"(also stages[{si}].tasks[{ti}])")
+                yield Finding(
+                    path,
+                    (*t_where, "name"),
+                    f"duplicate task name {task['name']!r} (also stages[{si}].tasks[{ti}])",
+                )
             task_names.setdefault(task["name"], (i, j))
             if ("uses" in task) == ("run" in task):
                 yield Finding(path, t_where, "a task needs exactly one of 'uses' or 'run'")
@@ -262,19 +345,31 @@ def _condition(path: str, where: tuple[str | int, ...], text: str, names: Any) -
         expressions.compile_expression(text, names)
     except expressions.ExpressionError as exc:
         column = getattr(exc, "column", 0)
-        yield Finding(path, where, f"invalid condition: {exc}" + (f" (column {column})" if column
-                                                                    and "column" not in str(exc) else ""))
+        yield Finding(
+            path,
+            where,
+            f"invalid condition: {exc}"
+            + (f" (column {column})" if column and "column" not in str(exc) else ""),
+        )
 
 
-def _strategy(path: str, where: tuple[str | int, ...], strategy: Mapping[str, Any]) -> Iterator[Finding]:
+def _strategy(
+    path: str, where: tuple[str | int, ...], strategy: Mapping[str, Any]
+) -> Iterator[Finding]:
     kind = strategy.get("type", "rolling")
     for other in ("rolling", "canary", "blue_green"):
         if other != kind and other in strategy:
-            yield Finding(path, (*where, other), f"'{other}' settings given but strategy type is "
-                          f"{kind!r}", at_key=True)
+            yield Finding(
+                path,
+                (*where, other),
+                f"'{other}' settings given but strategy type is {kind!r}",
+                at_key=True,
+            )
     rolling = strategy.get("rolling", {})
     if rolling:
-        for problem in batches.rolling_problems(rolling.get("batch_size", 1), rolling.get("max_unavailable")):
+        for problem in batches.rolling_problems(
+            rolling.get("batch_size", 1), rolling.get("max_unavailable")
+        ):
             yield Finding(path, (*where, "rolling"), problem)
     canary = strategy.get("canary", {})
     if "steps" in canary:
@@ -285,58 +380,91 @@ def _strategy(path: str, where: tuple[str | int, ...], strategy: Mapping[str, An
         yield Finding(path, (*where, "blue_green", "ports"), "blue and green need different ports")
 
 
-def _build(path: str, where: tuple[str | int, ...], build: Mapping[str, Any] | None, cred: Any) -> Iterator[Finding]:
+def _build(
+    path: str, where: tuple[str | int, ...], build: Mapping[str, Any] | None, cred: Any
+) -> Iterator[Finding]:
     if build:
         yield from cred(path, (*where, "registry_credential"), build.get("registry_credential"))
 
 
-def _deploy(path: str, where: tuple[str | int, ...], deploy: Mapping[str, Any] | None, cred: Any) -> Iterator[Finding]:
+def _deploy(
+    path: str, where: tuple[str | int, ...], deploy: Mapping[str, Any] | None, cred: Any
+) -> Iterator[Finding]:
     if not deploy:
         return
-    yield from cred(path, (*where, "container", "registry_credential"),
-                    deploy.get("container", {}).get("registry_credential"))
-    yield from cred(path, (*where, "kubernetes", "kubeconfig_credential"),
-                    deploy.get("kubernetes", {}).get("kubeconfig_credential"))
+    yield from cred(
+        path,
+        (*where, "container", "registry_credential"),
+        deploy.get("container", {}).get("registry_credential"),
+    )
+    yield from cred(
+        path,
+        (*where, "kubernetes", "kubeconfig_credential"),
+        deploy.get("kubernetes", {}).get("kubeconfig_credential"),
+    )
     kind = deploy.get("type")
     for other in ("container", "kubernetes", "script", "git_pull"):
         if kind is not None and other != kind and other in deploy:
-            yield Finding(path, (*where, other), f"'{other}' settings given but deploy type is {kind!r}",
-                          at_key=True)
+            yield Finding(
+                path,
+                (*where, other),
+                f"'{other}' settings given but deploy type is {kind!r}",
+                at_key=True,
+            )
 
 
-def _variables(path: str, where: tuple[str | int, ...], variables: Mapping[str, Any] | None,
-               cred: Any) -> Iterator[Finding]:
+def _variables(
+    path: str, where: tuple[str | int, ...], variables: Mapping[str, Any] | None, cred: Any
+) -> Iterator[Finding]:
     for name, value in (variables or {}).items():
         if name.upper().startswith(RESERVED_PREFIX):
-            yield Finding(path, (*where, name), f"variable {name!r} shadows a built-in "
-                          f"({RESERVED_PREFIX}* names are reserved)", at_key=True)
+            yield Finding(
+                path,
+                (*where, name),
+                f"variable {name!r} shadows a built-in ({RESERVED_PREFIX}* names are reserved)",
+                at_key=True,
+            )
         if isinstance(value, Mapping):
             yield from cred(path, (*where, name, "secret"), value.get("secret"))
 
 
-def _callback(path: str, where: tuple[str | int, ...], cb: Mapping[str, Any], usable: frozenset[str],
-              scope: str) -> Iterator[Finding]:
+def _callback(
+    path: str,
+    where: tuple[str | int, ...],
+    cb: Mapping[str, Any],
+    usable: frozenset[str],
+    scope: str,
+) -> Iterator[Finding]:
     secret = cb.get("secret")
     if secret is not None and secret not in usable:
-        yield Finding(path, (*where, "secret"), f"unknown credential {secret!r}; {scope} scope may "
-                      f"use: {_list(usable)}")
+        yield Finding(
+            path,
+            (*where, "secret"),
+            f"unknown credential {secret!r}; {scope} scope may use: {_list(usable)}",
+        )
     if "template" in cb:
         try:
             jinja2.sandbox.SandboxedEnvironment().parse(cb["template"])
         except jinja2.TemplateSyntaxError as exc:
-            yield Finding(path, (*where, "template"), f"invalid template (line {exc.lineno}): {exc.message}")
+            yield Finding(
+                path, (*where, "template"), f"invalid template (line {exc.lineno}): {exc.message}"
+            )
     if cb.get("format") and cb["type"] != "feishu":
         yield Finding(path, (*where, "format"), "'format' applies to feishu callbacks only")
 
 
-def _unique(path: str, items: list[Mapping[str, Any]], key: str, where: tuple[str | int, ...],
-            what: str) -> Iterator[Finding]:
+def _unique(
+    path: str, items: list[Mapping[str, Any]], key: str, where: tuple[str | int, ...], what: str
+) -> Iterator[Finding]:
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
         value = item.get(key)
         if value in seen:
-            yield Finding(path, (*where, i, key), f"duplicate {what} {key} {value!r} "
-                          f"(first at index {seen[value]})")
+            yield Finding(
+                path,
+                (*where, i, key),
+                f"duplicate {what} {key} {value!r} (first at index {seen[value]})",
+            )
         else:
             seen[value] = i
 

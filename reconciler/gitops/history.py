@@ -153,19 +153,38 @@ def next_record(previous: DeployedRecord | None, outcome: RunOutcome) -> Deploye
     """The state file after ``outcome``: only a success (or a pin) changes the version."""
     if outcome.outcome == SUCCEEDED or outcome.pin is not None:
         return DeployedRecord(
-            project=outcome.project, env=outcome.env, version=outcome.version,
-            config_hash=outcome.config_hash, config_commit=outcome.config_commit,
-            image_digest=outcome.image_digest, strategy=outcome.strategy, outcome=outcome.outcome,
-            run_id=outcome.run_id, started_at=outcome.started_at, finished_at=outcome.finished_at,
-            targets=outcome.targets, last_failure=None, pin=outcome.pin,
+            project=outcome.project,
+            env=outcome.env,
+            version=outcome.version,
+            config_hash=outcome.config_hash,
+            config_commit=outcome.config_commit,
+            image_digest=outcome.image_digest,
+            strategy=outcome.strategy,
+            outcome=outcome.outcome,
+            run_id=outcome.run_id,
+            started_at=outcome.started_at,
+            finished_at=outcome.finished_at,
+            targets=outcome.targets,
+            last_failure=None,
+            pin=outcome.pin,
         )
     base = previous or DeployedRecord(outcome.project, outcome.env, None)
     failure = Attempt(outcome.version, outcome.config_hash, outcome.outcome, outcome.run_id)
     return DeployedRecord(
-        project=base.project, env=base.env, version=base.version, config_hash=base.config_hash,
-        config_commit=base.config_commit, image_digest=base.image_digest, strategy=base.strategy,
-        outcome=base.outcome, run_id=base.run_id, started_at=base.started_at,
-        finished_at=base.finished_at, targets=base.targets, last_failure=failure, pin=base.pin,
+        project=base.project,
+        env=base.env,
+        version=base.version,
+        config_hash=base.config_hash,
+        config_commit=base.config_commit,
+        image_digest=base.image_digest,
+        strategy=base.strategy,
+        outcome=base.outcome,
+        run_id=base.run_id,
+        started_at=base.started_at,
+        finished_at=base.finished_at,
+        targets=base.targets,
+        last_failure=failure,
+        pin=base.pin,
     )
 
 
@@ -185,12 +204,19 @@ def render_record(record: DeployedRecord) -> bytes:
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "targets": list(record.targets),
-        "last_failure": None if record.last_failure is None else {
-            "version": record.last_failure.version, "config_hash": record.last_failure.config_hash,
-            "outcome": record.last_failure.outcome, "run_id": record.last_failure.run_id,
+        "last_failure": None
+        if record.last_failure is None
+        else {
+            "version": record.last_failure.version,
+            "config_hash": record.last_failure.config_hash,
+            "outcome": record.last_failure.outcome,
+            "run_id": record.last_failure.run_id,
         },
-        "pin": None if record.pin is None else {
-            "version": record.pin.version, "desired_version": record.pin.desired_version,
+        "pin": None
+        if record.pin is None
+        else {
+            "version": record.pin.version,
+            "desired_version": record.pin.desired_version,
             "desired_hash": record.pin.desired_hash,
         },
     }
@@ -208,14 +234,26 @@ def parse_record(data: bytes) -> DeployedRecord | None:
     failure = raw.get("last_failure")
     pin = raw.get("pin")
     return DeployedRecord(
-        project=raw["project"], env=raw["environment"], version=raw.get("version"),
-        config_hash=raw.get("config_hash", ""), config_commit=raw.get("config_commit", ""),
-        image_digest=raw.get("image_digest"), strategy=raw.get("strategy", ""),
-        outcome=raw.get("outcome", ""), run_id=raw.get("run_id", ""),
-        started_at=raw.get("started_at", ""), finished_at=raw.get("finished_at", ""),
+        project=raw["project"],
+        env=raw["environment"],
+        version=raw.get("version"),
+        config_hash=raw.get("config_hash", ""),
+        config_commit=raw.get("config_commit", ""),
+        image_digest=raw.get("image_digest"),
+        strategy=raw.get("strategy", ""),
+        outcome=raw.get("outcome", ""),
+        run_id=raw.get("run_id", ""),
+        started_at=raw.get("started_at", ""),
+        finished_at=raw.get("finished_at", ""),
         targets=tuple(raw.get("targets", ())),
-        last_failure=Attempt(failure["version"], failure["config_hash"], failure["outcome"],
-                             failure.get("run_id", "")) if failure else None,
+        last_failure=Attempt(
+            failure["version"],
+            failure["config_hash"],
+            failure["outcome"],
+            failure.get("run_id", ""),
+        )
+        if failure
+        else None,
         pin=Pin(pin["version"], pin["desired_version"], pin["desired_hash"]) if pin else None,
     )
 
@@ -234,8 +272,10 @@ def note_line(outcome: RunOutcome, previous: DeployedRecord | None) -> str:
         extra.append("forced outside release window")
     if outcome.error:
         extra.append(f"error: {outcome.error.splitlines()[0][:200]}")
-    return (f"quicflow run {outcome.run_id}: {outcome.project}/{outcome.env} {before} -> {outcome.version} "
-            f"{outcome.outcome} at {outcome.finished_at} ({'; '.join(extra)})")
+    return (
+        f"quicflow run {outcome.run_id}: {outcome.project}/{outcome.env} {before} -> {outcome.version} "
+        f"{outcome.outcome} at {outcome.finished_at} ({'; '.join(extra)})"
+    )
 
 
 def _commit_message(outcome: RunOutcome, previous: DeployedRecord | None) -> str:

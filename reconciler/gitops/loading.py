@@ -103,7 +103,9 @@ class Loader:
         root = self.repo.root_tree(commit)
         where = self.repo.subdir or "."
         if root is None:
-            problem = ConfigProblem(where, f"config directory {where!r} does not exist at commit {commit[:10]}")
+            problem = ConfigProblem(
+                where, f"config directory {where!r} does not exist at commit {commit[:10]}"
+            )
             return LoadResult(commit, None, (problem,))
         if root == self._last_root and self._last is not None:
             return self._reuse(self._last, commit)
@@ -125,16 +127,29 @@ class Loader:
 
         global_entry = entries.get(GLOBAL_FILE)
         if global_entry is None or global_entry.is_tree:
-            problems.append(ConfigProblem(GLOBAL_FILE, "missing quicflow.yaml at the root of the config directory"))
+            problems.append(
+                ConfigProblem(
+                    GLOBAL_FILE, "missing quicflow.yaml at the root of the config directory"
+                )
+            )
             return LoadResult(commit, None, tuple(problems))
         creds_entry = entries.get(CREDENTIALS_FILE)
         global_key = f"{global_entry.id}:{creds_entry.id if creds_entry else '-'}"
         gdoc, gcreds, gproblems, ctx = self._global(global_entry, creds_entry, global_key)
         problems.extend(gproblems)
         for name, entry in entries.items():
-            if not entry.is_tree and name.endswith(_YAML) and name not in (GLOBAL_FILE, CREDENTIALS_FILE):
-                problems.append(ConfigProblem(name, f"unknown config file {name!r}; the root holds "
-                                              f"{GLOBAL_FILE}, {CREDENTIALS_FILE} and projects/"))
+            if (
+                not entry.is_tree
+                and name.endswith(_YAML)
+                and name not in (GLOBAL_FILE, CREDENTIALS_FILE)
+            ):
+                problems.append(
+                    ConfigProblem(
+                        name,
+                        f"unknown config file {name!r}; the root holds "
+                        f"{GLOBAL_FILE}, {CREDENTIALS_FILE} and projects/",
+                    )
+                )
 
         projects: dict[str, model.Project] = {}
         project_creds: dict[str, Mapping[str, model.CredentialInfo]] = {}
@@ -143,12 +158,20 @@ class Loader:
             for entry in self.repo.entries(projects_entry.id):
                 path = f"projects/{entry.name}"
                 if not entry.is_tree:
-                    problems.append(ConfigProblem(path, "projects/ holds one directory per project; "
-                                                  "this is a file"))
+                    problems.append(
+                        ConfigProblem(
+                            path, "projects/ holds one directory per project; this is a file"
+                        )
+                    )
                     continue
                 if not _NAME.match(entry.name):
-                    problems.append(ConfigProblem(path, f"invalid project name {entry.name!r}: use "
-                                                  "lowercase letters, digits, '-' and '_'"))
+                    problems.append(
+                        ConfigProblem(
+                            path,
+                            f"invalid project name {entry.name!r}: use "
+                            "lowercase letters, digits, '-' and '_'",
+                        )
+                    )
                     continue
                 if ctx is None:
                     continue  # quicflow.yaml is broken: project checks would only mislead
@@ -179,8 +202,11 @@ class Loader:
         )
         return LoadResult(commit, desired)
 
-    def _global(self, entry: TreeEntry, creds_entry: TreeEntry | None, key: str) -> tuple[Any, dict[str, model.CredentialInfo], list[ConfigProblem],
-                                        checking.GlobalContext | None]:
+    def _global(
+        self, entry: TreeEntry, creds_entry: TreeEntry | None, key: str
+    ) -> tuple[
+        Any, dict[str, model.CredentialInfo], list[ConfigProblem], checking.GlobalContext | None
+    ]:
         cached = self._globals.get(key)
         if cached is not None:
             return cached  # type: ignore[return-value]
@@ -192,12 +218,16 @@ class Loader:
             cdoc = self._doc("credentials", creds_entry.id)
             problems += self._located(CREDENTIALS_FILE, creds_entry.id, cdoc.problems)
             if cdoc.valid:
-                creds = building.credentials(cdoc.data, None, model.Source(CREDENTIALS_FILE, creds_entry.id))
+                creds = building.credentials(
+                    cdoc.data, None, model.Source(CREDENTIALS_FILE, creds_entry.id)
+                )
         ctx = None
         data = doc.data if doc.valid else None
         if data is not None:
             names = frozenset(creds)
-            problems += self._findings({GLOBAL_FILE: entry.id}, checking.check_global(GLOBAL_FILE, data, names))
+            problems += self._findings(
+                {GLOBAL_FILE: entry.id}, checking.check_global(GLOBAL_FILE, data, names)
+            )
             ctx = checking.global_context(data, names)
         result = (data, creds, problems, ctx)
         self._globals = {key: result}  # only the newest global files are worth keeping
@@ -213,8 +243,15 @@ class Loader:
 
         pentry = children.get(PROJECT_FILE)
         if pentry is None or pentry.is_tree:
-            return _ProjectResult(None, {}, (ConfigProblem(f"{base}/{PROJECT_FILE}", f"project {name!r} has no "
-                                                           f"{PROJECT_FILE}"),))
+            return _ProjectResult(
+                None,
+                {},
+                (
+                    ConfigProblem(
+                        f"{base}/{PROJECT_FILE}", f"project {name!r} has no {PROJECT_FILE}"
+                    ),
+                ),
+            )
         ppath = f"{base}/{PROJECT_FILE}"
         blobs[ppath] = pentry.id
         pdoc = self._doc("project", pentry.id)
@@ -229,9 +266,18 @@ class Loader:
             if cdoc.valid:
                 creds = building.credentials(cdoc.data, name, model.Source(cpath, centry.id))
         for child, e in children.items():
-            if not e.is_tree and child.endswith(_YAML) and child not in (PROJECT_FILE, CREDENTIALS_FILE):
-                problems.append(ConfigProblem(f"{base}/{child}", f"unknown config file {child!r}; a project "
-                                              f"holds {PROJECT_FILE}, {CREDENTIALS_FILE} and environments/"))
+            if (
+                not e.is_tree
+                and child.endswith(_YAML)
+                and child not in (PROJECT_FILE, CREDENTIALS_FILE)
+            ):
+                problems.append(
+                    ConfigProblem(
+                        f"{base}/{child}",
+                        f"unknown config file {child!r}; a project "
+                        f"holds {PROJECT_FILE}, {CREDENTIALS_FILE} and environments/",
+                    )
+                )
 
         env_docs: dict[str, tuple[str, str, _Doc]] = {}
         eentry = children.get("environments")
@@ -239,16 +285,28 @@ class Loader:
             for e in self.repo.entries(eentry.id):
                 epath = f"{base}/environments/{e.name}"
                 if e.is_tree or not e.name.endswith(_YAML):
-                    problems.append(ConfigProblem(epath, "environments/ holds one <env>.yaml file per environment"))
+                    problems.append(
+                        ConfigProblem(
+                            epath, "environments/ holds one <env>.yaml file per environment"
+                        )
+                    )
                     continue
                 env_name = e.name.rsplit(".", 1)[0]
                 if not _NAME.match(env_name):
-                    problems.append(ConfigProblem(epath, f"invalid environment name {env_name!r}: use "
-                                                  "lowercase letters, digits, '-' and '_'"))
+                    problems.append(
+                        ConfigProblem(
+                            epath,
+                            f"invalid environment name {env_name!r}: use "
+                            "lowercase letters, digits, '-' and '_'",
+                        )
+                    )
                     continue
                 if env_name in env_docs:
-                    problems.append(ConfigProblem(epath, f"environment {env_name!r} is defined twice "
-                                                  f"(.yaml and .yml)"))
+                    problems.append(
+                        ConfigProblem(
+                            epath, f"environment {env_name!r} is defined twice (.yaml and .yml)"
+                        )
+                    )
                     continue
                 blobs[epath] = e.id
                 edoc = self._doc("environment", e.id)
@@ -258,8 +316,9 @@ class Loader:
         if not pdoc.valid:
             return _ProjectResult(None, creds, tuple(problems))
         valid_envs = {n: (p, d.data) for n, (p, _, d) in env_docs.items() if d.valid}
-        findings = checking.check_project(name, ppath, pdoc.data, valid_envs, frozenset(env_docs),
-                                          frozenset(creds), ctx)
+        findings = checking.check_project(
+            name, ppath, pdoc.data, valid_envs, frozenset(env_docs), frozenset(creds), ctx
+        )
         problems += self._findings(blobs, findings)
         if problems:
             return _ProjectResult(None, creds, tuple(problems))
@@ -267,7 +326,9 @@ class Loader:
             n: building.environment(name, n, pdoc.data, data, model.Source(p, blobs[p]))
             for n, (p, data) in valid_envs.items()
         }
-        project = building.project(name, pdoc.data, dict(sorted(envs.items())), model.Source(ppath, pentry.id))
+        project = building.project(
+            name, pdoc.data, dict(sorted(envs.items())), model.Source(ppath, pentry.id)
+        )
         return _ProjectResult(project, creds, ())
 
     # -- files -------------------------------------------------------------------------
@@ -290,8 +351,12 @@ class Loader:
             data = {}
         return _Doc(data, tuple(schemas.validate(kind, data)))
 
-    def _located(self, path: str, blob_id: str,
-                 found: Iterable[schemas.SchemaProblem | parsing.SyntaxProblem]) -> list[ConfigProblem]:
+    def _located(
+        self,
+        path: str,
+        blob_id: str,
+        found: Iterable[schemas.SchemaProblem | parsing.SyntaxProblem],
+    ) -> list[ConfigProblem]:
         out = []
         text: bytes | None = None
         for p in found:
@@ -304,7 +369,9 @@ class Loader:
             out.append(ConfigProblem(path, p.message, line, column, parsing.json_path(p.path)))
         return out
 
-    def _findings(self, blobs: Mapping[str, str], findings: Iterable[checking.Finding]) -> list[ConfigProblem]:
+    def _findings(
+        self, blobs: Mapping[str, str], findings: Iterable[checking.Finding]
+    ) -> list[ConfigProblem]:
         out = []
         texts: dict[str, bytes] = {}
         for f in findings:

@@ -45,7 +45,9 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) 
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
                 key_node.start_mark,
             )
         seen[key] = key_node
@@ -75,7 +77,9 @@ def parse(text: bytes | str) -> Any:
         problem = exc.problem or "invalid YAML"
         if exc.context and "duplicate key" not in problem:
             problem = f"{exc.context}: {problem}" if exc.context not in problem else problem
-        raise YamlSyntaxError(SyntaxProblem(line, column, f"YAML syntax error: {problem}")) from None
+        raise YamlSyntaxError(
+            SyntaxProblem(line, column, f"YAML syntax error: {problem}")
+        ) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(SyntaxProblem(0, 0, f"YAML syntax error: {exc}")) from None
     except UnicodeDecodeError as exc:
@@ -115,7 +119,9 @@ def locate(text: bytes | str, path: Sequence[str | int], at_key: bool = False) -
                     break
             else:
                 return (mark.line + 1, mark.column + 1)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
             mark = node.start_mark
         else:

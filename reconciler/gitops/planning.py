@@ -165,7 +165,9 @@ class Plan:
 
     def only(self, project: str, env: str | None = None) -> Plan:
         """The plan restricted to one project (and environment)."""
-        kept = tuple(a for a in self.actions if a.project == project and (env is None or a.env == env))
+        kept = tuple(
+            a for a in self.actions if a.project == project and (env is None or a.env == env)
+        )
         return Plan(kept, self.commit, self.state_commit, _count(kept))
 
 
@@ -187,39 +189,61 @@ def plan(
     for key in sorted(deployed):
         record = deployed[key]
         if key not in declared and record.version is not None:
-            actions.append(Action(
-                record.project, record.env, ActionKind.ORPHAN, Reason.ORPHANED, None, record.version,
-                strategy=record.strategy, targets=record.targets,
-                detail="no longer declared in the config repo; left running (remove it by hand)",
-            ))
+            actions.append(
+                Action(
+                    record.project,
+                    record.env,
+                    ActionKind.ORPHAN,
+                    Reason.ORPHANED,
+                    None,
+                    record.version,
+                    strategy=record.strategy,
+                    targets=record.targets,
+                    detail="no longer declared in the config repo; left running (remove it by hand)",
+                )
+            )
     actions.sort(key=lambda a: (a.project, a.env))
     return Plan(tuple(actions), desired.commit, state_commit, _count(actions))
 
 
-def _judge(env: model.Environment, record: DeployedRecord | None,
-           live: Iterable[Observation]) -> Action:
+def _judge(
+    env: model.Environment, record: DeployedRecord | None, live: Iterable[Observation]
+) -> Action:
     def action(kind: ActionKind, reason: Reason, detail: str = "") -> Action:
         return Action(
-            env.project, env.name, kind, reason, env.version,
+            env.project,
+            env.name,
+            kind,
+            reason,
+            env.version,
             record.version if record else None,
-            strategy=env.strategy.type.value, deploy_type=env.deploy.type.value,
-            protected=env.protected, targets=tuple(t.label for t in env.targets),
-            config_hash=env.config_hash, detail=detail,
+            strategy=env.strategy.type.value,
+            deploy_type=env.deploy.type.value,
+            protected=env.protected,
+            targets=tuple(t.label for t in env.targets),
+            config_hash=env.config_hash,
+            detail=detail,
         )
 
     if record is not None and record.pin is not None:
         pin = record.pin
         if (env.version, env.config_hash) == (pin.desired_version, pin.desired_hash):
-            return action(ActionKind.HOLD, Reason.PINNED,
-                          f"pinned to {pin.version} by a rollback; change the environment in Git to resume")
+            return action(
+                ActionKind.HOLD,
+                Reason.PINNED,
+                f"pinned to {pin.version} by a rollback; change the environment in Git to resume",
+            )
     if record is not None and record.last_failure is not None:
         failure = record.last_failure
         if (env.version, env.config_hash) == (failure.version, failure.config_hash) and (
             record.version != env.version or record.config_hash != env.config_hash
         ):
-            return action(ActionKind.HOLD, Reason.FAILED_BEFORE,
-                          f"{failure.version} ended {failure.outcome} in run {failure.run_id}; "
-                          "not retried until its configuration changes")
+            return action(
+                ActionKind.HOLD,
+                Reason.FAILED_BEFORE,
+                f"{failure.version} ended {failure.outcome} in run {failure.run_id}; "
+                "not retried until its configuration changes",
+            )
     if record is None or record.version is None:
         return action(ActionKind.DEPLOY, Reason.NEVER_DEPLOYED)
     if record.version != env.version:
@@ -227,12 +251,21 @@ def _judge(env: model.Environment, record: DeployedRecord | None,
     if record.config_hash != env.config_hash:
         return action(ActionKind.DEPLOY, Reason.CONFIG_CHANGED, "effective configuration changed")
     drifted = sorted(
-        o.target for o in live
+        o.target
+        for o in live
         if (o.version is not None and o.version != record.version)
-        or (o.image_digest is not None and record.image_digest is not None and o.image_digest != record.image_digest)
+        or (
+            o.image_digest is not None
+            and record.image_digest is not None
+            and o.image_digest != record.image_digest
+        )
     )
     if drifted:
-        return action(ActionKind.DEPLOY, Reason.DRIFT, "targets differ from the recorded release: " + ", ".join(drifted))
+        return action(
+            ActionKind.DEPLOY,
+            Reason.DRIFT,
+            "targets differ from the recorded release: " + ", ".join(drifted),
+        )
     return action(ActionKind.NONE, Reason.UNCHANGED)
 
 

@@ -28,8 +28,14 @@ class Requirement:
     env: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"project": self.project, "environment": self.env, "change": self.what,
-                "action": self.action, "protected": self.protected, "roles": list(self.roles)}
+        return {
+            "project": self.project,
+            "environment": self.env,
+            "change": self.what,
+            "action": self.action,
+            "protected": self.protected,
+            "roles": list(self.roles),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +49,13 @@ class AuthorCheck:
     missing: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {"email": self.email, "name": self.name, "user": self.user,
-                "allowed": self.allowed, "missing": list(self.missing)}
+        return {
+            "email": self.email,
+            "name": self.name,
+            "user": self.user,
+            "allowed": self.allowed,
+            "missing": list(self.missing),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +68,9 @@ class PolicyReport:
         return all(a.allowed for a in self.authors)
 
 
-def requirements(base: model.DesiredState | None, head: model.DesiredState) -> tuple[Requirement, ...]:
+def requirements(
+    base: model.DesiredState | None, head: model.DesiredState
+) -> tuple[Requirement, ...]:
     """The changes from ``base`` to ``head`` and the roles each needs."""
     out: list[Requirement] = []
     base_projects = base.projects if base else {}
@@ -65,8 +78,14 @@ def requirements(base: model.DesiredState | None, head: model.DesiredState) -> t
         old, new = base_projects.get(name), head.projects.get(name)
         if old is None or new is None:
             # Creating or deleting a project changes its settings and members alike.
-            out.append(_req(name, "project added" if old is None else "project removed",
-                            Action.MANAGE_MEMBERS, False))
+            out.append(
+                _req(
+                    name,
+                    "project added" if old is None else "project removed",
+                    Action.MANAGE_MEMBERS,
+                    False,
+                )
+            )
             continue
         if old.members_hash != new.members_hash:
             out.append(_req(name, "members changed", Action.MANAGE_MEMBERS, False))
@@ -76,17 +95,32 @@ def requirements(base: model.DesiredState | None, head: model.DesiredState) -> t
             o, n = old.environments.get(env), new.environments.get(env)
             protected = bool((o and o.protected) or (n and n.protected))
             if o is None or n is None:
-                out.append(_req(name, "environment added" if o is None else "environment removed",
-                                Action.CHANGE_CONFIG, protected, env))
+                out.append(
+                    _req(
+                        name,
+                        "environment added" if o is None else "environment removed",
+                        Action.CHANGE_CONFIG,
+                        protected,
+                        env,
+                    )
+                )
             elif o.version != n.version:
-                out.append(_req(name, f"version {o.version} → {n.version}", Action.DEPLOY, protected, env))
+                out.append(
+                    _req(name, f"version {o.version} → {n.version}", Action.DEPLOY, protected, env)
+                )
             elif _env_fingerprint(o) != _env_fingerprint(n):
-                out.append(_req(name, "environment settings changed", Action.DEPLOY, protected, env))
+                out.append(
+                    _req(name, "environment settings changed", Action.DEPLOY, protected, env)
+                )
     return tuple(out)
 
 
-def check_authors(base: model.DesiredState | None, head: model.DesiredState,
-                  reqs: Iterable[Requirement], authors: Iterable[tuple[str, str]]) -> tuple[AuthorCheck, ...]:
+def check_authors(
+    base: model.DesiredState | None,
+    head: model.DesiredState,
+    reqs: Iterable[Requirement],
+    authors: Iterable[tuple[str, str]],
+) -> tuple[AuthorCheck, ...]:
     """For each (name, email) author: does their role in the base commit allow every change?"""
     roles_from = base or head
     reqs = tuple(reqs)
@@ -97,8 +131,9 @@ def check_authors(base: model.DesiredState | None, head: model.DesiredState,
             continue
         user = roles_from.user_by_email(email)
         if user is None:
-            checks[key] = AuthorCheck(email, name, None, not reqs,
-                                      tuple(f"{r.project}: {r.what}" for r in reqs))
+            checks[key] = AuthorCheck(
+                email, name, None, not reqs, tuple(f"{r.project}: {r.what}" for r in reqs)
+            )
             continue
         missing = []
         for r in reqs:
@@ -106,21 +141,33 @@ def check_authors(base: model.DesiredState | None, head: model.DesiredState,
             role = project.role_of(user.username) if project else None
             if not allowed(role, Action(r.action), r.protected, is_admin=user.is_admin):
                 env = f"/{r.env}" if r.env else ""
-                missing.append(f"{r.project}{env}: {r.what} needs {' or '.join(r.roles)} (has {role or 'no role'})")
+                missing.append(
+                    f"{r.project}{env}: {r.what} needs {' or '.join(r.roles)} (has {role or 'no role'})"
+                )
         checks[key] = AuthorCheck(email, name, user.username, not missing, tuple(missing))
     return tuple(checks.values())
 
 
-def report(base: model.DesiredState | None, head: model.DesiredState,
-           authors: Iterable[tuple[str, str]]) -> PolicyReport:
+def report(
+    base: model.DesiredState | None, head: model.DesiredState, authors: Iterable[tuple[str, str]]
+) -> PolicyReport:
     reqs = requirements(base, head)
     return PolicyReport(reqs, check_authors(base, head, reqs, authors))
 
 
-def _req(project: str, what: str, action: Action, protected: bool, env: str | None = None) -> Requirement:
+def _req(
+    project: str, what: str, action: Action, protected: bool, env: str | None = None
+) -> Requirement:
     roles = tuple(r.value for r in roles_allowed(action, protected))
     return Requirement(project, what, action.value, protected, roles, env)
 
 
 def _env_fingerprint(env: model.Environment) -> tuple[object, ...]:
-    return (env.config_hash, env.strategy, env.release_windows, env.protected, env.tier, env.auto_update)
+    return (
+        env.config_hash,
+        env.strategy,
+        env.release_windows,
+        env.protected,
+        env.tier,
+        env.auto_update,
+    )

@@ -15,7 +15,12 @@ from reconciler.gitops.planning import Action, ActionKind, Plan
 from reconciler.gitops.policy import PolicyReport
 
 FORMAT_VERSION = 1
-_SYMBOL = {ActionKind.DEPLOY: "~", ActionKind.HOLD: "!", ActionKind.NONE: " ", ActionKind.ORPHAN: "?"}
+_SYMBOL = {
+    ActionKind.DEPLOY: "~",
+    ActionKind.HOLD: "!",
+    ActionKind.NONE: " ",
+    ActionKind.ORPHAN: "?",
+}
 
 
 def plan_json(plan: Plan, policy: PolicyReport | None = None, base: str | None = None) -> str:
@@ -39,9 +44,16 @@ def plan_json(plan: Plan, policy: PolicyReport | None = None, base: str | None =
 
 def _describe(a: Action) -> str:
     if a.kind is ActionKind.DEPLOY:
-        change = f"{a.from_version or '(nothing)'} → {a.to_version}" if a.from_version != a.to_version \
+        change = (
+            f"{a.from_version or '(nothing)'} → {a.to_version}"
+            if a.from_version != a.to_version
             else f"{a.to_version} (redeploy)"
-        where = f"{len(a.targets)} target{'s' if len(a.targets) != 1 else ''}" if a.targets else "no targets"
+        )
+        where = (
+            f"{len(a.targets)} target{'s' if len(a.targets) != 1 else ''}"
+            if a.targets
+            else "no targets"
+        )
         return f"deploy {change} · {a.strategy} · {a.deploy_type} · {where}"
     if a.kind is ActionKind.HOLD:
         return f"hold at {a.from_version or '(nothing)'} · {a.detail}"
@@ -51,8 +63,14 @@ def _describe(a: Action) -> str:
 
 
 def plan_text(plan: Plan, policy: PolicyReport | None = None, verbose: bool = False) -> str:
-    lines = [f"Plan for config commit {plan.commit[:10]}"
-             + (f" against state {plan.state_commit[:10]}" if plan.state_commit else " (nothing deployed yet)")]
+    lines = [
+        f"Plan for config commit {plan.commit[:10]}"
+        + (
+            f" against state {plan.state_commit[:10]}"
+            if plan.state_commit
+            else " (nothing deployed yet)"
+        )
+    ]
     shown = [a for a in plan.actions if verbose or a.kind is not ActionKind.NONE]
     for a in shown:
         flag = " [protected]" if a.protected else ""
@@ -69,19 +87,30 @@ def plan_text(plan: Plan, policy: PolicyReport | None = None, verbose: bool = Fa
 
 
 def plan_markdown(plan: Plan, policy: PolicyReport | None = None) -> str:
-    lines = ["### QUIC-Flow plan", "",
-             f"Config commit `{plan.commit[:10]}`"
-             + (f", deployed state `{plan.state_commit[:10]}`." if plan.state_commit else ", nothing deployed yet."),
-             ""]
+    lines = [
+        "### QUIC-Flow plan",
+        "",
+        f"Config commit `{plan.commit[:10]}`"
+        + (
+            f", deployed state `{plan.state_commit[:10]}`."
+            if plan.state_commit
+            else ", nothing deployed yet."
+        ),
+        "",
+    ]
     changes = [a for a in plan.actions if a.kind is not ActionKind.NONE]
     if changes:
-        lines += ["| | project/env | action | from | to | strategy | targets | reason |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| | project/env | action | from | to | strategy | targets | reason |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for a in changes:
             lock = " 🔒" if a.protected else ""
-            lines.append(f"| {_SYMBOL[a.kind].strip() or '·'} | `{a.key}`{lock} | {a.kind.value} | "
-                         f"{_md(a.from_version)} | {_md(a.to_version)} | {a.strategy} | {len(a.targets)} | "
-                         f"{a.reason.value.replace('_', ' ')}{(': ' + _cell(a.detail)) if a.detail else ''} |")
+            lines.append(
+                f"| {_SYMBOL[a.kind].strip() or '·'} | `{a.key}`{lock} | {a.kind.value} | "
+                f"{_md(a.from_version)} | {_md(a.to_version)} | {a.strategy} | {len(a.targets)} | "
+                f"{a.reason.value.replace('_', ' ')}{(': ' + _cell(a.detail)) if a.detail else ''} |"
+            )
     else:
         lines.append("No changes: every environment matches its deployed release.")
     lines += ["", _summary(plan)]
@@ -93,7 +122,9 @@ def plan_markdown(plan: Plan, policy: PolicyReport | None = None) -> str:
             lines += ["| project/env | change | roles allowed |", "|---|---|---|"]
             for r in policy.requirements:
                 where = f"{r.project}/{r.env}" if r.env else r.project
-                lines.append(f"| `{where}`{' 🔒' if r.protected else ''} | {_cell(r.what)} | {', '.join(r.roles)} |")
+                lines.append(
+                    f"| `{where}`{' 🔒' if r.protected else ''} | {_cell(r.what)} | {', '.join(r.roles)} |"
+                )
         if policy.authors:
             lines += ["", "| author | user | allowed |", "|---|---|---|"]
             for a in policy.authors:
@@ -104,8 +135,11 @@ def plan_markdown(plan: Plan, policy: PolicyReport | None = None) -> str:
 
 def _summary(plan: Plan) -> str:
     c = plan.counts
-    return (f"{c.get('deploy', 0)} to deploy, {c.get('hold', 0)} held, {c.get('none', 0)} unchanged"
-            + (f", {c['orphan']} orphaned" if c.get("orphan") else "") + ".")
+    return (
+        f"{c.get('deploy', 0)} to deploy, {c.get('hold', 0)} held, {c.get('none', 0)} unchanged"
+        + (f", {c['orphan']} orphaned" if c.get("orphan") else "")
+        + "."
+    )
 
 
 def _policy_text(policy: PolicyReport) -> Iterable[str]:

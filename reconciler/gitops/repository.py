@@ -114,8 +114,13 @@ class GitRepository:
     # -- opening -----------------------------------------------------------------
 
     @classmethod
-    def open(cls, location: str | os.PathLike[str], cache_dir: Path | None = None,
-             token: str | None = None, username: str | None = None) -> GitRepository:
+    def open(
+        cls,
+        location: str | os.PathLike[str],
+        cache_dir: Path | None = None,
+        token: str | None = None,
+        username: str | None = None,
+    ) -> GitRepository:
         """Open a local path (possibly a subdirectory of a repository) or mirror a URL."""
         text = os.fspath(location)
         if is_remote_url(text):
@@ -125,22 +130,27 @@ class GitRepository:
             raise SourceError(f"{text}: no such directory")
         found = pygit2.discover_repository(str(path))
         if found is None:
-            raise SourceError(f"{text}: not inside a Git repository (run 'git init' or pass --repo)")
+            raise SourceError(
+                f"{text}: not inside a Git repository (run 'git init' or pass --repo)"
+            )
         repo = pygit2.Repository(found)
         top = Path(repo.workdir).resolve() if repo.workdir else Path(repo.path).resolve()
         subdir = "" if repo.is_bare else path.relative_to(top).as_posix()
         return cls(repo, "" if subdir == "." else subdir)
 
     @classmethod
-    def mirror(cls, url: str, cache_dir: Path, token: str | None = None,
-               username: str | None = None) -> GitRepository:
+    def mirror(
+        cls, url: str, cache_dir: Path, token: str | None = None, username: str | None = None
+    ) -> GitRepository:
         """Clone ``url`` bare into ``cache_dir`` (or reuse the clone) and fetch it."""
         # The URL may end with '//subdir' to name a config subtree, as in Kustomize.
         subdir = ""
         scheme_end = url.find("://") + 3
         if "//" in url[scheme_end:]:
-            url, subdir = url[:scheme_end] + url[scheme_end:].split("//", 1)[0], \
-                url[scheme_end:].split("//", 1)[1]
+            url, subdir = (
+                url[:scheme_end] + url[scheme_end:].split("//", 1)[0],
+                url[scheme_end:].split("//", 1)[1],
+            )
         cache_dir.mkdir(parents=True, exist_ok=True)
         key = hashlib.sha256(redact_url(url).encode()).hexdigest()[:16]
         path = cache_dir / f"{key}.git"
@@ -155,8 +165,9 @@ class GitRepository:
         return self
 
     @classmethod
-    def create(cls, path: Path, files: Mapping[str, bytes], message: str,
-               identity: Identity = Identity()) -> tuple[GitRepository, str]:
+    def create(
+        cls, path: Path, files: Mapping[str, bytes], message: str, identity: Identity = Identity()
+    ) -> tuple[GitRepository, str]:
         """A new repository at ``path`` whose first commit on ``main`` holds ``files``."""
         repo = pygit2.init_repository(str(path), initial_head="main")
         self = cls(repo)
@@ -202,7 +213,9 @@ class GitRepository:
                 remote.fetch(specs[:-2] or None, callbacks=_Callbacks(self._username, self._token))
                 self._fetch_history_refs_one_by_one(remote)
                 return
-            raise SourceError(f"fetch from {redact_url(remote.url or '')} failed: {message}") from None
+            raise SourceError(
+                f"fetch from {redact_url(remote.url or '')} failed: {message}"
+            ) from None
 
     def _fetch_history_refs_one_by_one(self, remote: pygit2.Remote) -> None:
         for spec in HISTORY_REFSPECS:
@@ -249,8 +262,12 @@ class GitRepository:
         """Metadata of a commit."""
         c = self._repo[commit_id]
         return CommitInfo(
-            id=str(c.id), author_name=c.author.name, author_email=c.author.email,
-            message=c.message, time=c.commit_time, parents=tuple(str(p) for p in c.parent_ids),
+            id=str(c.id),
+            author_name=c.author.name,
+            author_email=c.author.email,
+            message=c.message,
+            time=c.commit_time,
+            parents=tuple(str(p) for p in c.parent_ids),
         )
 
     def commits_between(self, base: str | None, head: str) -> list[CommitInfo]:
@@ -296,7 +313,9 @@ class GitRepository:
                 paths.append(delta.old_file.path)
         return paths
 
-    def file_history(self, ref: str, path: str, limit: int | None = None) -> Iterator[tuple[CommitInfo, bytes | None]]:
+    def file_history(
+        self, ref: str, path: str, limit: int | None = None
+    ) -> Iterator[tuple[CommitInfo, bytes | None]]:
         """Commits on ``ref`` that changed ``path``, newest first, with the file's content."""
         target = self.ref_target(ref)
         if target is None:
@@ -315,8 +334,13 @@ class GitRepository:
 
     # -- writing -----------------------------------------------------------------
 
-    def commit_files(self, ref: str, files: Mapping[str, bytes | None], message: str,
-                     identity: Identity = Identity()) -> str:
+    def commit_files(
+        self,
+        ref: str,
+        files: Mapping[str, bytes | None],
+        message: str,
+        identity: Identity = Identity(),
+    ) -> str:
         """Commit ``files`` (path → content, None deletes) on top of ``ref``; return the id."""
         parent = self.ref_target(ref)
         index = pygit2.Index()
@@ -341,14 +365,16 @@ class GitRepository:
         except KeyError:
             return None
 
-    def write_note(self, commit_id: str, text: str, ref: str = NOTES_REF,
-                   identity: Identity = Identity()) -> None:
+    def write_note(
+        self, commit_id: str, text: str, ref: str = NOTES_REF, identity: Identity = Identity()
+    ) -> None:
         """Attach (replace) the note of a commit under ``ref``."""
         sig = _signature(identity)
         self._repo.create_note(text, sig, sig, commit_id, ref, True)
 
-    def update_file_on_branch(self, branch: str, path: str, content: bytes, message: str,
-                              identity: Identity = Identity()) -> str:
+    def update_file_on_branch(
+        self, branch: str, path: str, content: bytes, message: str, identity: Identity = Identity()
+    ) -> str:
         """Commit one changed file on a branch (used by rollback-by-revert and image automation)."""
         full = f"{self.subdir}/{path}" if self.subdir else path
         ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
@@ -369,4 +395,3 @@ def _signature(identity: Identity) -> pygit2.Signature:
 def short(commit_id: str | None) -> str:
     """A commit id shortened for people."""
     return (commit_id or "")[:10]
-

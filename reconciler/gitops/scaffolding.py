@@ -53,7 +53,9 @@ def files(project: str) -> dict[str, bytes]:
         "quicflow.yaml": _GLOBAL.encode(),
         f"projects/{project}/project.yaml": _PROJECT.format(project=project).encode(),
         f"projects/{project}/environments/dev.yaml": _ENV.format(env="dev").encode(),
-        f"projects/{project}/environments/prod.yaml": (_ENV.format(env="prod") + "protected: true\n").encode(),
+        f"projects/{project}/environments/prod.yaml": (
+            _ENV.format(env="prod") + "protected: true\n"
+        ).encode(),
     }
 
 
@@ -70,6 +72,10 @@ def scaffold(directory: Path, project: str) -> tuple[list[str], str | None]:
             target.write_bytes(data)
         return sorted(content), None
     directory.mkdir(parents=True, exist_ok=True)
-    _, commit = GitRepository.create(directory, content, "Scaffold a QUIC-Flow config repo\n",
-                                     Identity("quicflow init", "quicflow@localhost"))
+    _, commit = GitRepository.create(
+        directory,
+        content,
+        "Scaffold a QUIC-Flow config repo\n",
+        Identity("quicflow init", "quicflow@localhost"),
+    )
     return sorted(content), commit

@@ -60,7 +60,31 @@ def validate(kind: str, document: Any) -> list[SchemaProblem]:
     problems: list[SchemaProblem] = []
     for error in v.iter_errors(document):
         problems.extend(_explain(error))
+    if kind == "credentials":
+        # Values in a credentials file may be secrets committed by mistake: a message
+        # must name where the problem is, never repeat what is there.
+        problems = [_redacted(p, document) for p in problems]
     return problems
+
+
+def _redacted(problem: SchemaProblem, document: Any) -> SchemaProblem:
+    message = problem.message
+    for value in _leaves(document):
+        for form in (repr(value), str(value)):
+            if len(form) >= 3 and form in message:
+                message = message.replace(form, "the value")
+    return SchemaProblem(problem.path, message, problem.at_key)
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, str | int | float) and not isinstance(value, bool):
+        yield value
 
 
 def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
@@ -69,8 +93,11 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
     schema = error.schema if isinstance(error.schema, dict) else {}
     instance = error.instance
     if "propertyNames" in error.schema_path:
-        yield SchemaProblem((*path, instance), f"invalid name {instance!r} (must match "
-                            f"{error.validator_value})", at_key=True)
+        yield SchemaProblem(
+            (*path, instance),
+            f"invalid name {instance!r} (must match {error.validator_value})",
+            at_key=True,
+        )
         return
     if keyword == "minProperties" and not instance:
         what = schema.get("description", "")
@@ -84,7 +111,9 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
                 yield SchemaProblem((*path, key), f"unknown key {key!r}{hint}", at_key=True)
         return
     if keyword == "required":
-        missing = [k for k in error.validator_value if isinstance(instance, dict) and k not in instance]
+        missing = [
+            k for k in error.validator_value if isinstance(instance, dict) and k not in instance
+        ]
         for key in missing:
             yield SchemaProblem(path, f"missing required key {key!r}")
         return
@@ -103,20 +132,38 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
     if keyword == "pattern":
         what = schema.get("description")
         text = f"{_short(instance)} is not valid"
-        yield SchemaProblem(path, f"{text}: {what}" if what else f"{text} (must match {error.validator_value})")
+        yield SchemaProblem(
+            path, f"{text}: {what}" if what else f"{text} (must match {error.validator_value})"
+        )
         return
     if keyword == "oneOf" and path and any(p == "variables" for p in path if isinstance(p, str)):
         if isinstance(instance, dict):
             inner = [e for e in error.context if e.validator != "type"]
             detail = f": {inner[0].message}" if inner else ""
-            yield SchemaProblem(path, "a variable is a plain value or {secret: NAME, field: ...}" + detail)
+            yield SchemaProblem(
+                path, "a variable is a plain value or {secret: NAME, field: ...}" + detail
+            )
         else:
-            yield SchemaProblem(path, f"a variable must be a string, number, boolean or null, got {_kind(instance)}")
+            yield SchemaProblem(
+                path, f"a variable must be a string, number, boolean or null, got {_kind(instance)}"
+            )
         return
-    if keyword in ("minimum", "maximum", "exclusiveMinimum", "minItems", "maxItems", "minLength",
-                   "maxLength", "uniqueItems"):
-        yield SchemaProblem(path, error.message.replace("is too short", "has too few items")
-                            if keyword == "minItems" else error.message)
+    if keyword in (
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "uniqueItems",
+    ):
+        yield SchemaProblem(
+            path,
+            error.message.replace("is too short", "has too few items")
+            if keyword == "minItems"
+            else error.message,
+        )
         return
     yield SchemaProblem(path, error.message)
 

@@ -26,9 +26,13 @@ def test_loads_the_example_repo(example_repo: ConfigRepo) -> None:
     assert dict(prod.deploy.spec["resources"]) == {"cpus": 2, "memory": "1g"}
 
 
-def test_reads_the_commit_not_the_working_copy(config_repo: ConfigRepo, minimal_files: dict[str, str]) -> None:
+def test_reads_the_commit_not_the_working_copy(
+    config_repo: ConfigRepo, minimal_files: dict[str, str]
+) -> None:
     first = config_repo.commit(minimal_files)
-    config_repo.commit({"projects/app/environments/dev.yaml": 'version: "2.0.0"\ntargets: [{local: d}]\n'})
+    config_repo.commit(
+        {"projects/app/environments/dev.yaml": 'version: "2.0.0"\ntargets: [{local: d}]\n'}
+    )
     # An uncommitted, broken edit in the work tree must not be seen.
     config_repo.write({"projects/app/environments/dev.yaml": "version: [broken\n"})
     loader = Loader(GitRepository.open(config_repo.path))
@@ -39,7 +43,9 @@ def test_reads_the_commit_not_the_working_copy(config_repo: ConfigRepo, minimal_
     assert old.commit == first
 
 
-def test_one_file_commit_reparses_one_file(config_repo: ConfigRepo, minimal_files: dict[str, str]) -> None:
+def test_one_file_commit_reparses_one_file(
+    config_repo: ConfigRepo, minimal_files: dict[str, str]
+) -> None:
     files = dict(minimal_files)
     for i in range(5):
         files[f"projects/p{i}/project.yaml"] = files["projects/app/project.yaml"]
@@ -50,7 +56,9 @@ def test_one_file_commit_reparses_one_file(config_repo: ConfigRepo, minimal_file
     parsed, built = loader.stats.parsed_files, loader.stats.built_projects
     assert built == 6
 
-    config_repo.commit({"projects/p3/environments/dev.yaml": 'version: "9"\ntargets: [{local: d}]\n'})
+    config_repo.commit(
+        {"projects/p3/environments/dev.yaml": 'version: "9"\ntargets: [{local: d}]\n'}
+    )
     desired = loader.load().raise_for_problems()
     assert loader.stats.parsed_files - parsed == 1
     assert loader.stats.built_projects - built == 1
@@ -60,9 +68,13 @@ def test_one_file_commit_reparses_one_file(config_repo: ConfigRepo, minimal_file
     assert again.projects["p1"] is desired.projects["p1"]
 
 
-def test_a_commit_outside_the_config_costs_nothing(tmp_path: Path, minimal_files: dict[str, str]) -> None:
+def test_a_commit_outside_the_config_costs_nothing(
+    tmp_path: Path, minimal_files: dict[str, str]
+) -> None:
     repo = ConfigRepo(tmp_path / "mono")
-    repo.commit({f"deploy/{k}": v for k, v in minimal_files.items()} | {"src/main.py": "print(1)\n"})
+    repo.commit(
+        {f"deploy/{k}": v for k, v in minimal_files.items()} | {"src/main.py": "print(1)\n"}
+    )
     loader = Loader(GitRepository.open(repo.path / "deploy"))
     first = loader.load().raise_for_problems()
     parsed = loader.stats.parsed_files
@@ -96,13 +108,17 @@ def test_not_a_repository_is_a_clear_error(tmp_path: Path) -> None:
         GitRepository.open(tmp_path / "missing")
 
 
-def test_unknown_revision_is_a_clear_error(config_repo: ConfigRepo, minimal_files: dict[str, str]) -> None:
+def test_unknown_revision_is_a_clear_error(
+    config_repo: ConfigRepo, minimal_files: dict[str, str]
+) -> None:
     config_repo.commit(minimal_files)
     with pytest.raises(SourceError, match="unknown revision 'nope'"):
         Loader(GitRepository.open(config_repo.path)).load("nope")
 
 
-def test_missing_subdirectory_is_a_problem(config_repo: ConfigRepo, minimal_files: dict[str, str]) -> None:
+def test_missing_subdirectory_is_a_problem(
+    config_repo: ConfigRepo, minimal_files: dict[str, str]
+) -> None:
     config_repo.commit({f"cfg/{k}": v for k, v in minimal_files.items()})
     (config_repo.path / "other").mkdir()
     result = Loader(GitRepository.open(config_repo.path / "other")).load()
@@ -120,7 +136,9 @@ def test_remote_over_file_url_is_mirrored_and_refetched(
     loader = Loader(mirror)
     assert loader.load("main").raise_for_problems().environment("app", "dev").version == "1.0.0"  # type: ignore[union-attr]
 
-    config_repo.commit({"projects/app/environments/dev.yaml": 'version: "1.5.0"\ntargets: [{local: d}]\n'})
+    config_repo.commit(
+        {"projects/app/environments/dev.yaml": 'version: "1.5.0"\ntargets: [{local: d}]\n'}
+    )
     mirror.fetch()
     assert loader.load("main").raise_for_problems().environment("app", "dev").version == "1.5.0"  # type: ignore[union-attr]
     # Reopening reuses the cached clone.
@@ -143,16 +161,27 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-def test_remote_over_git_daemon(tmp_path: Path, config_repo: ConfigRepo, minimal_files: dict[str, str]) -> None:
+def test_remote_over_git_daemon(
+    tmp_path: Path, config_repo: ConfigRepo, minimal_files: dict[str, str]
+) -> None:
     config_repo.commit(minimal_files)
     served = tmp_path / "served"
     served.mkdir()
     git(tmp_path, "clone", "-q", "--bare", str(config_repo.path), str(served / "config.git"))
     port = _free_port()
     daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", f"--port={port}",
-         f"--base-path={served}", str(served)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            f"--base-path={served}",
+            str(served),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10
@@ -162,7 +191,9 @@ def test_remote_over_git_daemon(tmp_path: Path, config_repo: ConfigRepo, minimal
                 break
             except OSError:
                 time.sleep(0.05)
-        mirror = GitRepository.open(f"git://127.0.0.1:{port}/config.git", cache_dir=tmp_path / "cache")
+        mirror = GitRepository.open(
+            f"git://127.0.0.1:{port}/config.git", cache_dir=tmp_path / "cache"
+        )
         desired = Loader(mirror).load("main").raise_for_problems()
         assert set(desired.projects) == {"app"}
     finally:
@@ -172,6 +203,8 @@ def test_remote_over_git_daemon(tmp_path: Path, config_repo: ConfigRepo, minimal
 
 def test_fetch_failure_names_the_remote_without_credentials(tmp_path: Path) -> None:
     with pytest.raises(SourceError) as info:
-        GitRepository.open("https://user:s3cret-token@127.0.0.1:9/none.git", cache_dir=tmp_path / "c")
+        GitRepository.open(
+            "https://user:s3cret-token@127.0.0.1:9/none.git", cache_dir=tmp_path / "c"
+        )
     assert "s3cret-token" not in str(info.value)
     assert "https://127.0.0.1:9/none.git" in str(info.value)

@@ -36,17 +36,35 @@ def test_stable_hash_ignores_key_order_and_sees_values() -> None:
 
 PROJECT = {
     "members": [{"user": "bob", "role": "owner"}],
-    "variables": {"LEVEL": "project", "ONLY_PROJECT": "p", "DB": {"secret": "db", "field": "password"}},
+    "variables": {
+        "LEVEL": "project",
+        "ONLY_PROJECT": "p",
+        "DB": {"secret": "db", "field": "password"},
+    },
     "deploy": {
         "type": "container",
-        "container": {"image": "r/app:{{ version }}", "ports": ["80:80", "443:443"],
-                      "resources": {"cpus": 1, "memory": "256m"}},
+        "container": {
+            "image": "r/app:{{ version }}",
+            "ports": ["80:80", "443:443"],
+            "resources": {"cpus": 1, "memory": "256m"},
+        },
     },
     "strategy": {"type": "canary", "canary": {"steps": [20, 100]}},
-    "pipeline": {"stages": [{"name": "s", "tasks": [
-        {"name": "t", "run": "x", "variables": {"LEVEL": "task"}},
-        {"name": "u", "uses": "deploy", "deploy": {"container": {"ports": ["8080:80"]}}},
-    ]}]},
+    "pipeline": {
+        "stages": [
+            {
+                "name": "s",
+                "tasks": [
+                    {"name": "t", "run": "x", "variables": {"LEVEL": "task"}},
+                    {
+                        "name": "u",
+                        "uses": "deploy",
+                        "deploy": {"container": {"ports": ["8080:80"]}},
+                    },
+                ],
+            }
+        ]
+    },
 }
 ENV = {
     "version": "1.0",
@@ -98,13 +116,17 @@ def test_strategy_defaults_project_then_environment() -> None:
 
 def test_config_hash_changes_with_effective_config_only() -> None:
     base = _env().config_hash
-    changed_var = building.environment("app", "prod", PROJECT, {**ENV, "variables": {"LEVEL": "x"}},
-                                       model.Source("x"))
+    changed_var = building.environment(
+        "app", "prod", PROJECT, {**ENV, "variables": {"LEVEL": "x"}}, model.Source("x")
+    )
     assert changed_var.config_hash != base
-    new_version = building.environment("app", "prod", PROJECT, {**ENV, "version": "2.0"}, model.Source("x"))
+    new_version = building.environment(
+        "app", "prod", PROJECT, {**ENV, "version": "2.0"}, model.Source("x")
+    )
     assert new_version.config_hash == base  # the version is compared on its own
-    new_strategy = building.environment("app", "prod", PROJECT, {**ENV, "strategy": {"type": "rolling"}},
-                                        model.Source("x"))
+    new_strategy = building.environment(
+        "app", "prod", PROJECT, {**ENV, "strategy": {"type": "rolling"}}, model.Source("x")
+    )
     assert new_strategy.config_hash == base  # how to roll out is not what runs
 
 
@@ -113,6 +135,7 @@ def test_tier_and_protection_defaults() -> None:
     assert (prod.tier, prod.protected) == ("prod", True)
     dev = building.environment("app", "sandbox", PROJECT, {"version": "1"}, model.Source("x"))
     assert (dev.tier, dev.protected) == ("dev", False)
-    explicit = building.environment("app", "prod", PROJECT, {"version": "1", "protected": False},
-                                    model.Source("x"))
+    explicit = building.environment(
+        "app", "prod", PROJECT, {"version": "1", "protected": False}, model.Source("x")
+    )
     assert explicit.protected is False

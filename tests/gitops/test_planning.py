@@ -16,11 +16,17 @@ CASES = sorted((Path(__file__).parents[1] / "cases" / "planning").glob("*.yaml")
 
 def _env(spec: dict[str, Any]) -> model.Environment:
     return model.Environment(
-        project=spec["project"], name=spec["env"], version=spec["version"], tier="dev",
-        protected=spec.get("protected", False), strategy=model.Strategy(),
+        project=spec["project"],
+        name=spec["env"],
+        version=spec["version"],
+        tier="dev",
+        protected=spec.get("protected", False),
+        strategy=model.Strategy(),
         deploy=model.DeployConfig(model.DeployType.SCRIPT),
-        build=model.BuildConfig(), pipeline=model.Pipeline(()),
-        targets=(model.Target(local="t1"),), config_hash=spec.get("config_hash", "h"),
+        build=model.BuildConfig(),
+        pipeline=model.Pipeline(()),
+        targets=(model.Target(local="t1"),),
+        config_hash=spec.get("config_hash", "h"),
     )
 
 
@@ -29,8 +35,12 @@ def _desired(specs: list[dict[str, Any]]) -> model.DesiredState:
     for spec in specs:
         projects.setdefault(spec["project"], {})[spec["env"]] = _env(spec)
     return model.DesiredState(
-        commit="c0ffee", settings=model.Settings(), users=MappingProxyType({}),
-        projects={name: model.Project(name, (), MappingProxyType(envs)) for name, envs in projects.items()},
+        commit="c0ffee",
+        settings=model.Settings(),
+        users=MappingProxyType({}),
+        projects={
+            name: model.Project(name, (), MappingProxyType(envs)) for name, envs in projects.items()
+        },
     )
 
 
@@ -38,22 +48,29 @@ def _record(spec: dict[str, Any]) -> planning.DeployedRecord:
     failure = spec.get("last_failure")
     pin = spec.get("pin")
     return planning.DeployedRecord(
-        project=spec["project"], env=spec["env"], version=spec.get("version"),
-        config_hash=spec.get("config_hash", "h"), image_digest=spec.get("image_digest"),
+        project=spec["project"],
+        env=spec["env"],
+        version=spec.get("version"),
+        config_hash=spec.get("config_hash", "h"),
+        image_digest=spec.get("image_digest"),
         last_failure=planning.Attempt(**failure) if failure else None,
         pin=planning.Pin(**pin) if pin else None,
     )
 
 
-def _apply(plan: planning.Plan, deployed: dict[tuple[str, str], planning.DeployedRecord],
-           desired: model.DesiredState) -> dict[tuple[str, str], planning.DeployedRecord]:
+def _apply(
+    plan: planning.Plan,
+    deployed: dict[tuple[str, str], planning.DeployedRecord],
+    desired: model.DesiredState,
+) -> dict[tuple[str, str], planning.DeployedRecord]:
     """What a successful run of every deploy action records (and targets then report)."""
     after = dict(deployed)
     for action in plan.changes:
         env = desired.environment(action.project, action.env)
         assert env is not None
         after[(action.project, action.env)] = planning.DeployedRecord(
-            action.project, action.env, env.version, env.config_hash)
+            action.project, action.env, env.version, env.config_hash
+        )
     return after
 
 
@@ -79,7 +96,11 @@ def test_planning_case(case: Path) -> None:
     if spec.get("idempotent", True):
         # After applying, targets run what was deployed: no drift, nothing to do.
         after = _apply(plan, deployed, desired)
-        healed = [o for o in observations if (o.project, o.env) not in {(a.project, a.env) for a in plan.changes}]
+        healed = [
+            o
+            for o in observations
+            if (o.project, o.env) not in {(a.project, a.env) for a in plan.changes}
+        ]
         again = planning.plan(desired, after, healed)
         assert not again.has_changes, [a.as_dict() for a in again.changes]
 
