@@ -1,0 +1,65 @@
+"""What callers outside the engine (API, CLI, webhooks, schedules) may ask of it.
+
+``EngineControl`` is the narrow interface the HTTP layer and triggers are written
+against; ``reconciler.engine.reconciling.Reconciler`` implements it. Permission checks
+for run actions happen behind it (the engine knows members and protected
+environments); it raises ``PermissionDenied`` naming the role that was needed,
+``ApprovalRequired``/``PermanentError`` for refused actions, and ``KeyError`` for
+unknown runs, projects or environments.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from reconciler.engine.events import EventBus
+from reconciler.engine.runs import Run, Trigger
+from reconciler.errors import ConfigProblem
+from reconciler.gitops import model
+from reconciler.gitops.history import History
+from reconciler.gitops.planning import DeployedRecord, Plan
+from reconciler.log.store import LogStore
+from reconciler.store.runs import RunStore
+
+
+class EngineControl(Protocol):
+    """The engine as seen by the API, the CLI, webhooks and schedules."""
+
+    runs: RunStore
+    logs: LogStore
+    bus: EventBus
+    history: History
+
+    @property
+    def desired(self) -> model.DesiredState | None:
+        """The last valid desired state (bad config never replaces it)."""
+
+    @property
+    def problems(self) -> tuple[ConfigProblem, ...]:
+        """Problems of the newest commit when it was invalid, else empty."""
+
+    def deployed(self) -> dict[tuple[str, str], DeployedRecord]:
+        """What the state ref says is deployed."""
+
+    def plan(self) -> Plan:
+        """The current plan (desired vs deployed vs live)."""
+
+    async def reconcile_now(self, reason: str) -> None:
+        """Fetch the config repo and reconcile at once (instead of waiting for the poll)."""
+
+    async def deploy(self, project: str, env: str, version: str | None, *, actor: model.User | None,
+                     trigger: Trigger, force: bool = False, detail: dict[str, str] | None = None) -> Run:
+        """Start a run for ``version`` (None: the desired one). ``actor`` None means the system."""
+
+    async def approve(self, run_id: str, actor: model.User, comment: str = "") -> Run: ...
+
+    async def reject(self, run_id: str, actor: model.User, comment: str = "") -> Run: ...
+
+    async def promote(self, run_id: str, actor: model.User) -> Run:
+        """Let a canary paused for manual promotion go to its next step."""
+
+    async def cancel(self, run_id: str, actor: model.User) -> Run: ...
+
+    async def rollback(self, project: str, env: str, *, actor: model.User | None,
+                       to_version: str | None = None, pin: bool = False) -> Run | str:
+        """Roll back: by default commit a revert to Git (returns the commit id); ``pin`` runs it now."""
