@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from reconciler.credential.commands import secrets_group
+from reconciler.engine import commands as engine_commands
 from reconciler.errors import QuicFlowError, SourceError
 from reconciler.gitops import history as history_mod
 from reconciler.gitops import loading, planning, policy, rendering, scaffolding
@@ -233,6 +234,14 @@ def _add_optional_commands() -> None:
 
 
 main.add_command(secrets_group)
+for _command in (
+    engine_commands.apply,
+    engine_commands.approve,
+    engine_commands.reject,
+    engine_commands.promote,
+    engine_commands.rollback,
+):
+    main.add_command(_command)
 _add_optional_commands()
 
 __all__ = ["main", "redact_url"]

@@ -47,8 +47,17 @@ class EngineControl(Protocol):
     async def reconcile_now(self, reason: str) -> None:
         """Fetch the config repo and reconcile at once (instead of waiting for the poll)."""
 
-    async def deploy(self, project: str, env: str, version: str | None, *, actor: model.User | None,
-                     trigger: Trigger, force: bool = False, detail: dict[str, str] | None = None) -> Run:
+    async def deploy(
+        self,
+        project: str,
+        env: str,
+        version: str | None,
+        *,
+        actor: model.User | None,
+        trigger: Trigger,
+        force: bool = False,
+        detail: dict[str, str] | None = None,
+    ) -> Run:
         """Start a run for ``version`` (None: the desired one). ``actor`` None means the system."""
 
     async def approve(self, run_id: str, actor: model.User, comment: str = "") -> Run: ...
@@ -60,6 +69,13 @@ class EngineControl(Protocol):
 
     async def cancel(self, run_id: str, actor: model.User) -> Run: ...
 
-    async def rollback(self, project: str, env: str, *, actor: model.User | None,
-                       to_version: str | None = None, pin: bool = False) -> Run | str:
+    async def rollback(
+        self,
+        project: str,
+        env: str,
+        *,
+        actor: model.User | None,
+        to_version: str | None = None,
+        pin: bool = False,
+    ) -> Run | str:
         """Roll back: by default commit a revert to Git (returns the commit id); ``pin`` runs it now."""

@@ -47,11 +47,19 @@ class EventType(StrEnum):
         return self in _FAILURES
 
 
-_FAILURES = frozenset({
-    EventType.RUN_FAILED, EventType.STAGE_FAILED, EventType.TASK_FAILED, EventType.TASK_TIMED_OUT,
-    EventType.CANARY_FAILED, EventType.ROLLED_BACK, EventType.DEPLOY_FAILED, EventType.DEPLOY_TIMEOUT,
-    EventType.BUILD_FAILED,
-})
+_FAILURES = frozenset(
+    {
+        EventType.RUN_FAILED,
+        EventType.STAGE_FAILED,
+        EventType.TASK_FAILED,
+        EventType.TASK_TIMED_OUT,
+        EventType.CANARY_FAILED,
+        EventType.ROLLED_BACK,
+        EventType.DEPLOY_FAILED,
+        EventType.DEPLOY_TIMEOUT,
+        EventType.BUILD_FAILED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +81,17 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "type": self.type.value, "at": self.at, "run_id": self.run_id, "project": self.project,
-            "env": self.env, "version": self.version, "stage": self.stage, "task": self.task,
-            "target": self.target, "error": self.error, "data": dict(self.data),
+            "type": self.type.value,
+            "at": self.at,
+            "run_id": self.run_id,
+            "project": self.project,
+            "env": self.env,
+            "version": self.version,
+            "stage": self.stage,
+            "task": self.task,
+            "target": self.target,
+            "error": self.error,
+            "data": dict(self.data),
         }
 
 

@@ -35,8 +35,16 @@ class RunState(StrEnum):
         return self in (RunState.WAITING_APPROVAL, RunState.WAITING_WINDOW)
 
 
-_FINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.ROLLED_BACK,
-                    RunState.INTERRUPTED, RunState.SUPERSEDED})
+_FINAL = frozenset(
+    {
+        RunState.SUCCEEDED,
+        RunState.FAILED,
+        RunState.CANCELLED,
+        RunState.ROLLED_BACK,
+        RunState.INTERRUPTED,
+        RunState.SUPERSEDED,
+    }
+)
 
 
 class Trigger(StrEnum):
@@ -88,12 +96,24 @@ class Run:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "project": self.project, "environment": self.env, "version": self.version,
-            "previous_version": self.previous_version, "config_commit": self.config_commit,
-            "config_hash": self.config_hash, "trigger": self.trigger.value, "state": self.state.value,
-            "actor": self.actor, "strategy": self.strategy, "created_at": self.created_at,
-            "started_at": self.started_at, "finished_at": self.finished_at, "error": self.error,
-            "forced": self.forced, "resumes": self.resumes, "detail": dict(self.detail),
+            "id": self.id,
+            "project": self.project,
+            "environment": self.env,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "config_commit": self.config_commit,
+            "config_hash": self.config_hash,
+            "trigger": self.trigger.value,
+            "state": self.state.value,
+            "actor": self.actor,
+            "strategy": self.strategy,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "forced": self.forced,
+            "resumes": self.resumes,
+            "detail": dict(self.detail),
         }
 
 
@@ -111,9 +131,15 @@ class Step:
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "status": self.status.value, "started_at": self.started_at,
-                "finished_at": self.finished_at, "attempts": self.attempts,
-                "result": dict(self.result), "error": self.error}
+        return {
+            "key": self.key,
+            "status": self.status.value,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "attempts": self.attempts,
+            "result": dict(self.result),
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -473,7 +473,7 @@ def _glob_problem(pattern: str) -> str | None:
     try:
         matching.compile_glob(pattern)
     except ValueError as exc:
-        return f"invalid branch glob {pattern!r}: {exc}"
+        return f"invalid branch glob {pattern!r}: {str(exc).removeprefix(f'{pattern!r}: ')}"
     return None
 
 

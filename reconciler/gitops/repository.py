@@ -9,6 +9,7 @@ The calls are blocking; async callers run them in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -378,7 +379,29 @@ class GitRepository:
         """Commit one changed file on a branch (used by rollback-by-revert and image automation)."""
         full = f"{self.subdir}/{path}" if self.subdir else path
         ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
-        return self.commit_files(ref, {full: content}, message, identity)
+        commit = self.commit_files(ref, {full: content}, message, identity)
+        if (
+            not self._repo.is_bare
+            and not self._repo.head_is_detached
+            and self._repo.head.name == ref
+        ):
+            # Keep a checked-out branch's work tree in step; SAFE leaves a locally edited file alone.
+            with contextlib.suppress(pygit2.GitError):
+                self._repo.checkout_head(paths=[full], strategy=pygit2.enums.CheckoutStrategy.SAFE)
+        return commit
+
+    def push_branch(self, branch: str) -> None:
+        """Push one branch to the remote (after a commit made by the reconciler)."""
+        remote = self._remote()
+        if remote is None:
+            return
+        ref = f"refs/heads/{branch}"
+        try:
+            remote.push([f"{ref}:{ref}"], callbacks=_Callbacks(self._username, self._token))
+        except pygit2.GitError as exc:
+            raise SourceError(
+                f"push of {branch} to {redact_url(remote.url or '')} failed: {exc}"
+            ) from None
 
 
 def _blob_id_at(tree: pygit2.Tree, path: str) -> pygit2.Oid | None:

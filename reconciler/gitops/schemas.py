@@ -59,7 +59,8 @@ def validate(kind: str, document: Any) -> list[SchemaProblem]:
         return []
     problems: list[SchemaProblem] = []
     for error in v.iter_errors(document):
-        problems.extend(_explain(error))
+        # jsonschema raises 'required' once per missing key and _explain lists them all
+        problems.extend(p for p in _explain(error) if p not in problems)
     if kind == "credentials":
         # Values in a credentials file may be secrets committed by mistake: a message
         # must name where the problem is, never repeat what is there.
@@ -120,7 +121,7 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
     if keyword == "type":
         expected = error.validator_value
         names = " or ".join(expected) if isinstance(expected, list) else expected
-        message = f"expected {names}, got {_kind(instance)} {_short(instance)}"
+        message = f"expected {names}, got {_kind(instance)} {_short(instance)}".rstrip()
         if path and path[-1] == "version" and isinstance(instance, int | float):
             message += " (quote versions: 1.10 unquoted reads as the number 1.1)"
         yield SchemaProblem(path, message)

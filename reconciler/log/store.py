@@ -9,6 +9,7 @@ The default sink is this local store; VictoriaLogs can be added beside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +36,13 @@ class LogLine:
     line: str
 
     def as_dict(self) -> dict[str, object]:
-        return {"seq": self.seq, "at": self.at, "source": self.source, "channel": self.channel, "line": self.line}
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "source": self.source,
+            "channel": self.channel,
+            "line": self.line,
+        }
 
 
 class LogStore:
@@ -54,11 +61,15 @@ class LogStore:
         with self.db.transaction() as conn:
             start = self._next.get(stream)
             if start is None:
-                start = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE stream = ?",
-                                     (stream,)).fetchone()[0]
+                start = conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE stream = ?", (stream,)
+                ).fetchone()[0]
             conn.executemany(
                 "INSERT INTO log_lines (stream, seq, at, source, channel, line) VALUES (?, ?, ?, ?, ?, ?)",
-                [(stream, start + i, at, source, channel, line) for i, (at, source, channel, line) in enumerate(entries)],
+                [
+                    (stream, start + i, at, source, channel, line)
+                    for i, (at, source, channel, line) in enumerate(entries)
+                ],
             )
         self._next[stream] = start + len(entries)
         self._notify(stream)
@@ -73,18 +84,27 @@ class LogStore:
         return bool(rows and rows[0][0])
 
     def last_seq(self, stream: str) -> int:
-        return self.db.query("SELECT COALESCE(MAX(seq), 0) FROM log_lines WHERE stream = ?", (stream,))[0][0]
+        return self.db.query(
+            "SELECT COALESCE(MAX(seq), 0) FROM log_lines WHERE stream = ?", (stream,)
+        )[0][0]
 
-    def read(self, stream: str, after: int = 0, limit: int = 1000, contains: str | None = None) -> list[LogLine]:
+    def read(
+        self, stream: str, after: int = 0, limit: int = 1000, contains: str | None = None
+    ) -> list[LogLine]:
         sql = "SELECT * FROM log_lines WHERE stream = ? AND seq > ?"
         params: list[object] = [stream, after]
         if contains:
             sql += " AND instr(line, ?) > 0"
             params.append(contains)
         rows = self.db.query(sql + " ORDER BY seq LIMIT ?", (*params, limit))
-        return [LogLine(r["stream"], r["seq"], r["at"], r["source"], r["channel"], r["line"]) for r in rows]
+        return [
+            LogLine(r["stream"], r["seq"], r["at"], r["source"], r["channel"], r["line"])
+            for r in rows
+        ]
 
-    async def follow(self, stream: str, after: int = 0, poll: float = 1.0) -> AsyncIterator[LogLine]:
+    async def follow(
+        self, stream: str, after: int = 0, poll: float = 1.0
+    ) -> AsyncIterator[LogLine]:
         """Every line after ``after``, then new ones as they come, until the stream is closed."""
         while True:
             lines = self.read(stream, after)
@@ -96,12 +116,10 @@ class LogStore:
             if self.is_closed(stream):
                 return
             cond = self._changed.setdefault(stream, asyncio.Condition())
+            # A poll bounds the wait: another process may write the same database.
             async with cond:
-                try:
-                    # A poll bounds the wait: another process may write the same database.
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cond.wait(), poll)
-                except TimeoutError:
-                    pass
 
     def _notify(self, stream: str) -> None:
         cond = self._changed.get(stream)

@@ -24,12 +24,16 @@ class Database:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30
+        )
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER)")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER)"
+        )
         self._lock = threading.RLock()
 
     @classmethod
@@ -39,7 +43,9 @@ class Database:
     def migrate(self, component: str, steps: Sequence[str]) -> None:
         """Apply the not-yet-applied schema ``steps`` of ``component`` (each a SQL script)."""
         with self.transaction() as conn:
-            row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
+            row = conn.execute(
+                "SELECT version FROM schema_versions WHERE component = ?", (component,)
+            ).fetchone()
             done = row["version"] if row else 0
             for i, script in enumerate(steps[done:], start=done + 1):
                 for statement in [s for s in script.split(";") if s.strip()]:

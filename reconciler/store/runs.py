@@ -36,9 +36,26 @@ _SCHEMA = [
     """,
 ]
 
-_RUN_COLUMNS = ("id", "project", "env", "version", "config_commit", "config_hash", "trigger", "state",
-                "previous_version", "actor", "strategy", "created_at", "started_at", "finished_at", "error",
-                "forced", "resumes", "detail")
+_RUN_COLUMNS = (
+    "id",
+    "project",
+    "env",
+    "version",
+    "config_commit",
+    "config_hash",
+    "trigger",
+    "state",
+    "previous_version",
+    "actor",
+    "strategy",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "forced",
+    "resumes",
+    "detail",
+)
 
 
 class RunStore:
@@ -72,9 +89,15 @@ class RunStore:
         rows = self.db.query("SELECT * FROM runs WHERE id = ?", (run_id,))
         return _run(rows[0]) if rows else None
 
-    def list(self, project: str | None = None, env: str | None = None,
-             states: Sequence[RunState] | None = None, trigger: str | None = None,
-             limit: int = 50, offset: int = 0) -> tuple[list[Run], int]:
+    def list(
+        self,
+        project: str | None = None,
+        env: str | None = None,
+        states: Sequence[RunState] | None = None,
+        trigger: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Run], int]:
         """Runs newest first with the total count, filtered."""
         where, params = [], []
         if project:
@@ -91,20 +114,26 @@ class RunStore:
             params.append(trigger)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         total = self.db.query(f"SELECT COUNT(*) FROM runs {clause}", params)[0][0]
-        rows = self.db.query(f"SELECT * FROM runs {clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                             (*params, limit, offset))
+        rows = self.db.query(
+            f"SELECT * FROM runs {clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
         return [_run(r) for r in rows], total
 
     def active(self) -> list[Run]:
         """Runs not yet final, oldest first."""
         final = [s.value for s in RunState if s.is_final]
-        rows = self.db.query(f"SELECT * FROM runs WHERE state NOT IN ({', '.join('?' * len(final))}) ORDER BY seq",
-                             final)
+        rows = self.db.query(
+            f"SELECT * FROM runs WHERE state NOT IN ({', '.join('?' * len(final))}) ORDER BY seq",
+            final,
+        )
         return [_run(r) for r in rows]
 
     def latest(self, project: str, env: str) -> Run | None:
-        rows = self.db.query("SELECT * FROM runs WHERE project = ? AND env = ? ORDER BY seq DESC LIMIT 1",
-                             (project, env))
+        rows = self.db.query(
+            "SELECT * FROM runs WHERE project = ? AND env = ? ORDER BY seq DESC LIMIT 1",
+            (project, env),
+        )
         return _run(rows[0]) if rows else None
 
     # -- steps ---------------------------------------------------------------------
@@ -114,18 +143,37 @@ class RunStore:
         return _step(rows[0]) if rows else None
 
     def steps(self, run_id: str) -> list[Step]:
-        return [_step(r) for r in self.db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY ord", (run_id,))]
+        return [
+            _step(r)
+            for r in self.db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY ord", (run_id,))
+        ]
 
     def put_step(self, step: Step) -> Step:
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT ord FROM steps WHERE run_id = ? AND key = ?", (step.run_id, step.key)).fetchone()
-            order = row[0] if row else conn.execute(
-                "SELECT COALESCE(MAX(ord), 0) + 1 FROM steps WHERE run_id = ?", (step.run_id,)).fetchone()[0]
+            row = conn.execute(
+                "SELECT ord FROM steps WHERE run_id = ? AND key = ?", (step.run_id, step.key)
+            ).fetchone()
+            order = (
+                row[0]
+                if row
+                else conn.execute(
+                    "SELECT COALESCE(MAX(ord), 0) + 1 FROM steps WHERE run_id = ?", (step.run_id,)
+                ).fetchone()[0]
+            )
             conn.execute(
                 "INSERT OR REPLACE INTO steps (run_id, key, status, started_at, finished_at, attempts, result, error, ord)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (step.run_id, step.key, step.status.value, step.started_at, step.finished_at, step.attempts,
-                 json.dumps(dict(step.result), sort_keys=True), step.error, order),
+                (
+                    step.run_id,
+                    step.key,
+                    step.status.value,
+                    step.started_at,
+                    step.finished_at,
+                    step.attempts,
+                    json.dumps(dict(step.result), sort_keys=True),
+                    step.error,
+                    order,
+                ),
             )
         return step
 
@@ -134,7 +182,9 @@ class RunStore:
         copied = 0
         for step in self.steps(from_run):
             if step.status.is_done and any(step.key.startswith(p) for p in prefixes):
-                self.put_step(replace(step, run_id=to_run, result={**step.result, "resumed_from": from_run}))
+                self.put_step(
+                    replace(step, run_id=to_run, result={**step.result, "resumed_from": from_run})
+                )
                 copied += 1
         return copied
 
@@ -143,38 +193,87 @@ class RunStore:
     def decide(self, decision: Decision) -> bool:
         """Record a decision; False when the gate was already decided (first one wins)."""
         try:
-            self.db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
-                            (decision.run_id, decision.gate, int(decision.approved), decision.user,
-                             decision.at, decision.comment))
+            self.db.execute(
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    decision.run_id,
+                    decision.gate,
+                    int(decision.approved),
+                    decision.user,
+                    decision.at,
+                    decision.comment,
+                ),
+            )
         except sqlite3.IntegrityError:
             return False
         return True
 
     def decision(self, run_id: str, gate: str) -> Decision | None:
-        rows = self.db.query("SELECT * FROM decisions WHERE run_id = ? AND gate = ?", (run_id, gate))
+        rows = self.db.query(
+            "SELECT * FROM decisions WHERE run_id = ? AND gate = ?", (run_id, gate)
+        )
         if not rows:
             return None
         r = rows[0]
-        return Decision(r["run_id"], r["gate"], bool(r["approved"]), r["user"], r["at"], r["comment"])
+        return Decision(
+            r["run_id"], r["gate"], bool(r["approved"]), r["user"], r["at"], r["comment"]
+        )
 
 
 def _run_values(run: Run) -> tuple[Any, ...]:
-    return (run.id, run.project, run.env, run.version, run.config_commit, run.config_hash, run.trigger.value,
-            run.state.value, run.previous_version, run.actor, run.strategy, run.created_at, run.started_at,
-            run.finished_at, run.error, int(run.forced), run.resumes, json.dumps(dict(run.detail), sort_keys=True))
+    return (
+        run.id,
+        run.project,
+        run.env,
+        run.version,
+        run.config_commit,
+        run.config_hash,
+        run.trigger.value,
+        run.state.value,
+        run.previous_version,
+        run.actor,
+        run.strategy,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.error,
+        int(run.forced),
+        run.resumes,
+        json.dumps(dict(run.detail), sort_keys=True),
+    )
 
 
 def _run(row: sqlite3.Row) -> Run:
     return Run(
-        id=row["id"], project=row["project"], env=row["env"], version=row["version"],
-        config_commit=row["config_commit"], config_hash=row["config_hash"], trigger=Trigger(row["trigger"]),
-        state=RunState(row["state"]), previous_version=row["previous_version"], actor=row["actor"],
-        strategy=row["strategy"], created_at=row["created_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"], error=row["error"], forced=bool(row["forced"]), resumes=row["resumes"],
+        id=row["id"],
+        project=row["project"],
+        env=row["env"],
+        version=row["version"],
+        config_commit=row["config_commit"],
+        config_hash=row["config_hash"],
+        trigger=Trigger(row["trigger"]),
+        state=RunState(row["state"]),
+        previous_version=row["previous_version"],
+        actor=row["actor"],
+        strategy=row["strategy"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        forced=bool(row["forced"]),
+        resumes=row["resumes"],
         detail=json.loads(row["detail"]),
     )
 
 
 def _step(row: sqlite3.Row) -> Step:
-    return Step(row["run_id"], row["key"], StepStatus(row["status"]), row["started_at"], row["finished_at"],
-                row["attempts"], json.loads(row["result"]), row["error"])
+    return Step(
+        row["run_id"],
+        row["key"],
+        StepStatus(row["status"]),
+        row["started_at"],
+        row["finished_at"],
+        row["attempts"],
+        json.loads(row["result"]),
+        row["error"],
+    )

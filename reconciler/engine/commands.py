@@ -1,0 +1,175 @@
+"""Engine commands of the CLI: ``apply``, ``approve``, ``reject``, ``promote``, ``rollback``.
+
+``apply`` runs the same reconciler as ``serve``, for one pass in the foreground: it
+runs what may run now, leaves runs that wait for an approval or a release window
+waiting (and says so), and exits 1 if any run failed. Approvals from the command line
+record the decision; the run continues at the next pass (``apply`` or the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from reconciler.engine.reconciling import PassReport, Reconciler
+from reconciler.engine.runs import RunState
+from reconciler.errors import PermanentError, PermissionDenied, QuicFlowError, SourceError
+from reconciler.gitops import model
+from reconciler.gitops.repository import GitRepository
+
+REPO_HELP = "Config repo: a path (may be a subdirectory of a Git repository) or a URL."
+DATA_HELP = "Data directory: operational store, logs, targets of the demo."
+
+
+def _reconciler(repo: str, data: str) -> Reconciler:
+    try:
+        git = GitRepository.open(repo, cache_dir=Path(data) / "repos")
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    return Reconciler(git, Path(data))
+
+
+def _print_report(report: PassReport) -> None:
+    for problem in report.problems:
+        click.echo(f"invalid config, keeping the last good state: {problem}", err=True)
+    for key, reason in report.skipped:
+        click.echo(f"skipped {key}: {reason}")
+    for run in report.runs:
+        line = f"{run.project}/{run.env} {run.previous_version or '(nothing)'} -> {run.version}: {run.state.value}"
+        if run.state is RunState.WAITING_APPROVAL:
+            line += f" ({run.detail.get('waiting', '')}; approve with: quicflow approve {run.id} --as USER)"
+        elif run.state is RunState.WAITING_WINDOW:
+            line += f" (release window closed; opens {run.detail.get('next_opening', '?')})"
+        elif run.error:
+            line += f" ({run.error})"
+        click.echo(f"{run.id}  {line}")
+    if not report.runs and not report.skipped:
+        click.echo(f"nothing to do at {report.commit[:10]}")
+
+
+@click.command()
+@click.option("--repo", default=".", show_default=True, help=REPO_HELP)
+@click.option("--data", default=".quicflow", show_default=True, help=DATA_HELP)
+@click.option(
+    "--once", is_flag=True, default=True, help="One pass in the foreground (the default)."
+)
+@click.option("--only", default=None, metavar="PROJECT[/ENV]", help="Restrict the pass.")
+def apply(repo: str, data: str, once: bool, only: str | None) -> None:
+    """Reconcile once: deploy what the config repo says and Git does not have yet."""
+
+    async def main() -> PassReport:
+        reconciler = _reconciler(repo, data)
+        try:
+            return await reconciler.reconcile_once(only=only)
+        finally:
+            await reconciler.close()
+
+    try:
+        report = asyncio.run(main())
+    except QuicFlowError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_report(report)
+    if report.failed:
+        sys.exit(1)
+
+
+def _user(reconciler: Reconciler, username: str) -> model.User:
+    desired = reconciler.desired
+    if desired is None or username not in desired.users:
+        raise click.ClickException(
+            f"unknown user {username!r}: users are declared in quicflow.yaml"
+        )
+    return desired.users[username]
+
+
+def _decision_command(name: str, verb: str) -> click.Command:
+    @click.command(
+        name=name,
+        help=f"{verb.capitalize()} a waiting run as a user (recorded; the run continues "
+        "at the next pass).",
+    )
+    @click.argument("run_id")
+    @click.option("--as", "username", required=True, help="The user deciding (must hold the role).")
+    @click.option("--comment", default="", help="Why.")
+    @click.option("--repo", default=".", show_default=True, help=REPO_HELP)
+    @click.option("--data", default=".quicflow", show_default=True, help=DATA_HELP)
+    def command(run_id: str, username: str, comment: str, repo: str, data: str) -> None:
+        async def main() -> str:
+            reconciler = _reconciler(repo, data)
+            try:
+                await reconciler.refresh()
+                user = _user(reconciler, username)
+                if name == "approve":
+                    run = await reconciler.approve(run_id, user, comment, resume=False)
+                elif name == "reject":
+                    run = await reconciler.reject(run_id, user, comment, resume=False)
+                else:
+                    run = await reconciler.promote(run_id, user, resume=False)
+                return f"{verb}d {run.id} ({run.project}/{run.env} {run.version}); it continues at the next pass"
+            finally:
+                await reconciler.close()
+
+        try:
+            click.echo(asyncio.run(main()))
+        except (PermissionDenied, PermanentError, KeyError) as exc:
+            raise click.ClickException(str(exc).strip("'\"")) from None
+
+    return command
+
+
+approve = _decision_command("approve", "approve")
+reject = _decision_command("reject", "reject")
+promote = _decision_command("promote", "promote")
+
+
+@click.command()
+@click.argument("project")
+@click.argument("env")
+@click.option(
+    "--to",
+    "to_version",
+    default=None,
+    help="Version to restore (default: the one before the current).",
+)
+@click.option(
+    "--pin", is_flag=True, help="Deploy it now and pin the environment until Git changes."
+)
+@click.option(
+    "--as", "username", default=None, help="The user asking (checked against the project's roles)."
+)
+@click.option("--repo", default=".", show_default=True, help=REPO_HELP)
+@click.option("--data", default=".quicflow", show_default=True, help=DATA_HELP)
+def rollback(
+    project: str,
+    env: str,
+    to_version: str | None,
+    pin: bool,
+    username: str | None,
+    repo: str,
+    data: str,
+) -> None:
+    """Roll back on purpose: commit a revert to the config repo (default) or --pin a version now."""
+
+    async def main() -> str:
+        reconciler = _reconciler(repo, data)
+        try:
+            await reconciler.refresh()
+            user = _user(reconciler, username) if username else None
+            result = await reconciler.rollback(
+                project, env, actor=user, to_version=to_version, pin=pin
+            )
+            if isinstance(result, str):
+                return f"committed {result[:10]}: {project}/{env} back to the previous version; the next pass deploys it"
+            await reconciler.wait_idle()
+            final = reconciler.runs.get(result.id) or result
+            return f"{final.id}  {project}/{env} pinned to {final.version}: {final.state.value}"
+        finally:
+            await reconciler.close()
+
+    try:
+        click.echo(asyncio.run(main()))
+    except (PermissionDenied, PermanentError, KeyError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None

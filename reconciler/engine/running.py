@@ -1,0 +1,530 @@
+"""Execute one run: its pipeline, its strategy, its rollback, and its record.
+
+``RunExecutor.execute`` replays the run's pipeline over its recorded steps: stages in
+order, the tasks of a stage concurrently, ``when:`` conditions, approval gates,
+per-task timeout and retries, ``uses: deploy`` handing over to the strategy. A gate
+that is not yet decided (approval, manual canary promotion) or a closed release
+window raises ``Waiting``: the run is saved in a waiting state and resumed later by
+the same replay. Every log line is masked before it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from reconciler.drivers import StepFailed, for_deploy
+from reconciler.engine import expressions, strategies
+from reconciler.engine.events import Event, EventBus, EventType
+from reconciler.engine.runs import Decision, Run, RunState, StepStatus
+from reconciler.engine.steps import Steps
+from reconciler.engine.strategies import Rollout, RolloutFailed, Waiting
+from reconciler.engine.targets import CommandResult, Executors, TargetRef, resolve
+from reconciler.errors import PermanentError
+from reconciler.gitops import model
+from reconciler.log.masking import Masker
+from reconciler.log.store import LogStore
+from reconciler.store.runs import RunStore
+
+SecretResolver = Callable[[str, str | None, str], str]  # (credential, field, project) -> value
+Now = Callable[[], dt.datetime]
+_LINE_SPLIT = re.compile(r"\r?\n")
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class RunContext:
+    """Everything one run works with; implements the drivers' DeployContext."""
+
+    run: Run
+    env: model.Environment
+    desired: model.DesiredState
+    store: RunStore
+    logs: LogStore
+    bus: EventBus
+    executors: Executors
+    data_dir: Path
+    now: Now
+    masker: Masker
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    variables_override: Mapping[str, model.Value] | None = None
+    sleep: Callable[[float], Any] = asyncio.sleep
+    _buffers: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.run.version
+
+    @property
+    def previous_version(self) -> str | None:
+        return self.run.previous_version
+
+    def for_task(self, task: model.Task) -> RunContext:
+        """A view of this context whose variables are the task's (task level wins)."""
+        return replace(self, variables_override=task.variables, _buffers=self._buffers)
+
+    # -- variables ------------------------------------------------------------------
+
+    def builtins(self, target: TargetRef | None, version: str, color: str | None) -> dict[str, str]:
+        work = (
+            target.work_dir
+            if target
+            else str(self.data_dir / "work" / self.env.project / self.env.name)
+        )
+        values = {
+            "QUICFLOW_RUN_ID": self.run.id,
+            "QUICFLOW_PROJECT": self.env.project,
+            "QUICFLOW_ENV": self.env.name,
+            "QUICFLOW_VERSION": version,
+            "QUICFLOW_PREVIOUS_VERSION": self.run.previous_version or "",
+            "QUICFLOW_CONFIG_COMMIT": self.run.config_commit,
+            "QUICFLOW_TRIGGER": self.run.trigger.value,
+            "QUICFLOW_TARGET": target.name if target else "",
+            "QUICFLOW_TARGET_ADDRESS": target.address if target else "",
+            "QUICFLOW_TARGET_PORT": str(target.port or "") if target else "",
+            "QUICFLOW_WORK_DIR": work,
+            "QUICFLOW_APP_DIR": work,
+            "QUICFLOW_COLOR": color or "",
+            "QUICFLOW_IMAGE": str(self.run.detail.get("image", "")),
+            "QUICFLOW_IMAGE_DIGEST": str(self.run.detail.get("image_digest", "")),
+        }
+        return values
+
+    def variables(
+        self, target: TargetRef | None, version: str, color: str | None = None
+    ) -> dict[str, str]:
+        merged = (
+            self.variables_override if self.variables_override is not None else self.env.variables
+        )
+        out: dict[str, str] = {}
+        for name, value in merged.items():
+            if isinstance(value, model.SecretRef):
+                out[name] = self.secrets[name_of(value)]
+            elif value is None:
+                out[name] = ""
+            elif isinstance(value, bool):
+                out[name] = "true" if value else "false"
+            else:
+                out[name] = str(value)
+        # Built-ins last: user variables may not shadow them (the loader refuses it too).
+        out.update(self.builtins(target, version, color))
+        return out
+
+    # -- commands and logs ------------------------------------------------------------
+
+    async def execute(
+        self,
+        target: TargetRef,
+        script: str,
+        *,
+        key: str,
+        env: Mapping[str, str],
+        timeout: float | None = None,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        source = f"{target.name}/{key}"
+        executor = self.executors.for_target(target)
+        self.log(source, f"$ {key} on {target.name}")
+        result = await executor.run(
+            target,
+            f"{self.run.id}:{source}",
+            script,
+            env,
+            timeout,
+            lambda channel, text: self._output(source, channel, text),
+            cwd,
+        )
+        self._flush(source)
+        if not result.ok:
+            reason = "timed out" if result.timed_out else f"exit code {result.exit_code}"
+            self.log(source, f"{key} on {target.name} {reason} after {result.duration:.2f}s")
+        return result
+
+    def _output(self, source: str, channel: str, text: str) -> None:
+        key = (source, channel)
+        data = self._buffers.get(key, "") + text
+        *lines, rest = _LINE_SPLIT.split(data)
+        self._buffers[key] = rest
+        if lines:
+            at = iso(self.now())
+            self.logs.append(
+                self.run.id, [(at, source, channel, self.masker.mask(line)) for line in lines]
+            )
+
+    def _flush(self, source: str) -> None:
+        for key in [k for k in self._buffers if k[0] == source]:
+            rest = self._buffers.pop(key)
+            if rest:
+                self.logs.append(
+                    self.run.id, [(iso(self.now()), source, key[1], self.masker.mask(rest))]
+                )
+
+    def log(self, source: str, text: str) -> None:
+        self.logs.append(self.run.id, [(iso(self.now()), source, "system", self.masker.mask(text))])
+
+    def emit(
+        self,
+        kind: str | EventType,
+        *,
+        stage: str = "",
+        task: str = "",
+        target: str = "",
+        error: str = "",
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.bus.publish(
+            Event(
+                EventType(kind),
+                iso(self.now()),
+                self.run.id,
+                self.env.project,
+                self.env.name,
+                self.run.version,
+                stage,
+                task,
+                target,
+                self.masker.mask(error),
+                dict(data or {}),
+            )
+        )
+
+
+def name_of(ref: model.SecretRef) -> str:
+    return f"{ref.credential}.{ref.field or ''}"
+
+
+class _Gates:
+    """Approval decisions of a run, read from the store."""
+
+    def __init__(self, store: RunStore, run_id: str):
+        self.store = store
+        self.run_id = run_id
+
+    def decided(self, gate: str) -> bool | None:
+        decision: Decision | None = self.store.decision(self.run_id, gate)
+        return None if decision is None else decision.approved
+
+    def request(self, gate: str, reason: str) -> None:  # recorded by the executor when it waits
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended (or paused), for the reconciler and history."""
+
+    state: RunState
+    error: str = ""
+    event: str = ""
+    result: Mapping[str, Any] = field(default_factory=dict)
+    gate: str = ""
+    touched: tuple[str, ...] = ()
+
+
+class RunExecutor:
+    """Drives one run through its pipeline; resumable from its recorded steps."""
+
+    def __init__(self, ctx: RunContext, rollout_seed: Mapping[str, Any] | None = None):
+        self.ctx = ctx
+        self.steps = Steps(ctx.store, ctx.run.id, lambda: iso(ctx.now()))
+        self.gates = _Gates(ctx.store, ctx.run.id)
+        self.seed = dict(rollout_seed or {})
+        self.rollout: Rollout | None = None
+        self.targets = resolve(ctx.env, ctx.desired, ctx.data_dir)
+
+    async def execute(self) -> Outcome:
+        ctx = self.ctx
+        try:
+            for stage in ctx.env.pipeline.stages:
+                await self._stage(stage)
+        except Waiting as wait:
+            return Outcome(
+                RunState(wait.state),
+                wait.reason,
+                gate=wait.gate,
+                result={**(self.rollout.result if self.rollout else {}), **wait.detail},
+            )
+        except RolloutFailed as failure:
+            return await self._failed(str(failure), failure.event, timed_out=failure.timed_out)
+        except StepFailed as failure:
+            return await self._failed(str(failure), "deploy_failed", timed_out=failure.timed_out)
+        except PermanentError as failure:
+            return await self._failed(str(failure), "deploy_failed")
+        except asyncio.CancelledError:
+            await asyncio.shield(self._after_cancel())
+            raise
+        return Outcome(
+            RunState.SUCCEEDED,
+            result=self.rollout.result if self.rollout else {},
+            touched=self._touched(),
+        )
+
+    def _touched(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.rollout.touched) if self.rollout else ()
+
+    async def _after_cancel(self) -> None:
+        self.ctx.log("engine", "run cancelled")
+
+    # -- stages and tasks ------------------------------------------------------------
+
+    def _context(self) -> dict[str, Any]:
+        run = self.ctx.run
+        merged = self.ctx.env.variables
+        return {
+            "project": run.project,
+            "env": run.env,
+            "version": run.version,
+            "previous_version": run.previous_version,
+            "trigger": run.trigger.value,
+            "vars": {k: (None if isinstance(v, model.SecretRef) else v) for k, v in merged.items()},
+        }
+
+    def _when(self, text: str | None) -> bool:
+        if not text:
+            return True
+        return expressions.is_true(expressions.compile_expression(text), self._context())
+
+    async def _stage(self, stage: model.Stage) -> None:
+        key = f"stage:{stage.name}"
+        if self.steps.is_done(key):
+            return
+        if not self._when(stage.when):
+            self.steps.mark(key, StepStatus.SKIPPED, {"reason": f"when: {stage.when}"})
+            return
+        if stage.approval is not None and stage.approval.applies_to(self.ctx.env.name):
+            gate = f"approval:{stage.name}"
+            decided = self.gates.decided(gate)
+            if decided is None:
+                if self.steps.get(gate) is None:
+                    self.steps.mark(gate, StepStatus.WAITING, {"roles": list(stage.approval.roles)})
+                    self.ctx.emit(
+                        EventType.APPROVAL_REQUESTED,
+                        stage=stage.name,
+                        data={"roles": list(stage.approval.roles)},
+                    )
+                self._check_approval_timeout(gate, stage.approval)
+                raise Waiting(
+                    "waiting_approval",
+                    gate,
+                    f"stage {stage.name!r} waits for approval by "
+                    f"{' or '.join(stage.approval.roles)}",
+                    {"gate": gate, "approval_timeout": stage.approval.timeout},
+                )
+            if decided is False:
+                decision = self.ctx.store.decision(self.ctx.run.id, gate)
+                self.steps.mark(gate, StepStatus.FAILED, error="rejected")
+                raise PermanentError(
+                    f"stage {stage.name!r} rejected by {decision.user if decision else '?'}"
+                )
+            self.steps.mark(gate, StepStatus.SUCCEEDED)
+        if self.steps.get(key) is None:
+            self.ctx.emit(EventType.STAGE_STARTED, stage=stage.name)
+        self.steps.mark(key, StepStatus.RUNNING)
+        results = await asyncio.gather(
+            *(self._task(stage, t) for t in stage.tasks), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            waiting = [e for e in errors if isinstance(e, Waiting)]
+            first = waiting[0] if waiting else errors[0]
+            if not waiting:
+                self.steps.mark(key, StepStatus.FAILED, error=str(first))
+                self.ctx.emit(EventType.STAGE_FAILED, stage=stage.name, error=str(first))
+            raise first
+        self.steps.mark(key, StepStatus.SUCCEEDED)
+        self.ctx.emit(EventType.STAGE_SUCCEEDED, stage=stage.name)
+
+    def _check_approval_timeout(self, gate: str, approval: model.Approval) -> None:
+        if approval.timeout is None:
+            return
+        step = self.steps.get(gate)
+        if step is None or not step.started_at:
+            return
+        started = dt.datetime.fromisoformat(step.started_at.replace("Z", "+00:00"))
+        if self.ctx.now() - started > dt.timedelta(seconds=approval.timeout):
+            self.steps.mark(gate, StepStatus.FAILED, error="approval timed out")
+            raise PermanentError(
+                f"approval of {gate.split(':', 1)[1]!r} timed out after {approval.timeout:.0f}s"
+            )
+
+    async def _task(self, stage: model.Stage, task: model.Task) -> None:
+        key = f"task:{stage.name}/{task.name}"
+        if self.steps.is_done(key):
+            return
+        if not self._when(task.when):
+            self.steps.mark(key, StepStatus.SKIPPED, {"reason": f"when: {task.when}"})
+            return
+        self.ctx.emit(EventType.TASK_STARTED, stage=stage.name, task=task.name)
+        try:
+            if task.uses == "deploy":
+                await self._deploy_task(key, task)
+            elif task.uses == "build":
+                raise PermanentError(
+                    "task 'uses: build' needs the Docker builder, which this build does not include"
+                )
+            else:
+                await self._script_task(key, stage, task)
+        except Waiting:
+            raise
+        except (RolloutFailed, StepFailed, PermanentError) as exc:
+            timed_out = getattr(exc, "timed_out", False)
+            self.ctx.emit(
+                EventType.TASK_TIMED_OUT if timed_out else EventType.TASK_FAILED,
+                stage=stage.name,
+                task=task.name,
+                error=str(exc),
+            )
+            raise
+        self.ctx.emit(EventType.TASK_SUCCEEDED, stage=stage.name, task=task.name)
+
+    async def _script_task(self, key: str, stage: model.Stage, task: model.Task) -> None:
+        ctx = self.ctx.for_task(task)
+        on_targets = task.on == "targets"
+        places: list[TargetRef | None] = list(self.targets) if on_targets else [None]
+
+        async def attempt() -> dict[str, Any]:
+            for place in places:
+                target = place or TargetRef(
+                    "reconciler",
+                    "local",
+                    "127.0.0.1",
+                    None,
+                    str(ctx.data_dir / "work" / ctx.env.project / ctx.env.name),
+                )
+                env = ctx.variables(place, ctx.version)
+                result = await ctx.execute(
+                    target, task.run or "", key=task.name, env=env, timeout=task.timeout
+                )
+                if not result.ok:
+                    what = f"task {task.name!r}"
+                    raise StepFailed(
+                        target.name,
+                        f"{what} timed out"
+                        if result.timed_out
+                        else f"{what} exited {result.exit_code}",
+                        timed_out=result.timed_out,
+                    )
+            return {"targets": [p.name for p in places if p] or ["reconciler"]}
+
+        async def with_retries() -> dict[str, Any]:
+            for n in range(task.retries + 1):
+                try:
+                    return await attempt()
+                except StepFailed:
+                    if n == task.retries:
+                        raise
+                    ctx.log(f"reconciler/{task.name}", f"attempt {n + 1} failed; retrying")
+            raise AssertionError("unreachable")
+
+        await self.steps.once(key, with_retries)
+
+    async def _deploy_task(self, key: str, task: model.Task) -> None:
+        ctx = self.ctx.for_task(task)
+        deploy = task.deploy or ctx.env.deploy
+        project = ctx.desired.projects[ctx.env.project]
+        driver = for_deploy(deploy, ctx.env.strategy, project.repo.url if project.repo else None)
+        if not self.targets:
+            raise PermanentError(f"{ctx.env.key} has no targets")
+        self.rollout = Rollout(
+            ctx=ctx,
+            driver=driver,
+            targets=list(self.targets),
+            steps=self.steps,
+            strategy=ctx.env.strategy,
+            version=ctx.version,
+            gates=self.gates,
+            sleep=ctx.sleep,
+            emit=lambda kind, **kw: ctx.emit(kind, task=task.name, **kw),
+            result=dict(self.seed),
+        )
+        rollout = self.rollout
+
+        async def go() -> dict[str, Any]:
+            return await strategies.run(rollout)
+
+        result = await self.steps.once(key, go)
+        rollout.result.update(result)
+
+    # -- failure ---------------------------------------------------------------------
+
+    async def _failed(self, error: str, event: str, timed_out: bool = False) -> Outcome:
+        ctx = self.ctx
+        ctx.log("engine", f"run failed: {error}")
+        if timed_out:
+            ctx.emit(EventType.DEPLOY_TIMEOUT, error=error)
+        ctx.emit(
+            EventType(event)
+            if event in EventType.__members__.values()
+            else EventType.DEPLOY_FAILED,
+            error=error,
+        )
+        if event != "deploy_failed":
+            ctx.emit(EventType.DEPLOY_FAILED, error=error)
+        rollout = self.rollout
+        touched = self._touched()
+        if rollout is None or not rollout.touched:
+            return Outcome(RunState.FAILED, error, event, touched=touched)
+        if rollout.strategy.type is model.StrategyType.BLUE_GREEN and not rollout.result.get(
+            "switched"
+        ):
+            # The old color never stopped serving: clean up the new one, nothing to restore.
+            await self._retire(rollout, rollout.color or "")
+            return Outcome(
+                RunState.FAILED, error + "; traffic never switched", event, touched=touched
+            )
+        previous = ctx.run.previous_version
+        if not rollout.strategy.auto_rollback or not previous:
+            reason = "" if rollout.strategy.auto_rollback else " (auto_rollback is off)"
+            return Outcome(
+                RunState.FAILED,
+                error + (reason or "; nothing deployed before, nothing to restore"),
+                event,
+                touched=touched,
+            )
+        restored, failed = [], []
+        for target in rollout.touched:
+            try:
+                await self.steps.once(
+                    f"rollback:{target.name}", lambda t=target: _rollback(rollout, t, previous)
+                )
+                restored.append(target.name)
+            except StepFailed as exc:
+                failed.append(f"{target.name}: {exc}")
+        if failed:
+            return Outcome(
+                RunState.FAILED,
+                f"{error}; rollback failed on {', '.join(failed)}",
+                event,
+                touched=touched,
+            )
+        ctx.emit(
+            EventType.ROLLED_BACK, error=error, data={"restored": restored, "version": previous}
+        )
+        ctx.log("engine", f"rolled back {', '.join(restored)} to {previous}")
+        return Outcome(RunState.ROLLED_BACK, error, event, {"restored": restored}, touched=touched)
+
+    async def _retire(self, rollout: Rollout, color: str) -> None:
+        for target in rollout.touched:
+            try:
+                await self.steps.once(
+                    f"retire:{target.name}@{color}", lambda t=target: _retire_one(rollout, t, color)
+                )
+            except StepFailed as exc:
+                self.ctx.log("engine", f"could not retire {color} on {target.name}: {exc}")
+
+
+async def _rollback(rollout: Rollout, target: TargetRef, version: str) -> dict[str, Any]:
+    await rollout.driver.rollback(rollout.ctx, target, version, rollout.color)
+    return {"version": version}
+
+
+async def _retire_one(rollout: Rollout, target: TargetRef, color: str) -> dict[str, Any]:
+    await rollout.driver.retire(rollout.ctx, target, color)
+    return {"color": color}

@@ -1,0 +1,23 @@
+"""Rolling: replace targets batch by batch, verifying each batch; stop at the first failed batch."""
+
+from __future__ import annotations
+
+from reconciler.engine import batches
+from reconciler.engine.runs import StepStatus
+from reconciler.engine.strategies import Rollout
+
+
+async def run(rollout: Rollout) -> None:
+    params = rollout.strategy.params
+    plan = batches.rolling_batches(
+        [t.name for t in rollout.targets],
+        params.get("batch_size", 1),
+        params.get("max_unavailable"),
+    )
+    rollout.result["batches"] = [list(b) for b in plan]
+    for index, batch in enumerate(plan):
+        await rollout.deploy_and_verify(rollout.by_name(batch), f"batch {index + 1}")
+        rollout.steps.mark(f"batch:{index + 1}", StepStatus.SUCCEEDED, {"targets": list(batch)})
+        pause = float(params.get("pause") or 0)
+        if pause and index + 1 < len(plan):
+            await rollout.sleep(pause)
