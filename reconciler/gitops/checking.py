@@ -219,7 +219,7 @@ def check_project(
         if "strategy" in env_doc:
             yield from _strategy(env_path, ("strategy",), env_doc["strategy"])
         eff = effective_config(doc, env_doc)
-        yield from _effective(env_path, eff, doc, env_doc)
+        yield from _effective(env_path, path, eff, env_doc)
         for i, target in enumerate(env_doc.get("targets", [])):
             yield from _target(env_path, ("targets", i), target, ctx)
         for i, w in enumerate(env_doc.get("release_windows", [])):
@@ -230,14 +230,25 @@ def check_project(
 
 
 def _effective(
-    env_path: str, eff: Mapping[str, Any], doc: Mapping[str, Any], env_doc: Mapping[str, Any]
+    env_path: str, project_path: str, eff: Mapping[str, Any], env_doc: Mapping[str, Any]
 ) -> Iterator[Finding]:
+    """Checks of an environment's merged configuration.
+
+    A fault is reported where it can be fixed: in the environment file when it overrides
+    the block, else once in project.yaml (the loader drops the repeats of other
+    environments).
+    """
     deploy = eff["deploy"]
     kind = deploy.get("type")
-    where = ("overrides", "deploy") if "deploy" in env_doc.get("overrides", {}) else ("deploy",)
+    overrides = env_doc.get("overrides", {})
+    file, where = (
+        (env_path, ("overrides", "deploy"))
+        if "deploy" in overrides
+        else (project_path, ("deploy",))
+    )
     if kind is None:
         yield Finding(
-            env_path,
+            file,
             where,
             "no deploy type: set deploy.type in project.yaml or overrides.deploy.type here",
         )
@@ -246,7 +257,7 @@ def _effective(
     required = {"script": "run", "git_pull": "directory", "kubernetes": "deployment"}
     if kind in required and not (block and block.get(required[kind])):
         yield Finding(
-            env_path,
+            file,
             where,
             f"deploy type {kind!r} needs deploy.{kind}.{required[kind]} "
             "(in project.yaml or overrides)",
@@ -257,12 +268,17 @@ def _effective(
         and not eff["build"].get("target_image")
     ):
         yield Finding(
-            env_path,
+            file,
             where,
             "deploy type 'container' needs deploy.container.image or build.target_image",
         )
     if eff["build"].get("enabled") and not eff["build"].get("target_image"):
-        yield Finding(env_path, ("overrides", "build"), "build.enabled needs build.target_image")
+        bfile, bwhere = (
+            (env_path, ("overrides", "build"))
+            if "build" in overrides
+            else (project_path, ("build",))
+        )
+        yield Finding(bfile, bwhere, "build.enabled needs build.target_image")
     if kind in ("script", "git_pull", "container") and not eff["targets"]:
         yield Finding(env_path, ("targets",), f"deploy type {kind!r} needs at least one target")
 

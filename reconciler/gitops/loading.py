@@ -173,8 +173,6 @@ class Loader:
                         )
                     )
                     continue
-                if ctx is None:
-                    continue  # quicflow.yaml is broken: project checks would only mislead
                 key = (entry.name, entry.id, global_key)
                 result = self._projects.get(key)
                 if result is None:
@@ -233,7 +231,7 @@ class Loader:
         self._globals = {key: result}  # only the newest global files are worth keeping
         return result
 
-    def _project(self, entry: TreeEntry, ctx: checking.GlobalContext) -> _ProjectResult:
+    def _project(self, entry: TreeEntry, ctx: checking.GlobalContext | None) -> _ProjectResult:
         self.stats.built_projects += 1
         name = entry.name
         base = f"projects/{name}"
@@ -281,6 +279,14 @@ class Loader:
 
         env_docs: dict[str, tuple[str, str, _Doc]] = {}
         eentry = children.get("environments")
+        if eentry is not None and not eentry.is_tree:
+            problems.append(
+                ConfigProblem(
+                    f"{base}/environments",
+                    "'environments' must be a directory holding "
+                    "one <env>.yaml file per environment",
+                )
+            )
         if eentry is not None and eentry.is_tree:
             for e in self.repo.entries(eentry.id):
                 epath = f"{base}/environments/{e.name}"
@@ -313,7 +319,9 @@ class Loader:
                 problems += self._located(epath, e.id, edoc.problems)
                 env_docs[env_name] = (epath, e.id, edoc)
 
-        if not pdoc.valid:
+        if not pdoc.valid or ctx is None:
+            # Without a valid quicflow.yaml, cross-file checks would only mislead; the
+            # files' own syntax and schema problems are reported all the same.
             return _ProjectResult(None, creds, tuple(problems))
         valid_envs = {n: (p, d.data) for n, (p, _, d) in env_docs.items() if d.valid}
         findings = checking.check_project(
@@ -374,7 +382,11 @@ class Loader:
     ) -> list[ConfigProblem]:
         out = []
         texts: dict[str, bytes] = {}
+        seen: set[checking.Finding] = set()
         for f in findings:
+            if f in seen:
+                continue  # a project-level fault found through several environments
+            seen.add(f)
             blob = blobs.get(f.file)
             if blob is None:
                 out.append(ConfigProblem(f.file, f.message, 0, 0, parsing.json_path(f.path)))

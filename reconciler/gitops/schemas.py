@@ -58,37 +58,14 @@ def validate(kind: str, document: Any) -> list[SchemaProblem]:
     if v.is_valid(document):  # the fast path: most files are fine
         return []
     problems: list[SchemaProblem] = []
+    redact = kind == "credentials"  # values there may be secrets committed by mistake
     for error in v.iter_errors(document):
         # jsonschema raises 'required' once per missing key and _explain lists them all
-        problems.extend(p for p in _explain(error) if p not in problems)
-    if kind == "credentials":
-        # Values in a credentials file may be secrets committed by mistake: a message
-        # must name where the problem is, never repeat what is there.
-        problems = [_redacted(p, document) for p in problems]
+        problems.extend(p for p in _explain(error, redact) if p not in problems)
     return problems
 
 
-def _redacted(problem: SchemaProblem, document: Any) -> SchemaProblem:
-    message = problem.message
-    for value in _leaves(document):
-        for form in (repr(value), str(value)):
-            if len(form) >= 3 and form in message:
-                message = message.replace(form, "the value")
-    return SchemaProblem(problem.path, message, problem.at_key)
-
-
-def _leaves(value: Any) -> Iterator[Any]:
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _leaves(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _leaves(item)
-    elif isinstance(value, str | int | float) and not isinstance(value, bool):
-        yield value
-
-
-def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
+def _explain(error: jsonschema.ValidationError, redact: bool = False) -> Iterator[SchemaProblem]:
     path = tuple(error.absolute_path)
     keyword = error.validator
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -121,18 +98,18 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
     if keyword == "type":
         expected = error.validator_value
         names = " or ".join(expected) if isinstance(expected, list) else expected
-        message = f"expected {names}, got {_kind(instance)} {_short(instance)}".rstrip()
+        message = f"expected {names}, got {_kind(instance)} {_short(instance, redact)}".rstrip()
         if path and path[-1] == "version" and isinstance(instance, int | float):
             message += " (quote versions: 1.10 unquoted reads as the number 1.1)"
         yield SchemaProblem(path, message)
         return
     if keyword == "enum":
         options = ", ".join(str(o) for o in error.validator_value)
-        yield SchemaProblem(path, f"{_short(instance)} is not one of: {options}")
+        yield SchemaProblem(path, f"{_short(instance, redact)} is not one of: {options}")
         return
     if keyword == "pattern":
         what = schema.get("description")
-        text = f"{_short(instance)} is not valid"
+        text = f"{_short(instance, redact)} is not valid"
         yield SchemaProblem(
             path, f"{text}: {what}" if what else f"{text} (must match {error.validator_value})"
         )
@@ -159,14 +136,12 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[SchemaProblem]:
         "maxLength",
         "uniqueItems",
     ):
+        message = error.message.replace("is too short", "has too few items")
         yield SchemaProblem(
-            path,
-            error.message.replace("is too short", "has too few items")
-            if keyword == "minItems"
-            else error.message,
+            path, f"the value fails '{keyword}: {error.validator_value}'" if redact else message
         )
         return
-    yield SchemaProblem(path, error.message)
+    yield SchemaProblem(path, f"the value fails '{keyword}'" if redact else error.message)
 
 
 def _kind(value: Any) -> str:
@@ -185,6 +160,8 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, redact: bool = False) -> str:
+    if redact:
+        return "the value"
     text = repr(value) if not isinstance(value, dict | list) else ""
     return text if len(text) <= 60 else text[:57] + "..."
