@@ -12,12 +12,14 @@ from pathlib import Path
 
 import click
 
+from agent import cli as agent_cli
 from reconciler.credential.commands import secrets_group
 from reconciler.engine import commands as engine_commands
 from reconciler.errors import QuicFlowError, SourceError
 from reconciler.gitops import history as history_mod
 from reconciler.gitops import loading, planning, policy, rendering, scaffolding
 from reconciler.gitops.repository import GitRepository, redact_url
+from reconciler.hub import commands as hub_commands
 
 REPO_HELP = "Config repo: a path (may be a subdirectory of a Git repository) or a URL."
 
@@ -211,29 +213,10 @@ def init(directory: Path, project: str) -> None:
     click.echo(f"next: quicflow validate --repo {directory}")
 
 
-def _add_optional_commands() -> None:
-    """Commands of packages that land separately; each module owns its click objects."""
-    import importlib
-
-    for module, names in (
-        ("reconciler.hub.commands", ("hub", "agent_token")),
-        ("agent.cli", ("agent",)),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        for name in names:
-            command = (
-                getattr(mod, name, None)
-                or getattr(mod, f"{name}_command", None)
-                or getattr(mod, f"{name}_group", None)
-            )
-            if isinstance(command, click.Command):
-                main.add_command(command)
-
-
 main.add_command(secrets_group)
+main.add_command(hub_commands.hub)
+main.add_command(hub_commands.agent_token)
+main.add_command(agent_cli.agent)
 for _command in (
     engine_commands.apply,
     engine_commands.approve,
@@ -242,6 +225,5 @@ for _command in (
     engine_commands.rollback,
 ):
     main.add_command(_command)
-_add_optional_commands()
 
 __all__ = ["main", "redact_url"]

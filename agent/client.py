@@ -1,0 +1,479 @@
+"""The agent's QUIC connection to the hub (the only agent module that imports aioquic).
+
+``AgentClient.run`` connects, verifies the hub (CA file, or a pinned SHA-256 fingerprint
+of its certificate -- never no verification), says HELLO with its token, then heartbeats,
+reports status and serves the command streams the hub opens.  When the connection ends it
+reconnects forever with exponential backoff and jitter capped at 60 s; commands keep
+running meanwhile and are re-attached by the hub after the reconnect.  ``request_shutdown``
+(wired to SIGTERM) lets running commands finish (or cancels them after a grace period),
+delivers their results, then closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import platform
+import random
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aioquic.asyncio import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+import agent
+from agent import executing, protocol, status
+
+logger = logging.getLogger("agent")
+
+# QUIC application error codes used when the agent closes a connection.
+CLOSE_NORMAL = 0
+CLOSE_PIN_MISMATCH = 0x101
+CLOSE_HUB_SILENT = 0x102
+CLOSE_PROTOCOL = 0x103
+
+
+class HubRefused(Exception):
+    """The hub said no (bad token, unknown agent, ...); the reason is the message."""
+
+
+class HubUntrusted(Exception):
+    """The hub's certificate does not match the pinned fingerprint."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """Everything the agent needs to know to connect and run."""
+
+    host: str
+    port: int
+    name: str
+    token: str
+    work_dir: Path
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ca_file: Path | None = None
+    pin_sha256: str | None = None
+    heartbeat: float = 15.0
+    watch: tuple[str, ...] = ()
+    status_interval: float = 30.0
+    backoff_initial: float = 0.5
+    backoff_cap: float = 60.0
+    shutdown_grace: float = 30.0
+
+
+def backoff_delays(initial: float, cap: float, rng: random.Random) -> Iterator[float]:
+    """Delays before each reconnect: doubling from ``initial`` up to ``cap``, each jittered.
+
+    Half of each delay is fixed and half random ("equal jitter"), so a fleet that lost the
+    hub at once spreads its reconnects out but no agent retries in a tight loop.
+    """
+    attempt = 0
+    while True:
+        ceiling = min(cap, initial * (2**attempt))
+        yield ceiling / 2 + rng.uniform(0, ceiling / 2)
+        attempt = min(attempt + 1, 32)
+
+
+def normalize_fingerprint(value: str) -> str:
+    """Upper-case hex without separators, so ``ab:cd`` and ``ABCD`` compare equal."""
+    return value.replace(":", "").replace(" ", "").strip().upper()
+
+
+@contextlib.asynccontextmanager
+async def _open_connection(
+    host: str,
+    port: int,
+    configuration: QuicConfiguration,
+    create: Callable[..., QuicConnectionProtocol],
+) -> AsyncIterator[QuicConnectionProtocol]:
+    """Like ``aioquic.asyncio.connect``, but without waiting out the closing period.
+
+    aioquic's own ``connect`` waits for the close handshake on exit; when the hub is gone
+    that takes several seconds of retransmitted CONNECTION_CLOSE, delaying the reconnect.
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, address = infos[0][0], infos[0][4]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+        sock.setblocking(False)
+        transport, connection = await loop.create_datagram_endpoint(
+            lambda: create(QuicConnection(configuration=configuration)), sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        connection.connect(address)
+        await connection.wait_connected()
+        yield connection
+    finally:
+        connection.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connection.wait_closed(), 0.2)
+        transport.close()
+
+
+class _HubConnection(QuicConnectionProtocol):
+    """One QUIC connection to the hub: decodes frames per stream and hands them to the client."""
+
+    def __init__(self, *args: Any, client: AgentClient, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client = client
+        self.closed = False
+        self._decoders: dict[int, protocol.FrameDecoder] = {}
+        self._transmit_scheduled = False
+        self._receiving = False
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        """Feed a datagram to aioquic, noting that a transmit follows anyway."""
+        self._receiving = True
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            self._receiving = False
+
+    def peer_certificate_der(self) -> bytes | None:
+        """DER bytes of the certificate the hub presented in the handshake."""
+        # aioquic has no public accessor; fail closed if this private attribute ever moves.
+        certificate = getattr(self._quic.tls, "_peer_certificate", None)
+        if certificate is None:
+            return None
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+        return certificate.public_bytes(serialization.Encoding.DER)
+
+    def new_stream_id(self) -> int:
+        """A fresh client-initiated bidirectional stream id."""
+        return self._quic.get_next_available_stream_id()
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue ``data`` on ``stream_id``; datagrams go out once per loop iteration."""
+        if self.closed:
+            return
+        try:
+            self._quic.send_stream_data(stream_id, data, end_stream)
+        except Exception:  # noqa: BLE001 - a stream the hub reset; the command carries on
+            logger.debug("cannot send on stream %d", stream_id, exc_info=True)
+            return
+        # Inside datagram_received aioquic transmits right after our handlers return.
+        if not self._transmit_scheduled and not self._receiving:
+            self._transmit_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._transmit_scheduled = False
+        if not self.closed:
+            self.transmit()
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        """Decode stream data into frames; report the end of the connection."""
+        if isinstance(event, events.StreamDataReceived):
+            decoder = self._decoders.setdefault(event.stream_id, protocol.FrameDecoder())
+            try:
+                frames = decoder.feed(event.data)
+            except protocol.ProtocolError as error:
+                logger.error("hub sent a bad frame: %s", error)
+                self.close(CLOSE_PROTOCOL, str(error))
+                return
+            for frame in frames:
+                self.client._on_frame(self, event.stream_id, frame)
+            if event.end_stream:
+                self._decoders.pop(event.stream_id, None)
+        elif isinstance(event, events.StreamReset):
+            self._decoders.pop(event.stream_id, None)
+        elif isinstance(event, events.ConnectionTerminated):
+            self.closed = True
+            self.client._on_terminated(self, event)
+
+
+class AgentClient:
+    """Holds one connection to the hub at a time, forever, and serves its commands."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        executor: executing.Executor | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.executor = executor or executing.Executor(settings.work_dir)
+        self.collector = status.StatusCollector(settings.watch)
+        self.connected = asyncio.Event()
+        self._rng = rng or random.Random()
+        self._shutdown = asyncio.Event()
+        self._connection: _HubConnection | None = None
+        self._control_stream: int | None = None
+        self._welcome: asyncio.Future[protocol.Frame] | None = None
+        self._last_heard = 0.0
+        self._command_streams: dict[tuple[int, int], str] = {}
+        self._close_reason = ""
+        self._finisher: asyncio.Future[None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect and serve until shut down; reconnect with backoff after any loss."""
+        delays = backoff_delays(self.settings.backoff_initial, self.settings.backoff_cap, self._rng)
+        finisher = self._finisher = asyncio.ensure_future(self._finish_on_shutdown())
+        try:
+            # During a shutdown the agent keeps (re)connecting until its running commands
+            # have finished, so that their results can still be delivered.
+            while not finisher.done():
+                welcomed = False
+                try:
+                    welcomed = await self._session()
+                except HubRefused as refusal:
+                    logger.error("hub refused agent %r: %s", self.settings.name, refusal)
+                except HubUntrusted as distrust:
+                    logger.error("not connecting: %s", distrust)
+                except (OSError, ConnectionError, TimeoutError) as failure:
+                    logger.warning(
+                        "cannot reach hub %s:%d: %s",
+                        self.settings.host,
+                        self.settings.port,
+                        failure or type(failure).__name__,
+                    )
+                if finisher.done():
+                    break
+                if welcomed:
+                    delays = backoff_delays(
+                        self.settings.backoff_initial, self.settings.backoff_cap, self._rng
+                    )
+                delay = next(delays)
+                logger.info("reconnecting in %.1f s", delay)
+                await asyncio.wait({finisher}, timeout=delay)
+        finally:
+            if not finisher.done():
+                finisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await finisher
+            # Results stay on disk: a restarted agent still answers the hub's re-attach.
+            await self.executor.shutdown(0)
+            self.executor.close()
+
+    def request_shutdown(self) -> None:
+        """Begin a clean shutdown (SIGTERM): finish or cancel commands, report, close."""
+        if not self._shutdown.is_set():
+            logger.info("shutting down: letting running commands finish")
+        self._shutdown.set()
+
+    async def _finish_on_shutdown(self) -> None:
+        await self._shutdown.wait()
+        await self.executor.shutdown(self.settings.shutdown_grace)
+        connection = self._connection
+        if connection is None or connection.closed:
+            return
+        # Give the hub a moment to acknowledge the last results before closing under them.
+        deadline = time.monotonic() + 2.0
+        while self.executor.undelivered() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        connection.close(CLOSE_NORMAL, "agent shutting down")
+
+    # --- one connection -----------------------------------------------------------------
+
+    def _configuration(self) -> QuicConfiguration:
+        settings = self.settings
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=[protocol.ALPN],
+            # Heartbeats keep the connection alive; this is only the backstop.
+            idle_timeout=max(3 * settings.heartbeat + 2.0, 5.0),
+            max_data=8 << 20,
+            max_stream_data=4 << 20,
+            server_name=settings.host,
+        )
+        if settings.ca_file is not None:
+            configuration.verify_mode = ssl.CERT_REQUIRED
+            configuration.load_verify_locations(cafile=str(settings.ca_file))
+        elif settings.pin_sha256:
+            # Chain and name checks are replaced by the pin check in _verify_pin, made right
+            # after the handshake and before a byte (the token) is sent.  aioquic still
+            # verifies the CertificateVerify signature, so the hub holds the pinned key.
+            configuration.verify_mode = ssl.CERT_NONE
+        else:
+            configuration.verify_mode = ssl.CERT_REQUIRED  # system (certifi) roots
+        return configuration
+
+    async def _session(self) -> bool:
+        """One connection from handshake to loss; True if the hub welcomed us."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        create = functools.partial(_HubConnection, client=self)
+        async with contextlib.AsyncExitStack() as stack:
+            connection = await asyncio.wait_for(
+                stack.enter_async_context(
+                    _open_connection(settings.host, settings.port, self._configuration(), create)
+                ),
+                timeout=10.0,
+            )
+            assert isinstance(connection, _HubConnection)
+            self._verify_pin(connection)
+            self._close_reason = ""
+            self._connection = connection
+            self._control_stream = connection.new_stream_id()
+            self._welcome = loop.create_future()
+            self._last_heard = time.monotonic()
+            hello = protocol.Hello(
+                name=settings.name,
+                token=settings.token,
+                labels=settings.labels,
+                hostname=socket.gethostname(),
+                os=f"{platform.system()} {platform.release()}",
+                agent_version=agent.__version__,
+                heartbeat=settings.heartbeat,
+            )
+            connection.send(
+                self._control_stream,
+                protocol.encode(protocol.FrameKind.HELLO, protocol.hello_to_meta(hello)),
+            )
+            try:
+                frame = await asyncio.wait_for(asyncio.shield(self._welcome), timeout=10.0)
+            except TimeoutError:
+                raise TimeoutError("no answer to HELLO within 10 s") from None
+            if frame.kind is protocol.FrameKind.ERROR:
+                raise HubRefused(str(frame.meta.get("reason") or "no reason given"))
+            logger.info("connected to hub %s:%d as %r", settings.host, settings.port, settings.name)
+            self.connected.set()
+            try:
+                await self._serve(connection)
+            finally:
+                self.connected.clear()
+                self.executor.detach_all()
+                self._command_streams.clear()
+                self._connection = None
+            return True
+        return False  # pragma: no cover - the context manager does not swallow errors
+
+    def _verify_pin(self, connection: _HubConnection) -> None:
+        pin = self.settings.pin_sha256
+        if not pin or self.settings.ca_file is not None:
+            return
+        der = connection.peer_certificate_der()
+        actual = hashlib.sha256(der).hexdigest().upper() if der is not None else "<none>"
+        if actual != normalize_fingerprint(pin):
+            connection.close(
+                CLOSE_PIN_MISMATCH, "hub certificate does not match pinned fingerprint"
+            )
+            raise HubUntrusted(
+                f"hub certificate fingerprint {actual} does not match the pinned "
+                f"{normalize_fingerprint(pin)}"
+            )
+
+    async def _serve(self, connection: _HubConnection) -> None:
+        interval = self.settings.heartbeat
+        status_every = self.settings.status_interval
+        last_report: protocol.StatusReport | None = None
+        next_status = 0.0
+        closed = asyncio.ensure_future(connection.wait_closed())
+        try:
+            while not closed.done():
+                now = time.monotonic()
+                if now - self._last_heard > 3 * interval:
+                    logger.warning("hub silent for %.1f s: reconnecting", now - self._last_heard)
+                    connection.close(CLOSE_HUB_SILENT, "hub missed 3 heartbeats")
+                    break
+                assert self._control_stream is not None
+                connection.send(
+                    self._control_stream,
+                    protocol.encode(protocol.FrameKind.HEARTBEAT, {"time": time.time()}),
+                )
+                if self.collector.has_sources():
+                    report = await asyncio.to_thread(self.collector.collect)
+                    if now >= next_status or status.changed(last_report, report):
+                        connection.send(
+                            self._control_stream,
+                            protocol.encode(
+                                protocol.FrameKind.STATUS, protocol.status_to_meta(report)
+                            ),
+                        )
+                        last_report, next_status = report, now + status_every
+                finisher = self._finisher
+                await asyncio.wait({closed, *([finisher] if finisher else [])}, timeout=interval)
+                if finisher is not None and finisher.done():
+                    # Shut down while this connection was being set up: close it now.
+                    connection.close(CLOSE_NORMAL, "agent shutting down")
+                    break
+        finally:
+            closed.cancel()
+        if self._close_reason and not self._shutdown.is_set():
+            logger.warning("connection to hub closed: %s", self._close_reason)
+
+    # --- frames from the hub ------------------------------------------------------------
+
+    def _on_frame(self, connection: _HubConnection, stream_id: int, frame: protocol.Frame) -> None:
+        self._last_heard = time.monotonic()
+        kind = protocol.FrameKind
+        if stream_id == self._control_stream:
+            if (
+                frame.kind in (kind.WELCOME, kind.ERROR)
+                and self._welcome
+                and not self._welcome.done()
+            ):
+                self._welcome.set_result(frame)
+            elif frame.kind is kind.ERROR:
+                self._close_reason = str(frame.meta.get("reason"))
+                logger.error("hub: %s", self._close_reason)
+            elif frame.kind is kind.CANCEL:
+                self.executor.cancel(str(frame.meta.get("command_id")))
+            return
+        key = (id(connection), stream_id)
+        if frame.kind in (kind.EXEC, kind.GIT_PULL):
+            try:
+                request = protocol.request_from_frame(frame)
+            except protocol.ProtocolError as error:
+                meta = {
+                    "command_id": str(frame.meta.get("command_id", "")),
+                    "exit_code": None,
+                    "error": str(error),
+                }
+                connection.send(stream_id, protocol.encode(kind.EXIT, meta), True)
+                return
+            self._command_streams[key] = request.command_id
+
+            def send(data: bytes, end_stream: bool) -> None:
+                connection.send(stream_id, data, end_stream)
+
+            try:
+                self.executor.submit(
+                    request,
+                    send,
+                    resume_seq=int(frame.meta.get("resume_seq") or 0),
+                    attach_only=bool(frame.meta.get("attach_only")),
+                    cancel=bool(frame.meta.get("cancel")),
+                )
+            except Exception as failure:  # noqa: BLE001 - e.g. a full disk; tell the hub
+                logger.exception("cannot start command %s", request.command_id)
+                result = protocol.ExecResult(request.command_id, None, error=f"agent: {failure}")
+                send(protocol.encode(kind.EXIT, protocol.result_to_meta(result)), True)
+        elif frame.kind is kind.ACK:
+            command_id = self._command_streams.get(key)
+            if command_id is not None:
+                seq = frame.meta.get("seq")
+                self.executor.acknowledge(
+                    command_id, None if seq is None else int(seq), bool(frame.meta.get("exit"))
+                )
+                if frame.meta.get("exit"):
+                    self._command_streams.pop(key, None)
+
+    def _on_terminated(
+        self, connection: _HubConnection, event: events.ConnectionTerminated
+    ) -> None:
+        if event.reason_phrase and not self._close_reason:
+            self._close_reason = event.reason_phrase
+        if self._welcome is not None and not self._welcome.done():
+            reason = event.reason_phrase or "connection closed before the hub answered"
+            self._welcome.set_exception(
+                HubRefused(reason) if event.reason_phrase else ConnectionError(reason)
+            )

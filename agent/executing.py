@@ -1,0 +1,496 @@
+"""Running commands on the agent: processes, streamed output with flow control, stored results.
+
+An ``Execution`` is one command id.  It runs its steps with
+``asyncio.create_subprocess_exec`` in a new session (so cancel and timeout reach the whole
+process group), reads stdout and stderr in chunks of at most ``protocol.MAX_CHUNK`` bytes
+and hands each chunk, already encoded as an OUTPUT frame, to whatever stream is attached.
+Chunks stay in memory until the hub acknowledges them; when ``WINDOW`` bytes are
+unacknowledged the readers stop reading, the pipe fills and the process blocks -- so output
+is never buffered whole, and while the connection is down the command simply pauses at the
+window.  After a reconnect the hub re-attaches with the next seq it expects and the chunks
+it missed are replayed.
+
+The ``Executor`` keeps executions by command id and the ``ResultStore`` keeps results (and
+a "started" marker) on disk, so a repeated id returns the stored result instead of running
+again -- even after the agent restarted.  It knows nothing of QUIC: the client gives it a
+``send(frame, end_stream)`` callable per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent import git_pulling, protocol
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[bytes, bool], None]
+
+WINDOW = 1 << 20
+KILL_GRACE = 3.0
+# How long a finished command whose EXIT was never acknowledged stays in memory (its result
+# stays on disk regardless).
+FORGET_AFTER = 600.0
+RESULT_RETENTION = 7 * 24 * 3600.0
+JOURNAL = "journal.jsonl"
+
+
+class ResultStore:
+    """Results and "started" marks of command ids, kept in an append-only journal file.
+
+    One ``write`` per event and no file creation on the hot path: a fan-out to many agents
+    must not wait on the filesystem.  The journal is read back (and compacted, dropping
+    records older than ``retention``) when the store opens; a torn last line from a crash
+    is skipped.
+    """
+
+    def __init__(self, directory: Path, retention: float = RESULT_RETENTION) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / JOURNAL
+        # command id -> (time, result or None while only started)
+        self._records: dict[str, tuple[float, protocol.ExecResult | None]] = {}
+        self._load(time.time() - retention)
+        self._compact()
+        self._journal = self.path.open("a", encoding="utf-8")
+        self._appended = 0
+
+    def mark_started(self, command_id: str) -> None:
+        """Record that ``command_id`` has started (before its process is spawned)."""
+        now = time.time()
+        self._records[command_id] = (now, None)
+        self._append({"t": now, "id": command_id})
+
+    def was_started(self, command_id: str) -> bool:
+        """True when some agent process started ``command_id`` on this host."""
+        return command_id in self._records
+
+    def save(self, result: protocol.ExecResult) -> None:
+        """Record the result of a command."""
+        now = time.time()
+        self._records[result.command_id] = (now, result)
+        self._append({"t": now, "id": result.command_id, "result": protocol.result_to_meta(result)})
+
+    def load(self, command_id: str) -> protocol.ExecResult | None:
+        """The stored result of ``command_id``, if it finished."""
+        record = self._records.get(command_id)
+        return None if record is None else record[1]
+
+    def close(self) -> None:
+        """Close the journal file."""
+        self._journal.close()
+
+    def _append(self, record: dict[str, object]) -> None:
+        self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._journal.flush()
+        self._appended += 1
+        if self._appended > 2 * len(self._records) + 10_000:
+            self._journal.close()
+            self._compact()
+            self._journal = self.path.open("a", encoding="utf-8")
+            self._appended = 0
+
+    def _load(self, horizon: float) -> None:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                record = json.loads(line)
+                moment, command_id = float(record["t"]), str(record["id"])
+                result = record.get("result")
+                value = protocol.result_from_meta(result) if result else None
+            except (ValueError, KeyError, TypeError, protocol.ProtocolError):
+                continue  # a torn line from a crash mid-write
+            if moment >= horizon:
+                self._records[command_id] = (moment, value)
+
+    def _compact(self) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as handle:
+            for command_id, (moment, result) in self._records.items():
+                record: dict[str, object] = {"t": moment, "id": command_id}
+                if result is not None:
+                    record["result"] = protocol.result_to_meta(result)
+                handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        os.replace(temporary, self.path)
+
+
+def install_child_watcher(loop: asyncio.AbstractEventLoop) -> None:
+    """On Python 3.11, watch child processes with pidfds instead of a thread per process."""
+    # Python 3.12+ does this by default and deprecates child watchers.
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # kernel before 5.3: keep the default
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+
+
+class Execution:
+    """One command: its steps, its output window, the attached stream and its result."""
+
+    def __init__(
+        self,
+        request: protocol.Request,
+        steps: list[git_pulling.Step],
+        env: dict[str, str],
+        cwd: str,
+        store: ResultStore,
+        window: int = WINDOW,
+    ) -> None:
+        self.request = request
+        self.command_id = request.command_id
+        self.result: protocol.ExecResult | None = None
+        self.finished_at: float | None = None
+        self._steps = steps
+        self._env = env
+        self._cwd = cwd
+        self._store = store
+        self._window = window
+        self._send: Send | None = None
+        self._unacked: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._unacked_bytes = 0
+        self._window_open = asyncio.Event()
+        self._window_open.set()
+        self._next_seq = 0
+        self._bytes_read = 0
+        self._stop = asyncio.Event()
+        self._stop_reason: str | None = None
+        self._done = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- wiring to a stream -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start running in the background."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"command {self.command_id}"
+        )
+
+    def attach(self, send: Send, resume_seq: int = 0) -> None:
+        """Deliver this command's output from ``resume_seq`` on (and its result) via ``send``."""
+        self._send = send
+        self.acknowledge(resume_seq - 1)
+        for _, frame in self._unacked:
+            send(frame, False)
+        if self.result is not None:
+            send(
+                protocol.encode(protocol.FrameKind.EXIT, protocol.result_to_meta(self.result)), True
+            )
+
+    def detach(self) -> None:
+        """The stream is gone: keep running, keep output until the window is full."""
+        self._send = None
+
+    def acknowledge(self, seq: int) -> None:
+        """The hub has every chunk up to ``seq``: free them."""
+        while self._unacked and self._unacked[0][0] <= seq:
+            self._unacked_bytes -= len(self._unacked.popleft()[1])
+        if self._unacked_bytes < self._window:
+            self._window_open.set()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop the command: SIGTERM to its process group, SIGKILL after a grace period."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop.set()
+
+    @property
+    def done(self) -> bool:
+        """True once the result is known."""
+        return self.result is not None
+
+    async def wait(self) -> protocol.ExecResult:
+        """Wait for and return the result."""
+        await self._done.wait()
+        assert self.result is not None
+        return self.result
+
+    # --- running ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        timeout = self.request.timeout
+        deadline = None if timeout is None else loop.time() + timeout
+        exit_code: int | None = 0
+        error: str | None = None
+        try:
+            for step in self._steps:
+                if step.announce:
+                    await self._emit("stderr", f"+ {step.display()}\n".encode())
+                exit_code, error = await self._run_step(step, deadline)
+                if exit_code != 0 or error is not None or self._stop_reason is not None:
+                    break
+        except Exception as failure:  # noqa: BLE001 - the hub must always get a result
+            logger.exception("command %s failed inside the agent", self.command_id)
+            exit_code, error = None, f"agent error: {failure}"
+        signal_number = -exit_code if exit_code is not None and exit_code < 0 else None
+        reason = self._stop_reason
+        self._finish(
+            protocol.ExecResult(
+                command_id=self.command_id,
+                exit_code=None if signal_number else exit_code,
+                signal=signal_number,
+                duration=round(time.monotonic() - started, 6),
+                timed_out=reason == "timeout",
+                cancelled=reason is not None and reason != "timeout",
+                error=error
+                if error
+                else (None if reason in (None, "timeout", "cancelled") else reason),
+            )
+        )
+
+    async def _run_step(
+        self, step: git_pulling.Step, deadline: float | None
+    ) -> tuple[int | None, str | None]:
+        stdin_data = self.request.stdin if isinstance(self.request, protocol.ExecRequest) else None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *step.argv,
+                stdin=asyncio.subprocess.PIPE
+                if stdin_data is not None
+                else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=step.cwd or self._cwd,
+                env=self._env,
+                start_new_session=True,
+            )
+        except OSError as failure:
+            return None, f"cannot start {step.argv[0]!r}: {failure.strerror or failure}"
+        assert process.stdout is not None and process.stderr is not None
+        readers = [
+            asyncio.create_task(self._pump(process.stdout, "stdout")),
+            asyncio.create_task(self._pump(process.stderr, "stderr")),
+        ]
+        writer = None
+        if stdin_data is not None:
+            writer = asyncio.create_task(self._feed(process, stdin_data))
+        loop = asyncio.get_running_loop()
+        waiter = asyncio.create_task(process.wait())
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            await asyncio.wait(
+                {waiter, stopper}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not waiter.done():
+                if not self._stop.is_set():
+                    self._stop_reason = self._stop_reason or "timeout"
+                await self._terminate(process, waiter)
+            await self._drain(readers)
+        finally:
+            for task in (*readers, waiter, stopper, *(t for t in [writer] if t)):
+                task.cancel()
+            await asyncio.gather(
+                *readers, waiter, stopper, *(t for t in [writer] if t), return_exceptions=True
+            )
+        return process.returncode, None
+
+    async def _terminate(
+        self, process: asyncio.subprocess.Process, waiter: asyncio.Task[int]
+    ) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        await asyncio.wait({waiter}, timeout=KILL_GRACE)
+        if not waiter.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await waiter
+
+    async def _drain(self, readers: list[asyncio.Task[None]]) -> None:
+        # The process has exited, but a daemon it started may still hold the pipes open:
+        # keep reading while output flows (or we wait for the hub's window), stop when idle.
+        while True:
+            before = self._bytes_read
+            _, pending = await asyncio.wait(readers, timeout=1.0)
+            if not pending:
+                return
+            blocked_on_window = not self._window_open.is_set()
+            if self._stop_reason is not None or (
+                self._bytes_read == before and not blocked_on_window
+            ):
+                return
+
+    async def _pump(self, reader: asyncio.StreamReader, stream: str) -> None:
+        while True:
+            data = await reader.read(protocol.MAX_CHUNK)
+            if not data:
+                return
+            self._bytes_read += len(data)
+            await self._emit(stream, data)
+
+    async def _feed(self, process: asyncio.subprocess.Process, data: bytes) -> None:
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            process.stdin.write(data)
+            await process.stdin.drain()
+            process.stdin.close()
+
+    async def _emit(self, stream: str, data: bytes) -> None:
+        # Flow control: wait here (and so stop reading the pipe) while the window is full.
+        await self._window_open.wait()
+        frame = protocol.encode(
+            protocol.FrameKind.OUTPUT, {"seq": self._next_seq, "stream": stream}, data
+        )
+        self._unacked.append((self._next_seq, frame))
+        self._unacked_bytes += len(frame)
+        self._next_seq += 1
+        if self._unacked_bytes >= self._window:
+            self._window_open.clear()
+        if self._send is not None:
+            self._send(frame, False)
+
+    def _finish(self, result: protocol.ExecResult) -> None:
+        self.result = result
+        self.finished_at = time.monotonic()
+        self._store.save(result)
+        if self._send is not None:
+            self._send(
+                protocol.encode(protocol.FrameKind.EXIT, protocol.result_to_meta(result)), True
+            )
+        self._done.set()
+
+
+class Executor:
+    """Every command this agent knows, by id; starts, re-attaches, cancels and forgets them."""
+
+    def __init__(self, work_dir: Path, base_env: dict[str, str] | None = None) -> None:
+        self.work_dir = work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ResultStore(work_dir / "results")
+        self._base_env = dict(os.environ if base_env is None else base_env)
+        self._executions: dict[str, Execution] = {}
+        self._accepting = True
+
+    def submit(
+        self,
+        request: protocol.Request,
+        send: Send,
+        *,
+        resume_seq: int = 0,
+        attach_only: bool = False,
+        cancel: bool = False,
+    ) -> Execution | None:
+        """Run ``request`` (or re-attach to it, or answer with its stored result) on ``send``."""
+        self._forget_old()
+        command_id = request.command_id
+        execution = self._executions.get(command_id)
+        if execution is not None:
+            execution.attach(send, resume_seq)
+            if cancel:
+                execution.cancel()
+            return execution
+        stored = self.store.load(command_id)
+        if stored is None and self.store.was_started(command_id):
+            # Started by an earlier agent process that died: never run it a second time.
+            stored = protocol.ExecResult(
+                command_id, None, error="interrupted: the agent restarted while the command ran"
+            )
+            self.store.save(stored)
+        if stored is None and (attach_only or cancel or not self._accepting):
+            if attach_only:
+                why = "unknown command: this agent never started it"
+            elif cancel:
+                why = "cancelled before it started"
+            else:
+                why = "agent is shutting down"
+            stored = protocol.ExecResult(command_id, None, cancelled=cancel, error=why)
+        if stored is not None:
+            send(protocol.encode(protocol.FrameKind.EXIT, protocol.result_to_meta(stored)), True)
+            return None
+        try:
+            steps, cwd = self._plan(request)
+        except ValueError as failure:
+            result = protocol.ExecResult(command_id, None, error=str(failure))
+            send(protocol.encode(protocol.FrameKind.EXIT, protocol.result_to_meta(result)), True)
+            return None
+        env = {**self._base_env, **request.env}
+        if isinstance(request, protocol.GitPullRequest):
+            env.update(git_pulling.ENVIRONMENT)
+        execution = Execution(request, steps, env, cwd, self.store)
+        self._executions[command_id] = execution
+        self.store.mark_started(command_id)
+        execution.start()
+        execution.attach(send, resume_seq)
+        return execution
+
+    def acknowledge(self, command_id: str, seq: int | None, exit_received: bool) -> None:
+        """Apply an ACK from the hub; forget the command once its EXIT was received."""
+        execution = self._executions.get(command_id)
+        if execution is None:
+            return
+        if seq is not None:
+            execution.acknowledge(seq)
+        if exit_received and execution.done:
+            del self._executions[command_id]
+
+    def cancel(self, command_id: str) -> bool:
+        """Cancel a running command; return whether it was running."""
+        execution = self._executions.get(command_id)
+        if execution is None or execution.done:
+            return False
+        execution.cancel()
+        return True
+
+    def detach_all(self) -> None:
+        """The connection is gone: commands keep running, output waits in their windows."""
+        for execution in self._executions.values():
+            execution.detach()
+
+    def running(self) -> list[Execution]:
+        """Commands still running."""
+        return [e for e in self._executions.values() if not e.done]
+
+    def undelivered(self) -> list[Execution]:
+        """Commands whose output or result the hub has not yet acknowledged."""
+        return list(self._executions.values())
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new commands, let running ones finish for ``grace`` s, then cancel them."""
+        self._accepting = False
+        running = self.running()
+        if not running:
+            return
+        waiters = [asyncio.ensure_future(e.wait()) for e in running]
+        _, pending = await asyncio.wait(waiters, timeout=grace)
+        for execution in self.running():
+            execution.cancel("agent shutting down")
+        if pending:
+            await asyncio.wait(pending)
+
+    def close(self) -> None:
+        """Release the result journal (running commands are not touched)."""
+        self.store.close()
+
+    def _plan(self, request: protocol.Request) -> tuple[list[git_pulling.Step], str]:
+        if isinstance(request, protocol.GitPullRequest):
+            return git_pulling.steps(request, self.work_dir), str(self.work_dir)
+        if request.argv is not None:
+            argv = tuple(request.argv)
+        else:
+            argv = ("/bin/sh", "-c", str(request.script))
+        cwd = request.cwd or str(self.work_dir)
+        return [git_pulling.Step(argv)], cwd
+
+    def _forget_old(self) -> None:
+        horizon = time.monotonic() - FORGET_AFTER
+        for command_id, execution in list(self._executions.items()):
+            if execution.finished_at is not None and execution.finished_at < horizon:
+                del self._executions[command_id]
