@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import re
 import secrets
@@ -94,6 +95,7 @@ class Reconciler:
         self.logs = LogStore(self.db)
         self.bus = EventBus()
         self.history = History(repo, push=bool(push))
+        self._planner = planning.Planner()
         self._push_override = push
         self.executors = executors or Executors()
         self.now = now
@@ -128,7 +130,7 @@ class Reconciler:
         if self._desired is None:
             return planning.Plan(())
         state, deployed = self.history.deployed()
-        return planning.plan(self._desired, deployed, state_commit=state)
+        return self._planner.plan(self._desired, deployed, state_commit=state)
 
     # -- observing -------------------------------------------------------------------
 
@@ -144,6 +146,11 @@ class Reconciler:
 
         result = await asyncio.to_thread(load)
         if result.ok:
+            if self._desired is None:
+                # The model is long-lived: keep the collector from re-scanning it on every
+                # pass (full collections over it showed up as 200 ms spikes).
+                gc.collect()
+                gc.freeze()
             self._desired = result.desired
             self._problems = ()
             if self._push_override is None:

@@ -57,5 +57,13 @@ def stable_hash(value: Any) -> str:
     Stable across processes and Python versions, so it can be stored in the state ref
     and compared by any later reconciler.
     """
-    text = json.dumps(thaw(value), sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    # Only frozen mappings and odd values reach here: plain dicts, lists and tuples are
+    # encoded directly, which keeps hashing thousands of configs cheap.
+    if isinstance(value, Mapping):
+        return dict(value)
+    return str(value)

@@ -42,16 +42,25 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) 
     loader.flatten_mapping(node)
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
+        # Scalar keys are compared by their resolved text without constructing them
+        # twice (this runs for every mapping of every file); others are constructed.
+        if isinstance(key_node, yaml.ScalarNode):
+            key: Any = (key_node.tag, key_node.value)
+        else:
+            key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                f"duplicate key {_shown(key_node, key)!r} (first at line {seen[key].start_mark.line + 1})",
                 key_node.start_mark,
             )
         seen[key] = key_node
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+def _shown(key_node: yaml.Node, key: Any) -> Any:
+    return key_node.value if isinstance(key_node, yaml.ScalarNode) else key
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

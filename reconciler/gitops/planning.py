@@ -178,17 +178,62 @@ def plan(
     state_commit: str | None = None,
 ) -> Plan:
     """Pair desired with deployed (and live) state and decide an action for each pair."""
-    live: dict[tuple[str, str], list[Observation]] = {}
-    for obs in observations:
-        live.setdefault((obs.project, obs.env), []).append(obs)
-    actions = [
-        _judge(env, deployed.get((env.project, env.name)), live.get((env.project, env.name), ()))
-        for env in desired.environments()
-    ]
-    declared = {(e.project, e.name) for e in desired.environments()}
+    return Planner().plan(desired, deployed, observations, state_commit)
+
+
+class Planner:
+    """Plans again and again, reusing the judgement of pairs that did not change.
+
+    The loader reuses unchanged ``Environment`` objects and history reuses unchanged
+    records, so a pair made of the very same two objects as last time has the same
+    action: after a one-file commit only that file's environments are judged again.
+    The memo holds the objects it keys by identity, so their ids cannot be reused.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[
+            tuple[int, int], tuple[model.Environment, DeployedRecord | None, Action]
+        ] = {}
+
+    def plan(
+        self,
+        desired: model.DesiredState,
+        deployed: Mapping[tuple[str, str], DeployedRecord],
+        observations: Iterable[Observation] = (),
+        state_commit: str | None = None,
+    ) -> Plan:
+        live: dict[tuple[str, str], list[Observation]] = {}
+        for obs in observations:
+            live.setdefault((obs.project, obs.env), []).append(obs)
+        memo: dict[tuple[int, int], tuple[model.Environment, DeployedRecord | None, Action]] = {}
+        actions = []
+        for env in desired.environments():
+            key = (env.project, env.name)
+            record = deployed.get(key)
+            seen = live.get(key)
+            if seen:
+                actions.append(_judge(env, record, seen))
+                continue
+            ident = (id(env), id(record))
+            hit = self._memo.get(ident)
+            action = hit[2] if hit is not None else _judge(env, record, ())
+            memo[ident] = (env, record, action)
+            actions.append(action)
+        self._memo = memo
+        return _finish(desired, deployed, actions, state_commit)
+
+
+def _finish(
+    desired: model.DesiredState,
+    deployed: Mapping[tuple[str, str], DeployedRecord],
+    actions: list[Action],
+    state_commit: str | None,
+) -> Plan:
+    orphans = False
     for key in sorted(deployed):
         record = deployed[key]
-        if key not in declared and record.version is not None:
+        if desired.environment(*key) is None and record.version is not None:
+            orphans = True
             actions.append(
                 Action(
                     record.project,
@@ -202,7 +247,8 @@ def plan(
                     detail="no longer declared in the config repo; left running (remove it by hand)",
                 )
             )
-    actions.sort(key=lambda a: (a.project, a.env))
+    if orphans:  # declared environments arrive already ordered
+        actions.sort(key=lambda a: (a.project, a.env))
     return Plan(tuple(actions), desired.commit, state_commit, _count(actions))
 
 

@@ -120,3 +120,23 @@ def test_only_restricts_to_project_and_env() -> None:
     assert [a.key for a in plan.only("a").actions] == ["a/dev", "a/prod"]
     assert [a.key for a in plan.only("b", "prod").actions] == ["b/prod"]
     assert plan.only("b", "prod").counts == {"deploy": 1}
+
+
+def test_a_reused_planner_gives_the_same_plan_as_a_fresh_one() -> None:
+    specs = [{"project": "a", "env": e, "version": "1"} for e in ("dev", "prod")]
+    desired = _desired(specs)
+    deployed = {("a", "dev"): planning.DeployedRecord("a", "dev", "1", "h")}
+    planner = planning.Planner()
+    first = planner.plan(desired, deployed)
+    assert first == planning.plan(desired, deployed)
+    # The same objects again: judged from the memo, same answer.
+    assert planner.plan(desired, deployed) == first
+    # prod gets deployed: a new record object for it, the dev pair is reused.
+    after = {**deployed, ("a", "prod"): planning.DeployedRecord("a", "prod", "1", "h")}
+    again = planner.plan(desired, after)
+    assert again == planning.plan(desired, after)
+    assert not again.has_changes
+    # A new desired state with prod at version 2.
+    bumped = _desired([specs[0], {**specs[1], "version": "2"}])
+    assert planner.plan(bumped, after) == planning.plan(bumped, after)
+    assert [a.key for a in planner.plan(bumped, after).changes] == ["a/prod"]
