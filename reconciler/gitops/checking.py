@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jinja2.sandbox
 from croniter import croniter
 
+from reconciler.alert import templates
 from reconciler.engine import batches, expressions, windows
 from reconciler.gitops.building import effective_config
 from reconciler.trigger import matching
@@ -459,12 +459,9 @@ def _callback(
             f"unknown credential {secret!r}; {scope} scope may use: {_list(usable)}",
         )
     if "template" in cb:
-        try:
-            jinja2.sandbox.SandboxedEnvironment().parse(cb["template"])
-        except jinja2.TemplateSyntaxError as exc:
-            yield Finding(
-                path, (*where, "template"), f"invalid template (line {exc.lineno}): {exc.message}"
-            )
+        refused = templates.check(cb["template"])
+        if refused:
+            yield Finding(path, (*where, "template"), refused)
     if cb.get("format") and cb["type"] != "feishu":
         yield Finding(path, (*where, "format"), "'format' applies to feishu callbacks only")
 
