@@ -14,8 +14,10 @@ from pathlib import Path
 
 import click
 
+from reconciler.engine.agents import LocalAgent
 from reconciler.engine.reconciling import PassReport, Reconciler
 from reconciler.engine.runs import RunState
+from reconciler.engine.targets import Executors
 from reconciler.errors import PermanentError, PermissionDenied, QuicFlowError, SourceError
 from reconciler.gitops import model
 from reconciler.gitops.repository import GitRepository
@@ -24,12 +26,12 @@ REPO_HELP = "Config repo: a path (may be a subdirectory of a Git repository) or 
 DATA_HELP = "Data directory: operational store, logs, targets of the demo."
 
 
-def _reconciler(repo: str, data: str) -> Reconciler:
+def _reconciler(repo: str, data: str, executors: Executors | None = None) -> Reconciler:
     try:
         git = GitRepository.open(repo, cache_dir=Path(data) / "repos")
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
-    return Reconciler(git, Path(data))
+    return Reconciler(git, Path(data), executors=executors)
 
 
 def _print_report(report: PassReport) -> None:
@@ -57,15 +59,25 @@ def _print_report(report: PassReport) -> None:
     "--once", is_flag=True, default=True, help="One pass in the foreground (the default)."
 )
 @click.option("--only", default=None, metavar="PROJECT[/ENV]", help="Restrict the pass.")
-def apply(repo: str, data: str, once: bool, only: str | None) -> None:
+@click.option(
+    "--local-agent", is_flag=True, help="Run local targets through an agent over loopback QUIC."
+)
+def apply(repo: str, data: str, once: bool, only: str | None, local_agent: bool) -> None:
     """Reconcile once: deploy what the config repo says and Git does not have yet."""
 
     async def main() -> PassReport:
-        reconciler = _reconciler(repo, data)
+        local = LocalAgent(Path(data)) if local_agent else None
+        if local is not None:
+            await local.start()
+        reconciler = _reconciler(repo, data, local.executors() if local else None)
+        if local is not None:
+            reconciler.hub = local.hub
         try:
             return await reconciler.reconcile_once(only=only)
         finally:
             await reconciler.close()
+            if local is not None:
+                await local.stop()
 
     try:
         report = asyncio.run(main())

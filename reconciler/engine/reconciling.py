@@ -30,6 +30,7 @@ from reconciler.engine.events import Event, EventBus, EventType
 from reconciler.engine.running import Outcome, RunContext, RunExecutor, iso, name_of
 from reconciler.engine.runs import Decision, Run, RunState, Trigger
 from reconciler.engine.targets import Executors
+from reconciler.engine.targets import resolve as resolve_targets
 from reconciler.errors import ConfigProblem, PermanentError, PermissionDenied, QuicFlowError
 from reconciler.gitops import model, planning
 from reconciler.gitops.history import History, RunOutcome
@@ -229,7 +230,7 @@ class Reconciler:
             if reason:
                 report.skipped.append((env.key, reason))
                 continue
-            task = self._schedule(env, self._trigger_for(), None, action.from_version)
+            task = self._schedule(env, self._trigger_for(env), None, action.from_version)
             if task is not None:
                 started.append(task)
             else:
@@ -256,17 +257,33 @@ class Reconciler:
         """Why this process cannot run ``env`` at all (so no run is created and failed), or None."""
         if env.deploy.type not in (model.DeployType.SCRIPT, model.DeployType.GIT_PULL):
             return f"deploy type {env.deploy.type.value!r} is not available in this build"
-        if self.executors.agents is None and any(t.agent or t.selector for t in env.targets):
-            return (
-                "its targets are agents and no QUIC hub runs in this process (use 'quicflow serve')"
-            )
+        if any(t.agent or t.selector for t in env.targets):
+            if self.executors.agents is None or self.hub is None:
+                return "its targets are agents and no QUIC hub runs in this process (use 'quicflow serve')"
+            desired = self._desired
+            assert desired is not None
+            wanted = [
+                t.name for t in resolve_targets(env, desired, self.data_dir) if t.kind == "agent"
+            ]
+            connected = {a.name for a in self.hub.select(names=wanted)}
+            missing = [name for name in wanted if name not in connected]
+            if missing:
+                return f"agent{'s' if len(missing) > 1 else ''} {', '.join(missing)} not connected"
         return None
 
-    def _trigger_for(self) -> Trigger:
+    def _trigger_for(self, env: model.Environment) -> Trigger:
+        """ROLLBACK for the environment a rollback commit at the head names; POLL otherwise."""
         desired = self._desired
         if desired is not None:
             message = self.repo.commit(desired.commit).message
-            if ROLLBACK_TRAILER in message:
+            # Only the environment named by the trailer: other changes released in the same
+            # pass are ordinary releases (a `when: trigger != 'rollback'` must still run).
+            named = {
+                line.removeprefix(ROLLBACK_TRAILER).strip()
+                for line in message.splitlines()
+                if line.startswith(ROLLBACK_TRAILER)
+            }
+            if env.key in named:
                 return Trigger.ROLLBACK
         return Trigger.POLL
 

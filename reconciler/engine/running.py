@@ -144,7 +144,11 @@ class RunContext:
         )
         self._flush(source)
         if not result.ok:
-            reason = "timed out" if result.timed_out else f"exit code {result.exit_code}"
+            reason = (
+                "timed out"
+                if result.timed_out
+                else (result.error or f"exit code {result.exit_code}")
+            )
             self.log(source, f"{key} on {target.name} {reason} after {result.duration:.2f}s")
         return result
 
