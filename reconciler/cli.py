@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from agent import cli as agent_cli
+from reconciler import serving
 from reconciler.credential.commands import secrets_group
 from reconciler.engine import commands as engine_commands
 from reconciler.errors import QuicFlowError, SourceError
@@ -217,6 +218,8 @@ main.add_command(secrets_group)
 main.add_command(hub_commands.hub)
 main.add_command(hub_commands.agent_token)
 main.add_command(agent_cli.agent)
+main.add_command(serving.serve_command)
+main.add_command(serving.token)
 for _command in (
     engine_commands.apply,
     engine_commands.approve,

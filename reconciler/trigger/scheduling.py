@@ -1,0 +1,393 @@
+"""Cron schedules: which slot is due (pure), and firing each slot exactly once (stored).
+
+A schedule's *slots* are the instants its cron expression names in its time zone
+(croniter + zoneinfo, so daylight-saving jumps follow the zone's rules). The table
+``schedules`` keeps, per schedule id, the newest slot already handled (``last_slot``),
+when it last fired (``last_run``), the next slot (``next_run``) and the outcome.
+
+Exactly once per slot, across restarts and processes: a slot is *claimed* with one
+atomic ``UPDATE schedules SET last_slot = :slot WHERE id = :id AND last_slot < :slot``
+before anything fires. Of several schedulers sharing the database, only the one whose
+UPDATE changed a row fires; a restarted scheduler finds the slot already claimed.
+
+Missed slots (the server was down): ``due_slots`` only ever looks at the *newest* slot
+not after ``now`` — never at each missed one — so
+
+- ``run_once`` (default) fires that newest slot once, however many were missed;
+- ``skip`` fires it only when it is on time (at most ``grace`` late), so after downtime
+  nothing fires and the schedule waits for its next slot.
+
+A schedule seen for the first time, or whose cron or time zone changed, starts from
+its newest slot without firing it: adding ``0 2 * * *`` at noon does not deploy at once.
+A claimed slot is never fired again, even when its action failed (the outcome is
+stored for the API and the status page); the next slot tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from reconciler.engine.runs import Run, Trigger
+from reconciler.gitops import model
+from reconciler.store.database import Database
+
+_log = logging.getLogger(__name__)
+
+RUN_ONCE = "run_once"
+SKIP = "skip"
+DEFAULT_GRACE = timedelta(seconds=90)
+
+_SCHEMA = [
+    """
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY, spec TEXT NOT NULL, last_slot TEXT NOT NULL,
+        next_run TEXT NOT NULL DEFAULT '', last_run TEXT NOT NULL DEFAULT '',
+        last_status TEXT NOT NULL DEFAULT '', last_error TEXT NOT NULL DEFAULT '',
+        last_run_id TEXT NOT NULL DEFAULT ''
+    )
+    """,
+]
+
+
+def _stamp(at: datetime) -> str:
+    # One fixed UTC format, so stored slots compare correctly as strings in SQL.
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def newest_slot(now: datetime, cron: str, tz: str) -> datetime:
+    """The newest slot of ``cron`` in zone ``tz`` that is not after ``now`` (in UTC)."""
+    local = now.astimezone(ZoneInfo(tz))
+    # get_prev from an exact slot returns the slot before it; start just after now.
+    found = croniter(cron, local + timedelta(seconds=1)).get_prev(datetime)
+    return found.astimezone(UTC)
+
+
+def next_slot(after: datetime, cron: str, tz: str) -> datetime:
+    """The first slot of ``cron`` in zone ``tz`` strictly after ``after`` (in UTC)."""
+    found = croniter(cron, after.astimezone(ZoneInfo(tz))).get_next(datetime)
+    return found.astimezone(UTC)
+
+
+def due_slots(
+    now: datetime,
+    last_slot: datetime | None,
+    cron: str,
+    tz: str,
+    policy: str = RUN_ONCE,
+    grace: timedelta = DEFAULT_GRACE,
+) -> list[datetime]:
+    """The slots to fire now: at most one, the newest one after ``last_slot``.
+
+    ``last_slot`` None (never seen) fires nothing. ``policy`` is ``run_once`` or ``skip``
+    (see the module docstring).
+    """
+    if policy not in (RUN_ONCE, SKIP):
+        raise ValueError(f"missed-slot policy must be {RUN_ONCE!r} or {SKIP!r}, not {policy!r}")
+    if last_slot is None:
+        return []
+    newest = newest_slot(now, cron, tz)
+    if newest <= last_slot:
+        return []
+    if policy == SKIP and now - newest > grace:
+        return []
+    return [newest]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """What the store knows about one schedule (times as UTC ISO strings, '' if none)."""
+
+    id: str
+    spec: str
+    last_slot: str
+    next_run: str
+    last_run: str
+    last_status: str
+    last_error: str
+    last_run_id: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        """The state as the API shows it."""
+        return {
+            "last_slot": self.last_slot or None,
+            "next_run": self.next_run or None,
+            "last_run": self.last_run or None,
+            "last_status": self.last_status or None,
+            "last_error": self.last_error or None,
+            "last_run_id": self.last_run_id or None,
+        }
+
+
+class ScheduleStore:
+    """The ``schedules`` table: slots claimed, next and last runs, outcomes."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        db.migrate("schedules", _SCHEMA)
+
+    def get(self, schedule_id: str) -> ScheduleState | None:
+        """The state of one schedule, if it was ever seen."""
+        rows = self.db.query("SELECT * FROM schedules WHERE id = ?", (schedule_id,))
+        return _state(rows[0]) if rows else None
+
+    def all(self) -> dict[str, ScheduleState]:
+        """Every stored schedule state by id."""
+        return {r["id"]: _state(r) for r in self.db.query("SELECT * FROM schedules")}
+
+    def baseline(self, schedule_id: str, spec: str, slot: datetime, next_run: datetime) -> None:
+        """Start (or restart, after a cron change) a schedule at ``slot`` without firing it."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO schedules (id, spec, last_slot, next_run) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET spec = excluded.spec, last_slot = excluded.last_slot,"
+                " next_run = excluded.next_run WHERE schedules.spec != excluded.spec",
+                (schedule_id, spec, _stamp(slot), _stamp(next_run)),
+            )
+
+    def claim(self, schedule_id: str, spec: str, slot: datetime, next_run: datetime) -> bool:
+        """Atomically take ``slot``; True for exactly one caller per slot."""
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE schedules SET last_slot = ?, next_run = ? WHERE id = ? AND spec = ? AND last_slot < ?",
+                (_stamp(slot), _stamp(next_run), schedule_id, spec, _stamp(slot)),
+            )
+            return cursor.rowcount == 1
+
+    def set_next(self, schedule_id: str, next_run: datetime) -> None:
+        """Store when the schedule fires next."""
+        self.db.execute(
+            "UPDATE schedules SET next_run = ? WHERE id = ?", (_stamp(next_run), schedule_id)
+        )
+
+    def finish(
+        self, schedule_id: str, at: datetime, status: str, error: str = "", run_id: str = ""
+    ) -> None:
+        """Record the outcome of a claimed slot; only a slot that ran moves ``last_run``."""
+        if status == "skipped":
+            self.db.execute(
+                "UPDATE schedules SET last_status = ?, last_error = ? WHERE id = ?",
+                (status, error, schedule_id),
+            )
+            return
+        self.db.execute(
+            "UPDATE schedules SET last_run = ?, last_status = ?, last_error = ?, last_run_id = ? WHERE id = ?",
+            (_stamp(at), status, error, run_id, schedule_id),
+        )
+
+
+def _state(row: Any) -> ScheduleState:
+    return ScheduleState(
+        row["id"],
+        row["spec"],
+        row["last_slot"],
+        row["next_run"],
+        row["last_run"],
+        row["last_status"],
+        row["last_error"],
+        row["last_run_id"],
+    )
+
+
+class ScheduleEngine(Protocol):
+    """The part of ``EngineControl`` a scheduler uses."""
+
+    @property
+    def desired(self) -> model.DesiredState | None: ...
+
+    async def deploy(
+        self,
+        project: str,
+        env: str,
+        version: str | None,
+        *,
+        actor: model.User | None,
+        trigger: Trigger,
+        force: bool = False,
+        detail: dict[str, str] | None = None,
+    ) -> Run: ...
+
+
+def _spec(schedule: model.ScheduleTrigger) -> str:
+    return f"{schedule.cron}|{schedule.timezone}"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scheduler:
+    """Fires the schedules of the desired state, each slot once (see the module docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], datetime] = _utc_now,
+        grace: timedelta = DEFAULT_GRACE,
+        max_sleep: float = 30.0,
+    ):
+        self.store = ScheduleStore(db)
+        self.clock = clock
+        self.grace = grace
+        self.max_sleep = max_sleep
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look at the schedules again now (e.g. after the desired state changed)."""
+        self._wake.set()
+
+    async def run(self, engine: ScheduleEngine) -> None:
+        """Tick until cancelled, sleeping until the next slot (at most ``max_sleep``)."""
+        while True:
+            try:
+                await self.tick(engine)
+            except Exception:  # noqa: BLE001 - one bad tick must not end the schedules
+                _log.exception("schedule tick failed")
+            self._wake.clear()
+            delay = self._sleep_seconds(engine)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _sleep_seconds(self, engine: ScheduleEngine) -> float:
+        desired = engine.desired
+        declared = {
+            s.id
+            for p in (desired.projects.values() if desired else ())
+            for s in p.schedules
+            if s.enabled
+        }
+        # Rows of schedules removed from the config must not shorten the sleep.
+        upcoming = [
+            s.next_run for s in self.store.all().values() if s.id in declared and s.next_run
+        ]
+        if not upcoming:
+            return self.max_sleep
+        seconds = (_parse(min(upcoming)) - self.clock()).total_seconds()
+        # A floor keeps a slot whose next_run another process has not advanced yet from
+        # turning the loop into a busy wait.
+        return min(max(seconds, 0.2), self.max_sleep)
+
+    async def tick(self, engine: ScheduleEngine) -> list[tuple[str, datetime]]:
+        """Fire every due slot once; the (schedule id, slot) pairs this process fired."""
+        desired = engine.desired
+        if desired is None:
+            return []
+        fired: list[tuple[str, datetime]] = []
+        for project in desired.projects.values():
+            for schedule in project.schedules:
+                if not schedule.enabled:
+                    continue
+                try:
+                    slot = await self._tick_one(engine, schedule)
+                except Exception:  # noqa: BLE001 - a bad cron of one schedule must not stop others
+                    _log.exception("schedule %s failed", schedule.id)
+                    continue
+                if slot is not None:
+                    fired.append((schedule.id, slot))
+        return fired
+
+    async def _tick_one(
+        self, engine: ScheduleEngine, schedule: model.ScheduleTrigger
+    ) -> datetime | None:
+        now = self.clock()
+        spec = _spec(schedule)
+        state = self.store.get(schedule.id)
+        if state is None or state.spec != spec:
+            newest = newest_slot(now, schedule.cron, schedule.timezone)
+            self.store.baseline(
+                schedule.id, spec, newest, next_slot(now, schedule.cron, schedule.timezone)
+            )
+            return None
+        last = _parse(state.last_slot)
+        upcoming = next_slot(now, schedule.cron, schedule.timezone)
+        due = due_slots(now, last, schedule.cron, schedule.timezone, schedule.missed, self.grace)
+        if not due:
+            newest = newest_slot(now, schedule.cron, schedule.timezone)
+            if newest > last and self.store.claim(schedule.id, spec, newest, upcoming):
+                # Missed under the skip policy: take the slot so it is not reconsidered.
+                self.store.finish(
+                    schedule.id,
+                    now,
+                    "skipped",
+                    f"missed slot {_stamp(newest)} skipped (policy skip)",
+                )
+            elif state.next_run != _stamp(upcoming):
+                self.store.set_next(schedule.id, upcoming)
+            return None
+        slot = due[-1]
+        if not self.store.claim(schedule.id, spec, slot, upcoming):
+            return None  # another process took this slot
+        await self._fire(engine, schedule, slot, now)
+        return slot
+
+    async def _fire(
+        self, engine: ScheduleEngine, schedule: model.ScheduleTrigger, slot: datetime, now: datetime
+    ) -> None:
+        if schedule.action != "deploy":
+            self.store.finish(
+                schedule.id,
+                now,
+                "skipped",
+                f"action {schedule.action!r}: builds arrive with the build issue",
+            )
+            return
+        try:
+            run = await engine.deploy(
+                schedule.project,
+                schedule.target_env,
+                None,
+                actor=None,
+                trigger=Trigger.SCHEDULE,
+                detail={"schedule": schedule.id, "slot": _stamp(slot)},
+            )
+        except Exception as error:  # noqa: BLE001 - recorded for the operator; the next slot retries
+            _log.warning("schedule %s: deploy failed: %s", schedule.id, error)
+            self.store.finish(schedule.id, now, "failed", f"{type(error).__name__}: {error}")
+            return
+        self.store.finish(schedule.id, now, "success", run_id=run.id)
+
+    def describe(self, schedule: model.ScheduleTrigger) -> dict[str, Any]:
+        """A schedule with its next and last run, for the API and the status page."""
+        state = self.store.get(schedule.id)
+        info: dict[str, Any] = {
+            "id": schedule.id,
+            "project": schedule.project,
+            "name": schedule.name,
+            "cron": schedule.cron,
+            "timezone": schedule.timezone,
+            "action": schedule.action,
+            "target_env": schedule.target_env,
+            "missed": schedule.missed,
+            "enabled": schedule.enabled,
+        }
+        if state is not None and state.spec == _spec(schedule):
+            info.update(state.as_dict())
+        else:
+            info.update(
+                {
+                    "last_slot": None,
+                    "last_run": None,
+                    "last_status": None,
+                    "last_error": None,
+                    "last_run_id": None,
+                }
+            )
+            try:
+                info["next_run"] = _stamp(next_slot(self.clock(), schedule.cron, schedule.timezone))
+            except (ValueError, KeyError):
+                info["next_run"] = None
+        if not schedule.enabled:
+            info["next_run"] = None
+        return info

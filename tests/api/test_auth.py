@@ -1,0 +1,186 @@
+"""Authentication and the project permission matrix, over real HTTP against the running app.
+
+The matrix test is table-driven: every role × every run action × an unprotected (dev)
+and a protected (prod) environment. Non-members get 404 (the project does not exist for
+them), members without the role 403; an allowed action reaches the engine, a refused
+one never does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from api.recording import RecordingEngine
+from api.servers import LiveServer, serving
+from starlette.applications import Starlette
+
+from reconciler.api.app import ServerSettings, create_app
+from reconciler.engine.runs import RunState
+
+ALLOW = "allow"
+ACTIONS = ("deploy", "rollback", "approve", "reject", "cancel", "promote", "view")
+
+# user, role on project app, answer in dev (unprotected), answer in prod (protected)
+MATRIX = [
+    ("alice", "is_admin", ALLOW, ALLOW),
+    ("olga", "owner", ALLOW, ALLOW),
+    ("mike", "maintainer", ALLOW, ALLOW),
+    ("dev", "developer", ALLOW, 403),
+    ("vic", "viewer", 403, 403),
+    ("nora", "not a member", 404, 404),
+]
+VIEW = {"alice": ALLOW, "olga": ALLOW, "mike": ALLOW, "dev": ALLOW, "vic": ALLOW, "nora": 404}
+
+
+async def _attempt(client, engine: RecordingEngine, action: str, env: str) -> tuple[int, int]:
+    """Do ``action`` in app/``env``; (HTTP status, engine calls it caused)."""
+    before = len(engine.calls)
+    if action in ("deploy", "rollback"):
+        answer = await client.post(
+            f"/api/release/projects/app/environments/{env}/{action}", json={}
+        )
+    else:
+        run = engine.add_run("app", env, "1.0.1", state=RunState.WAITING_APPROVAL)
+        if action == "view":
+            answer = await client.get(f"/api/release/runs/{run.id}")
+        else:
+            answer = await client.post(f"/api/release/runs/{run.id}/{action}", json={})
+    return answer.status_code, len(engine.calls) - before
+
+
+@pytest.mark.parametrize(("user", "role", "in_dev", "in_prod"), MATRIX, ids=[m[1] for m in MATRIX])
+async def test_permission_matrix(
+    server: LiveServer,
+    engine: RecordingEngine,
+    tokens: dict[str, str],
+    user: str,
+    role: str,
+    in_dev: object,
+    in_prod: object,
+) -> None:
+    wrong = []
+    async with server.client(tokens[user]) as client:
+        for env, expected in (("dev", in_dev), ("prod", in_prod)):
+            for action in ACTIONS:
+                wanted = VIEW[user] if action == "view" else expected
+                status, calls = await _attempt(client, engine, action, env)
+                ok = (
+                    (status in (200, 202) and calls == (0 if action == "view" else 1))
+                    if wanted == ALLOW
+                    else (status == wanted and calls == 0)
+                )
+                if not ok:
+                    wrong.append(
+                        f"{user} ({role}) {action} in {env}: got {status} with {calls} engine calls, "
+                        f"wanted {wanted}"
+                    )
+    assert wrong == []
+
+
+async def test_refusals_say_which_role_is_needed(
+    server: LiveServer, tokens: dict[str, str]
+) -> None:
+    async with server.client(tokens["dev"]) as client:
+        answer = await client.post("/api/release/projects/app/environments/prod/deploy")
+    assert answer.status_code == 403
+    assert answer.json()["error"] == {
+        "code": "forbidden",
+        "message": "deploy on protected environment app/prod needs role maintainer or higher; dev is developer",
+    }
+
+
+async def test_non_members_cannot_tell_a_project_exists(
+    server: LiveServer, tokens: dict[str, str]
+) -> None:
+    async with server.client(tokens["nora"]) as client:
+        hidden = await client.get("/api/release/projects/app")
+        missing = await client.get("/api/release/projects/nothing-here")
+        listed = (await client.get("/api/release/projects")).json()
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["error"]["message"] == "project 'app' does not exist"
+    assert [p["name"] for p in listed["items"]] == ["other"]
+
+
+async def test_requests_without_credentials_are_refused(server: LiveServer) -> None:
+    async with server.client() as client:
+        api = await client.get("/api/release/projects")
+        page = await client.get("/runs/x")
+        bad = await client.get(
+            "/api/release/projects", headers={"Authorization": "Bearer qft_nope"}
+        )
+    assert api.status_code == 401 and api.headers["www-authenticate"] == "Bearer"
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=%2Fruns%2Fx"
+    assert bad.status_code == 401
+
+
+async def test_failed_authentication_is_rate_limited_per_address(
+    engine: RecordingEngine, settings: ServerSettings, tokens: dict[str, str]
+) -> None:
+    app = create_app(engine, replace(settings, auth_max_failures=3, auth_failure_window=30))
+    good = app.state.tokens.create("olga")
+    async with serving(app) as live, live.client() as client:
+        codes = [
+            (
+                await client.get(
+                    "/api/release/projects", headers={"Authorization": f"Bearer qft_guess{i}"}
+                )
+            ).status_code
+            for i in range(4)
+        ]
+        blocked = await client.get(
+            "/api/release/projects", headers={"Authorization": f"Bearer {good}"}
+        )
+    assert codes == [401, 401, 401, 429]
+    assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+
+
+async def test_tokens_are_stored_hashed_and_revocable(app: Starlette, server: LiveServer) -> None:
+    token = app.state.tokens.create("olga")
+    stored = [tuple(row) for row in app.state.tokens.db.query("SELECT * FROM api_tokens")]
+    assert token not in repr(stored)
+    async with server.client(token) as client:
+        assert (await client.get("/api/release/me")).json()["username"] == "olga"
+        assert app.state.tokens.revoke(token)
+        assert (await client.get("/api/release/me")).status_code == 401
+
+
+async def test_browser_login_sets_a_strict_session_cookie_that_only_reads(
+    server: LiveServer, engine: RecordingEngine, tokens: dict[str, str]
+) -> None:
+    async with server.client() as client:
+        refused = await client.post("/login", data={"token": "qft_wrong", "next": "/"})
+        login = await client.post(
+            "/login", data={"token": tokens["olga"], "next": "//evil.example/"}
+        )
+        cookie = login.headers["set-cookie"]
+        page = await client.get("/")
+        act = await client.post("/api/release/projects/app/environments/dev/deploy")
+        logout = await client.post("/logout")
+        after = await client.get("/api/release/me")
+    assert refused.status_code == 401
+    assert login.status_code == 303 and login.headers["location"] == "/"
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and tokens["olga"] not in cookie
+    assert page.status_code == 200 and "olga" in page.text
+    assert act.status_code == 403 and act.json()["error"]["code"] == "read_only_session"
+    assert engine.calls == []
+    assert logout.status_code == 303
+    assert after.status_code == 401
+
+
+async def test_anonymous_status_page_opens_reading_only(
+    api_repo, engine: RecordingEngine, settings: ServerSettings
+) -> None:
+    quicflow = api_repo.read("quicflow.yaml").replace(
+        "settings:\n", "settings:\n  anonymous_status_page: true\n"
+    )
+    api_repo.commit({"quicflow.yaml": quicflow}, message="open the status page")
+    engine.reload()
+    async with serving(create_app(engine, settings)) as live, live.client() as client:
+        page = await client.get("/")
+        projects = await client.get("/api/release/projects")
+        act = await client.post("/api/release/projects/app/environments/dev/deploy")
+    assert page.status_code == 200 and "anonymous" in page.text
+    assert [p["name"] for p in projects.json()["items"]] == ["app", "other"]
+    assert act.status_code == 401
+    assert engine.calls == []

@@ -1,0 +1,154 @@
+"""Run logs over real HTTP: plain query, export, and Server-Sent Events that resume losslessly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+from api.recording import RecordingEngine
+from api.servers import LiveServer
+
+from reconciler.engine.runs import RunState, StepStatus
+
+
+def write(engine: RecordingEngine, run_id: str, first: int, last: int) -> None:
+    entries = [
+        ("2026-11-29T10:00:00Z", "web-1", "stdout", f"line {i}") for i in range(first, last + 1)
+    ]
+    engine.logs.append(run_id, entries)
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parse a text/event-stream into {id, event, data} dicts (comments are skipped)."""
+    event: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if "event" in event or "data" in event:
+                yield event
+            event = {}
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            event["data"] = json.loads(value)
+        elif name in ("id", "event"):
+            event[name] = value
+
+
+async def read_until(
+    events: AsyncIterator[dict[str, Any]], seq: int | None, seen: list[int]
+) -> str:
+    """Collect line sequence numbers until ``seq`` (or the end event); returns the last event id."""
+    last = ""
+    async for event in events:
+        if event.get("event") == "end":
+            return "end"
+        assert event["event"] == "line"
+        assert event["id"] == str(event["data"]["seq"])
+        seen.append(event["data"]["seq"])
+        last = event["id"]
+        if seq is not None and event["data"]["seq"] >= seq:
+            return last
+    return last
+
+
+async def test_sse_client_that_reconnects_with_last_event_id_loses_no_line(
+    server: LiveServer, engine: RecordingEngine, tokens: dict[str, str]
+) -> None:
+    run = engine.add_run("app", "dev", "1.0.1")
+    write(engine, run.id, 1, 5)
+    seen: list[int] = []
+    url = f"/api/release/runs/{run.id}/logs/stream"
+    async with server.client(tokens["vic"]) as client:
+        async with client.stream("GET", url) as response, aclosing(sse_events(response)) as events:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert await read_until(events, 5, seen) == "5"
+            write(engine, run.id, 6, 8)  # live lines while connected
+            last_id = await read_until(events, 8, seen)
+        write(engine, run.id, 9, 12)  # written while the client is away
+        headers = {"Last-Event-ID": last_id}
+        async with (
+            client.stream("GET", url, headers=headers) as response,
+            aclosing(sse_events(response)) as events,
+        ):
+            await read_until(events, 12, seen)
+            write(engine, run.id, 13, 15)
+            engine.logs.close_stream(run.id)
+            assert await asyncio.wait_for(read_until(events, None, seen), 10) == "end"
+    assert seen == list(range(1, 16))
+
+
+async def test_log_query_and_export(
+    server: LiveServer, engine: RecordingEngine, tokens: dict[str, str]
+) -> None:
+    run = engine.add_run("app", "dev", "1.0.1")
+    write(engine, run.id, 1, 12)
+    async with server.client(tokens["dev"]) as client:
+        after = (await client.get(f"/api/release/runs/{run.id}/logs", params={"after": 10})).json()
+        found = (
+            await client.get(f"/api/release/runs/{run.id}/logs", params={"contains": "line 1"})
+        ).json()
+        export = await client.get(f"/api/release/runs/{run.id}/logs/export")
+        bad = await client.get(f"/api/release/runs/{run.id}/logs", params={"after": "x"})
+    assert [line["seq"] for line in after["lines"]] == [11, 12] and after["last_seq"] == 12
+    assert [line["line"] for line in found["lines"]] == ["line 1", "line 10", "line 11", "line 12"]
+    assert export.headers["content-type"].startswith("text/plain")
+    assert "attachment" in export.headers["content-disposition"]
+    assert export.text.count("\n") == 12 and "[web-1] stdout: line 7\n" in export.text
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "after"
+
+
+async def test_run_events_follow_state_changes_until_final(
+    server: LiveServer, engine: RecordingEngine, tokens: dict[str, str]
+) -> None:
+    run = engine.add_run(
+        "app",
+        "prod",
+        "1.0.1",
+        state=RunState.WAITING_APPROVAL,
+        steps=(
+            ("stage:release", StepStatus.RUNNING),
+            ("task:release/deploy", StepStatus.RUNNING),
+            ("deploy:web-1", StepStatus.SUCCEEDED),
+            ("deploy:web-2", StepStatus.RUNNING),
+        ),
+    )
+    states = []
+    url = f"/api/release/runs/{run.id}/events"
+    async with server.client(tokens["vic"]) as client, client.stream("GET", url) as response:
+        async for event in sse_events(response):
+            states.append(event["data"]["state"])
+            if len(states) == 1:
+                view = event["data"]
+                assert view["stages"][0]["tasks"][0]["name"] == "deploy"
+                assert view["progress"] == {"done": 1, "total": 2, "percent": 50}
+                engine.set_state(run.id, RunState.SUCCEEDED)
+    assert states == ["waiting_approval", "succeeded"]
+
+
+async def test_runs_list_filters_and_pages(
+    server: LiveServer, engine: RecordingEngine, tokens: dict[str, str]
+) -> None:
+    for i in range(5):
+        engine.add_run(
+            "app", "dev", f"1.0.{i}", state=RunState.SUCCEEDED if i % 2 else RunState.FAILED
+        )
+    engine.add_run("other", "dev", "0.1.0")
+    async with server.client(tokens["olga"]) as olga, server.client(tokens["alice"]) as alice:
+        page = (await olga.get("/api/release/runs", params={"limit": 2, "offset": 1})).json()
+        failed = (
+            await olga.get("/api/release/runs", params={"project": "app", "state": "failed"})
+        ).json()
+        everything = (await alice.get("/api/release/runs")).json()
+        wrong = await olga.get("/api/release/runs", params={"state": "exploded"})
+    assert page["total"] == 5 and [r["version"] for r in page["items"]] == ["1.0.3", "1.0.2"]
+    assert failed["total"] == 3
+    assert everything["total"] == 6
+    assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "state"

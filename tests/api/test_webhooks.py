@@ -1,0 +1,448 @@
+"""Webhooks over real HTTP (uvicorn): real signed deliveries from GitHub, GitLab and Gitee.
+
+Each case asserts the answer, the trigger record it left and whether ``engine.deploy``
+was called — a refused or skipped delivery must never start a run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from api.configs import CONFIG_HOOK_SECRET, HOOK_SECRET
+from api.recording import RecordingEngine
+from api.servers import LiveServer
+from starlette.applications import Starlette
+
+from reconciler import errors
+from reconciler.api.webhooks import TriggerRecord
+from reconciler.engine.runs import Trigger
+from reconciler.trigger import signatures
+
+SHA = "1481a2de7b2a7d02428ad93446ab166be7793fbb"
+
+
+def github_push(ref: str = "refs/heads/main", sha: str = SHA) -> bytes:
+    payload = {
+        "ref": ref,
+        "before": "17c497ccc7cca9c2f735aa07e9e3813060ce9a6a",
+        "after": sha,
+        "deleted": False,
+        "head_commit": {
+            "id": sha,
+            "message": "Ship it",
+            "committer": {"name": "Ada", "email": "ada@example.com"},
+        },
+        "pusher": {"name": "ada", "email": "ada@example.com"},
+        "repository": {"clone_url": "https://github.com/octo/app.git"},
+    }
+    return json.dumps(payload).encode()
+
+
+def github_headers(
+    body: bytes, event: str = "push", delivery: str | None = None, secret: str = HOOK_SECRET
+) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-Hub-Signature-256": signatures.github_signature(body, secret),
+    }
+
+
+def gitlab_push(ref: str = "refs/heads/main", tag: bool = False) -> bytes:
+    payload = {
+        "object_kind": "tag_push" if tag else "push",
+        "ref": ref,
+        "after": SHA,
+        "checkout_sha": SHA,
+        "user_name": "John Smith",
+        "user_email": "john@example.com",
+        "commits": [{"id": SHA, "author": {"name": "Jordi", "email": "jordi@example.org"}}],
+        "project": {"git_http_url": "https://gitlab.example.com/octo/app.git"},
+    }
+    return json.dumps(payload).encode()
+
+
+def gitlab_headers(
+    token: str = HOOK_SECRET, event: str = "Push Hook", key: str | None = None
+) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-Gitlab-Event": event,
+        "X-Gitlab-Token": token,
+        "Idempotency-Key": key or str(uuid.uuid4()),
+    }
+
+
+def gitee_push(ref: str = "refs/heads/main") -> bytes:
+    payload = {
+        "hook_name": "push_hooks",
+        "ref": ref,
+        "after": SHA,
+        "deleted": False,
+        "head_commit": {"id": SHA, "committer": {"name": "红薯", "email": "git@oschina.cn"}},
+        "repository": {"clone_url": "https://gitee.com/oschina/app.git"},
+    }
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def gitee_headers(
+    timestamp_ms: int | None = None, password: bool = False, secret: str = HOOK_SECRET
+) -> dict[str, str]:
+    stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    token = secret if password else signatures.gitee_signature(stamp, secret)
+    return {
+        "Content-Type": "application/json",
+        "X-Gitee-Event": "Push Hook",
+        "X-Gitee-Token": token,
+        "X-Gitee-Timestamp": str(stamp),
+    }
+
+
+def records(app: Starlette, trigger_id: str) -> list[TriggerRecord]:
+    found, _ = app.state.records.list(trigger_id=trigger_id)
+    return found
+
+
+def only_record(app: Starlette, trigger_id: str) -> TriggerRecord:
+    (record,) = records(app, trigger_id)
+    return record
+
+
+async def post(server: LiveServer, path: str, body: bytes, headers: dict[str, str]) -> Any:
+    async with server.client() as client:
+        return await client.post(path, content=body, headers=headers)
+
+
+HOOK = "/api/release/webhooks/{}/trigger"
+
+
+# -- GitHub ------------------------------------------------------------------------------
+
+
+async def test_github_push_to_main_deploys_the_commit(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push()
+    answer = await post(server, HOOK.format("app.gh"), body, github_headers(body, delivery="d-1"))
+    assert answer.status_code == 202, answer.text
+    (call,) = engine.calls_named("deploy")
+    assert call.args == ("app", "dev", SHA)
+    assert call.kwargs["actor"] is None and call.kwargs["trigger"] is Trigger.WEBHOOK
+    record = only_record(app, "app.gh")
+    assert (record.status, record.branch, record.commit, record.committer, record.kind) == (
+        "success",
+        "main",
+        SHA,
+        "Ada <ada@example.com>",
+        "push",
+    )
+    assert record.run_id == answer.json()["run_id"]
+    assert record.delivery_id == "d-1" and record.source == "github"
+
+
+async def test_github_wrong_signature_is_refused_and_recorded(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push()
+    headers = github_headers(body, secret="not-the-secret")
+    answer = await post(server, HOOK.format("app.gh"), body, headers)
+    assert answer.status_code == 401
+    assert answer.json()["error"]["field"] == "X-Hub-Signature-256"
+    assert engine.calls_named("deploy") == []
+    record = only_record(app, "app.gh")
+    assert record.status == "failed" and "signature does not match" in record.reason
+
+
+async def test_github_body_changed_after_signing_is_refused(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push()
+    headers = github_headers(body)
+    answer = await post(server, HOOK.format("app.gh"), github_push(sha="f" * 40), headers)
+    assert answer.status_code == 401
+    assert engine.calls_named("deploy") == []
+
+
+async def test_github_missing_signature_header_is_named(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push()
+    headers = github_headers(body)
+    del headers["X-Hub-Signature-256"]
+    answer = await post(server, HOOK.format("app.gh"), body, headers)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == {
+        "code": "webhook_rejected",
+        "message": "header is missing",
+        "field": "X-Hub-Signature-256",
+    }
+    assert engine.calls_named("deploy") == []
+    assert only_record(app, "app.gh").status == "failed"
+
+
+async def test_replayed_delivery_is_acknowledged_but_acted_on_once(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push()
+    headers = github_headers(body, delivery="same-delivery")
+    first = await post(server, HOOK.format("app.gh"), body, headers)
+    again = await post(server, HOOK.format("app.gh"), body, headers)
+    assert first.status_code == 202
+    assert again.status_code == 200
+    assert again.json()["status"] == "skipped" and "duplicate delivery" in again.json()["reason"]
+    assert len(engine.calls_named("deploy")) == 1
+    newest, oldest = records(app, "app.gh")
+    assert (oldest.status, newest.status) == ("success", "skipped")
+
+
+async def test_oversized_body_is_refused_before_verifying(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = b'{"ref": "refs/heads/main", "pad": "' + b"x" * (1 << 20) + b'"}'
+    answer = await post(server, HOOK.format("app.gh"), body, github_headers(body))
+    assert answer.status_code == 413
+    assert answer.json()["error"]["code"] == "body_too_large"
+    assert engine.calls_named("deploy") == []
+    assert "larger than 1048576 bytes" in only_record(app, "app.gh").reason
+
+
+async def test_push_to_a_branch_outside_the_filter_is_skipped(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push("refs/heads/feature/login")
+    answer = await post(server, HOOK.format("app.gh"), body, github_headers(body))
+    assert answer.status_code == 200
+    assert engine.calls_named("deploy") == []
+    record = only_record(app, "app.gh")
+    assert record.status == "skipped" and record.branch == "feature/login"
+    assert "matches none of main, release/*" in record.reason
+
+
+async def test_branch_globs_match_one_path_segment(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    for ref in ("refs/heads/release/1.2", "refs/heads/release/1.2/hotfix"):
+        body = github_push(ref)
+        await post(server, HOOK.format("app.gh"), body, github_headers(body))
+    assert [c.args[2] for c in engine.calls_named("deploy")] == [SHA]
+    assert [r.status for r in records(app, "app.gh")] == ["skipped", "success"]
+
+
+async def test_github_tag_deploys_the_tag_name(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push("refs/tags/v2.0.1")
+    answer = await post(server, HOOK.format("app.gh"), body, github_headers(body))
+    assert answer.status_code == 202
+    (call,) = engine.calls_named("deploy")
+    assert call.args == ("app", "dev", "v2.0.1")
+    record = only_record(app, "app.gh")
+    assert (record.kind, record.tag, record.branch) == ("tag", "v2.0.1", "")
+
+
+async def test_tag_on_a_push_only_trigger_is_skipped(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = gitee_push("refs/tags/v2.0.1")
+    headers = gitee_headers() | {"X-Gitee-Event": "Tag Push Hook"}
+    answer = await post(server, HOOK.format("app.ge"), body, headers)
+    assert answer.status_code == 200
+    assert engine.calls_named("deploy") == []
+    assert "tag events are not enabled" in only_record(app, "app.ge").reason
+
+
+async def test_ping_and_deleted_branches_are_skipped(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    ping = b'{"zen": "Keep it logically awesome."}'
+    assert (
+        await post(server, HOOK.format("app.gh"), ping, github_headers(ping, event="ping"))
+    ).status_code == 200
+    deleted = json.dumps({"ref": "refs/heads/main", "after": "0" * 40, "deleted": True}).encode()
+    assert (
+        await post(server, HOOK.format("app.gh"), deleted, github_headers(deleted))
+    ).status_code == 200
+    assert engine.calls_named("deploy") == []
+    newest, oldest = records(app, "app.gh")
+    assert "'ping' is not a branch or tag push" in oldest.reason
+    assert "was deleted" in newest.reason
+
+
+async def test_build_action_is_skipped_until_builds_land(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push("refs/tags/v3")
+    answer = await post(server, HOOK.format("app.gh-build"), body, github_headers(body))
+    assert answer.status_code == 200
+    assert engine.calls == []
+    record = only_record(app, "app.gh-build")
+    assert (record.status, record.reason) == ("skipped", "builds arrive with the build issue")
+
+
+async def test_disabled_and_unknown_triggers(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push()
+    disabled = await post(server, HOOK.format("app.gh-off"), body, github_headers(body))
+    assert disabled.status_code == 200 and disabled.json()["reason"] == "trigger is disabled"
+    unknown = await post(server, HOOK.format("app.nope"), body, github_headers(body))
+    assert unknown.status_code == 404
+    assert engine.calls == []
+    assert records(app, "app.nope") == []
+
+
+async def test_a_refused_action_is_recorded_and_may_be_redelivered(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push()
+    headers = github_headers(body, delivery="retry-me")
+    engine.fail_with = errors.PermanentError("a run of app/dev is already in progress")
+    refused = await post(server, HOOK.format("app.gh"), body, headers)
+    assert refused.status_code == 422
+    assert only_record(app, "app.gh").reason == "a run of app/dev is already in progress"
+    engine.fail_with = None
+    retried = await post(server, HOOK.format("app.gh"), body, headers)
+    assert retried.status_code == 202
+    assert len(engine.calls_named("deploy")) == 2
+
+
+# -- GitLab ------------------------------------------------------------------------------
+
+
+async def test_gitlab_push_and_tag(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    push = await post(server, HOOK.format("app.gl"), gitlab_push(), gitlab_headers())
+    tag = await post(
+        server,
+        HOOK.format("app.gl"),
+        gitlab_push("refs/tags/v1.4.0", tag=True),
+        gitlab_headers(event="Tag Push Hook"),
+    )
+    assert (push.status_code, tag.status_code) == (202, 202)
+    assert [c.args for c in engine.calls_named("deploy")] == [
+        ("app", "dev", SHA),
+        ("app", "dev", "v1.4.0"),
+    ]
+    newest, oldest = records(app, "app.gl")
+    assert oldest.committer == "Jordi <jordi@example.org>"
+    assert (newest.kind, newest.tag) == ("tag", "v1.4.0")
+
+
+@pytest.mark.parametrize(
+    ("headers", "field"),
+    [
+        (gitlab_headers(token="wrong"), "X-Gitlab-Token"),
+        ({k: v for k, v in gitlab_headers().items() if k != "X-Gitlab-Token"}, "X-Gitlab-Token"),
+    ],
+    ids=["wrong-token", "missing-token"],
+)
+async def test_gitlab_bad_token(
+    server: LiveServer, app: Starlette, engine: RecordingEngine, headers: dict[str, str], field: str
+) -> None:
+    answer = await post(server, HOOK.format("app.gl"), gitlab_push(), headers)
+    assert answer.status_code == 401 and answer.json()["error"]["field"] == field
+    assert engine.calls_named("deploy") == []
+    assert only_record(app, "app.gl").status == "failed"
+
+
+async def test_gitlab_replay_by_idempotency_key(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    headers = gitlab_headers(key="gl-key-1")
+    await post(server, HOOK.format("app.gl"), gitlab_push(), headers)
+    again = await post(server, HOOK.format("app.gl"), gitlab_push(), headers)
+    assert again.json()["status"] == "skipped"
+    assert len(engine.calls_named("deploy")) == 1
+
+
+async def test_provider_mismatch_is_refused(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    body = github_push()
+    answer = await post(server, HOOK.format("app.gl"), body, github_headers(body))
+    assert answer.status_code == 401 and answer.json()["error"]["field"] == "X-Gitlab-Token"
+    assert engine.calls_named("deploy") == []
+
+
+# -- Gitee -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", [False, True], ids=["signature", "password"])
+async def test_gitee_push(
+    server: LiveServer, app: Starlette, engine: RecordingEngine, password: bool
+) -> None:
+    answer = await post(
+        server, HOOK.format("app.ge"), gitee_push(), gitee_headers(password=password)
+    )
+    assert answer.status_code == 202, answer.text
+    assert engine.calls_named("deploy")[0].args == ("app", "dev", SHA)
+    assert only_record(app, "app.ge").committer == "红薯 <git@oschina.cn>"
+
+
+async def test_gitee_stale_timestamp_is_refused(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    stale = int(time.time() * 1000) - 10 * 60 * 1000
+    answer = await post(server, HOOK.format("app.ge"), gitee_push(), gitee_headers(stale))
+    assert answer.status_code == 401
+    assert answer.json()["error"]["field"] == "X-Gitee-Timestamp"
+    assert engine.calls_named("deploy") == []
+    record = only_record(app, "app.ge")
+    assert record.status == "failed" and "away from now" in record.reason
+
+
+async def test_gitee_wrong_token_and_exact_replay(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    wrong = await post(server, HOOK.format("app.ge"), gitee_push(), gitee_headers(secret="nope"))
+    assert wrong.status_code == 401 and wrong.json()["error"]["field"] == "X-Gitee-Token"
+    headers = gitee_headers()
+    first = await post(server, HOOK.format("app.ge"), gitee_push(), headers)
+    replay = await post(server, HOOK.format("app.ge"), gitee_push(), headers)
+    assert (first.status_code, replay.status_code) == (202, 200)
+    assert len(engine.calls_named("deploy")) == 1
+    assert [r.status for r in records(app, "app.ge")] == ["skipped", "success", "failed"]
+
+
+# -- the config repo's own webhook ---------------------------------------------------------
+
+
+async def test_config_webhook_reconciles_on_the_desired_branch_only(
+    server: LiveServer, app: Starlette, engine: RecordingEngine
+) -> None:
+    main = github_push()
+    other = github_push("refs/heads/experiment")
+    url = "/api/release/webhooks/config"
+    assert (
+        await post(server, url, main, github_headers(main, secret=CONFIG_HOOK_SECRET))
+    ).status_code == 202
+    assert (
+        await post(server, url, other, github_headers(other, secret=CONFIG_HOOK_SECRET))
+    ).status_code == 200
+    bad = await post(server, url, main, github_headers(main))  # signed with a project's secret
+    assert bad.status_code == 401
+    (call,) = engine.calls
+    assert call.name == "reconcile_now" and "refs/heads/main" in call.args[0]
+    assert [r.status for r in records(app, "config")] == ["failed", "skipped", "success"]
+
+
+async def test_trigger_records_are_listed_per_project_member(
+    server: LiveServer, app: Starlette, engine: RecordingEngine, tokens: dict[str, str]
+) -> None:
+    body = github_push()
+    await post(server, HOOK.format("app.gh"), body, github_headers(body))
+    async with server.client(tokens["vic"]) as viewer, server.client(tokens["nora"]) as outsider:
+        seen = (
+            await viewer.get("/api/release/triggers/records", params={"trigger": "app.gh"})
+        ).json()
+        hidden = await outsider.get("/api/release/triggers/records", params={"project": "app"})
+        none = (await outsider.get("/api/release/triggers/records")).json()
+    assert seen["total"] == 1 and seen["items"][0]["commit"] == SHA
+    assert hidden.status_code == 404
+    assert none["total"] == 0
