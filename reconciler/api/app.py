@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from reconciler.api import auth, pages, routes, webhooks
+from reconciler.alert.notifier import Notifier
+from reconciler.api import auth, operations, pages, routes, webhooks
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine.control import EngineControl
 from reconciler.store.database import Database
@@ -45,6 +46,7 @@ class ServerSettings:
 
     database: Database
     credentials: CredentialManager | None = None  # webhook secrets; None answers webhooks 503
+    notifier: Notifier | None = None  # alert rules and history; None answers empty lists
     run_scheduler: bool = True
     webhook_body_limit: int = webhooks.DEFAULT_BODY_LIMIT
     webhook_max_skew: timedelta = signatures.DEFAULT_MAX_SKEW
@@ -100,6 +102,7 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
             Route("/readyz", routes.readiness(engine)),
             *receiver.routes(),
             *api.routes(),
+            *operations.OperationsApi(engine, settings.credentials, settings.notifier).routes(),
             *status_page.routes(),
         ],
         middleware=[
