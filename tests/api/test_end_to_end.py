@@ -87,3 +87,67 @@ async def test_signed_push_runs_a_real_deploy_and_streams_its_log(
     finally:
         await asyncio.sleep(0)
         await reconciler.close()
+
+
+LEAKY_DEPLOY = r"""
+echo "plain: $LEAK"
+printf 'b64: %s\n' "$(printf '%s' "$LEAK" | base64)"
+head="${LEAK%???????}"; tail="${LEAK#"$head"}"
+printf 'split: %s' "$head"; sleep 0.2; printf '%s\n' "$tail"
+"""
+
+
+async def test_a_secret_echoed_by_a_deploy_is_masked_everywhere(
+    api_repo: ConfigRepo, age_identity: tuple[str, str], tmp_path: Path
+) -> None:
+    """Plain, base64 and split over two writes: the secret appears in no log, note, API answer or page."""
+    from api.configs import API_FILES, HOOK_SECRET
+
+    indented = "\n".join("      " + line for line in LEAKY_DEPLOY.strip().splitlines())
+    project = (
+        API_FILES["projects/app/project.yaml"]
+        .replace('  script: {run: "echo deploy"}', f"  script:\n    run: |\n{indented}")
+        .replace("deploy:\n", "variables:\n  LEAK: {secret: app-hook}\ndeploy:\n", 1)
+    )
+    commit = api_repo.commit({"projects/app/project.yaml": project})
+    reconciler = Reconciler(
+        GitRepository.open(api_repo.path),
+        tmp_path / "data",
+        environ={"SOPS_AGE_KEY": age_identity[0]},
+    )
+    report = await reconciler.reconcile_once(only="app/dev")
+    (run,) = report.runs
+    assert run.state is RunState.SUCCEEDED, run.error
+    credentials = reconciler._credential_manager(reconciler.desired)  # noqa: SLF001
+    app = create_app(
+        reconciler,
+        ServerSettings(database=reconciler.db, credentials=credentials, run_scheduler=False),
+    )
+    import base64
+
+    forms = [HOOK_SECRET, base64.b64encode(HOOK_SECRET.encode()).decode()]
+    try:
+        stored = "\n".join(line.line for line in reconciler.logs.read(run.id))
+        assert "plain: ***" in stored and "b64: ***" in stored and "split: ***" in stored
+        seen = [stored, reconciler.history.note(commit) or ""]
+        async with serving(app) as server:
+            token = TokenStore(reconciler.db).create("alice")
+            async with server.client(token) as client:
+                for path in (
+                    f"/api/release/runs/{run.id}",
+                    f"/api/release/runs/{run.id}/logs",
+                    f"/api/release/runs/{run.id}/logs/export",
+                    "/api/release/projects",
+                    "/api/release/credentials",
+                    f"/runs/{run.id}",
+                    f"/runs/{run.id}/logs",
+                    "/",
+                ):
+                    answer = await client.get(path)
+                    assert answer.status_code == 200, (path, answer.status_code)
+                    seen.append(answer.text)
+        for text in seen:
+            for form in forms:
+                assert form not in text
+    finally:
+        await reconciler.close()
