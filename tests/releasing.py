@@ -62,6 +62,9 @@ variables:
   script:
     run: |
 {indented}
+    retire: |
+      touch "retired-$QUICFLOW_COLOR"
+      if [ -f "$QUICFLOW_COLOR/server.pid" ]; then kill "$(cat "$QUICFLOW_COLOR/server.pid")" 2>/dev/null || true; fi
   health:
     http: {{path: /healthz, port: 1}}
     retries: 15

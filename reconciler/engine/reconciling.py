@@ -25,7 +25,8 @@ from typing import Any
 
 from reconciler.auth import permissions
 from reconciler.credential.manager import CredentialManager
-from reconciler.engine import windows
+from reconciler.drivers import StepFailed, for_deploy
+from reconciler.engine import owners, windows
 from reconciler.engine.events import Event, EventBus, EventType
 from reconciler.engine.running import Outcome, RunContext, RunExecutor, iso, name_of
 from reconciler.engine.runs import Decision, Run, RunState, Trigger
@@ -109,6 +110,7 @@ class Reconciler:
         self._slots = asyncio.Semaphore(max_parallel_runs)
         self._wake = asyncio.Event()
         self._recovered = False
+        self._owner = owners.current()
         self._credentials: CredentialManager | None = None
         self._credentials_commit: str | None = None
         self._credentials_lock = threading.Lock()
@@ -174,7 +176,11 @@ class Reconciler:
         """Mark runs a dead process left running as interrupted (waiting runs stay waiting)."""
         interrupted = []
         for run in self.runs.active():
-            if run.state in (RunState.RUNNING, RunState.PENDING) and run.key not in self._tasks:
+            if (
+                run.state in (RunState.RUNNING, RunState.PENDING)
+                and run.key not in self._tasks
+                and not self._owned_elsewhere(run)
+            ):
                 done = [s.key for s in self.runs.steps(run.id) if s.status.is_done]
                 run = self.runs.update(
                     run,
@@ -217,7 +223,7 @@ class Reconciler:
                 not env_only or env == env_only
             )
 
-        self._retire_due(wanted)
+        await self._retire_due(wanted)
         for action in self.plan().actions:
             if (
                 not wanted(action.project, action.env)
@@ -229,6 +235,12 @@ class Reconciler:
             reason = self.unrunnable(env)
             if reason:
                 report.skipped.append((env.key, reason))
+                continue
+            latest = self.runs.latest(env.project, env.name)
+            if latest is not None and self._owned_elsewhere(latest):
+                report.skipped.append(
+                    (env.key, f"run {latest.id} is in progress in another process")
+                )
                 continue
             task = self._schedule(env, self._trigger_for(env), None, action.from_version)
             if task is not None:
@@ -270,6 +282,13 @@ class Reconciler:
             if missing:
                 return f"agent{'s' if len(missing) > 1 else ''} {', '.join(missing)} not connected"
         return None
+
+    def _owned_elsewhere(self, run: Run) -> bool:
+        """Whether another live process (``serve`` beside an ``apply``) is executing ``run``."""
+        if run.state not in (RunState.RUNNING, RunState.PENDING):
+            return False
+        owner = str(run.detail.get("owner", ""))
+        return owner != self._owner and owners.alive(owner)
 
     def _trigger_for(self, env: model.Environment) -> Trigger:
         """ROLLBACK for the environment a rollback commit at the head names; POLL otherwise."""
@@ -363,7 +382,7 @@ class Reconciler:
             strategy=env.strategy.type.value,
             created_at=iso(now),
             forced=force,
-            detail=dict(detail or {}),
+            detail={**(detail or {}), "owner": self._owner},
         )
         if (
             current is not None
@@ -441,7 +460,10 @@ class Reconciler:
             assert desired is not None
             first_start = not run.started_at
             run = self.runs.update(
-                run, state=RunState.RUNNING, started_at=run.started_at or iso(self.now())
+                run,
+                state=RunState.RUNNING,
+                started_at=run.started_at or iso(self.now()),
+                detail={**run.detail, "owner": self._owner},
             )
             if first_start:
                 self._publish(run, EventType.RUN_STARTED)
@@ -600,17 +622,31 @@ class Reconciler:
             except QuicFlowError as exc:
                 _log.error("could not record run %s in Git: %s", run.id, exc)
 
-    def _retire_due(self, wanted: Callable[[str, str], bool]) -> None:
-        """Retire old blue-green colors whose rollback window has passed."""
+    async def _retire_due(self, wanted: Callable[[str, str], bool]) -> None:
+        """Retire old blue-green colors whose rollback window has passed (driver ``retire``)."""
         now = self.now()
+        desired = self._desired
         found, _ = self.runs.list(states=[RunState.SUCCEEDED], limit=200)
         for run in found:
             due = run.detail.get("retire_due")
-            if not due or run.detail.get("retired") or not wanted(run.project, run.env):
+            color = run.detail.get("retire_color")
+            if (
+                not due
+                or not color
+                or run.detail.get("retired")
+                or not wanted(run.project, run.env)
+            ):
                 continue
             if dt.datetime.fromisoformat(str(due).replace("Z", "+00:00")) > now:
                 continue
-            self.runs.update(run, detail={**run.detail, "retired": iso(now)})
+            env = desired.environment(run.project, run.env) if desired else None
+            latest, _ = self.runs.list(run.project, run.env, states=[RunState.SUCCEEDED], limit=1)
+            if env is None or (latest and latest[0].id != run.id):
+                # A newer release owns the environment now; it retires what it replaced.
+                self.runs.update(run, detail={**run.detail, "retired": "superseded"})
+                continue
+            notes = await self._retire(run, env, str(color))
+            self.runs.update(run, detail={**run.detail, "retired": iso(now), "retire_notes": notes})
             self.logs.append(
                 run.id,
                 [
@@ -618,10 +654,41 @@ class Reconciler:
                         iso(now),
                         "engine",
                         "system",
-                        f"rollback window over: old color {run.detail.get('retire_color')} retired",
+                        f"rollback window over: old color {color} retired ({notes})",
                     )
                 ],
             )
+
+    async def _retire(self, run: Run, env: model.Environment, color: str) -> str:
+        desired = self._desired
+        assert desired is not None
+        project = desired.projects[env.project]
+        driver = for_deploy(env.deploy, env.strategy, project.repo.url if project.repo else None)
+        try:
+            secrets_, masker = await self._secrets(env, desired)
+        except QuicFlowError as exc:
+            return f"not retired: {exc}"
+        ctx = RunContext(
+            run=run,
+            env=env,
+            desired=desired,
+            store=self.runs,
+            logs=self.logs,
+            bus=self.bus,
+            executors=self.executors,
+            data_dir=self.data_dir,
+            now=self.now,
+            masker=masker,
+            secrets=secrets_,
+            sleep=self.sleep,
+        )
+        failed = []
+        for target in resolve_targets(env, desired, self.data_dir):
+            try:
+                await driver.retire(ctx, target, color)
+            except (StepFailed, QuicFlowError) as exc:
+                failed.append(f"{target.name}: {exc}")
+        return "; ".join(failed) if failed else "all targets"
 
     def _publish(
         self, run: Run, kind: EventType, error: str = "", data: Mapping[str, Any] | None = None
@@ -694,7 +761,8 @@ class Reconciler:
                 f"{project}/{env} is outside its release window (next opening "
                 f"{iso(opening) if opening else 'never'}); an owner may force it"
             )
-        if (project, env) in self._tasks:
+        latest = self.runs.latest(project, env)
+        if (project, env) in self._tasks or (latest is not None and self._owned_elsewhere(latest)):
             raise PermanentError(f"a run is in progress for {project}/{env}; cancel it or wait")
         record = self.deployed().get((project, env))
         task = self._schedule(

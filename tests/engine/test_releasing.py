@@ -154,6 +154,10 @@ async def test_blue_green_never_switches_to_an_unhealthy_color(world: dict, tmp_
     (second,) = await _pass(world)
     assert second.state is RunState.SUCCEEDED and live.read_text().strip() == "green"
     assert second.detail["retire_color"] == "blue"
+    # The rollback window (0s here) is over: the next pass retires blue through the driver.
+    await _pass(world)
+    work = world["data"] / "targets" / "app" / "prod" / "t1"
+    assert (work / "retired-blue").exists() and not (work / "retired-green").exists()
     repo.commit({"projects/app/environments/prod.yaml": env_yaml("2.0", [blue])})
     (third,) = await _pass(world)
     assert third.state is RunState.FAILED and "never switched" in third.error

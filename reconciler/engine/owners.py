@@ -1,0 +1,55 @@
+"""Which process owns a run, and whether that process is still alive.
+
+Several processes may share one data dir (``quicflow serve`` and a ``quicflow apply``
+beside it, or two ``apply`` started by hand). A run records its owner — host, pid and
+the process's start time, so a recycled pid is not mistaken for the owner — and
+recovery only interrupts runs whose owner is gone; a live owner's run is left to it.
+An owner on another host cannot be checked from here: recovery treats it as gone (a
+shared PostgreSQL store will need leases with a heartbeat instead).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' where /proc is not there)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # Fields after the parenthesised command name: state is the first, starttime the 20th.
+    fields = stat.rpartition(")")[2].split()
+    if len(fields) < 20 or fields[0] == "Z":
+        return "zombie" if fields and fields[0] == "Z" else ""
+    return fields[19]
+
+
+def current() -> str:
+    """This process, as recorded on the runs it starts: ``host:pid:start``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def alive(owner: str | None) -> bool:
+    """Whether ``owner`` (from ``current()``) is a live process on this host."""
+    if not owner:
+        return False
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3:
+        return False
+    host, pid_text, started = parts
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    now = _start_time(pid)
+    return now != "zombie" and (not started or not now or now == started)
