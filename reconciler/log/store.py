@@ -52,18 +52,17 @@ class LogStore:
         self.db = db
         db.migrate("logs", _SCHEMA)
         self._changed: dict[str, asyncio.Condition] = {}
-        self._next: dict[str, int] = {}
 
     def append(self, stream: str, entries: Sequence[tuple[str, str, str, str]]) -> int:
         """Store (at, source, channel, masked line) entries; return the last sequence number."""
         if not entries:
             return self.last_seq(stream)
         with self.db.transaction() as conn:
-            start = self._next.get(stream)
-            if start is None:
-                start = conn.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE stream = ?", (stream,)
-                ).fetchone()[0]
+            # Numbered inside the write transaction (BEGIN IMMEDIATE), never from a cache:
+            # another process may append to the same stream (an agent's log, a second apply).
+            start = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE stream = ?", (stream,)
+            ).fetchone()[0]
             conn.executemany(
                 "INSERT INTO log_lines (stream, seq, at, source, channel, line) VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -71,7 +70,6 @@ class LogStore:
                     for i, (at, source, channel, line) in enumerate(entries)
                 ],
             )
-        self._next[stream] = start + len(entries)
         self._notify(stream)
         return start + len(entries) - 1
 

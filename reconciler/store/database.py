@@ -67,6 +67,11 @@ class Database:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one self-contained statement (atomic on its own, no explicit transaction)."""
+        with self._lock:
+            self._conn.execute(sql, params)
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement in its own transaction; return the last row id."""
         with self.transaction() as conn:

@@ -149,32 +149,26 @@ class RunStore:
         ]
 
     def put_step(self, step: Step) -> Step:
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT ord FROM steps WHERE run_id = ? AND key = ?", (step.run_id, step.key)
-            ).fetchone()
-            order = (
-                row[0]
-                if row
-                else conn.execute(
-                    "SELECT COALESCE(MAX(ord), 0) + 1 FROM steps WHERE run_id = ?", (step.run_id,)
-                ).fetchone()[0]
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO steps (run_id, key, status, started_at, finished_at, attempts, result, error, ord)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    step.run_id,
-                    step.key,
-                    step.status.value,
-                    step.started_at,
-                    step.finished_at,
-                    step.attempts,
-                    json.dumps(dict(step.result), sort_keys=True),
-                    step.error,
-                    order,
-                ),
-            )
+        """Insert or update a step in one statement; a step keeps its first position."""
+        self.db.write(
+            "INSERT INTO steps (run_id, key, status, started_at, finished_at, attempts, result, error, ord)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+            " (SELECT COALESCE(MAX(ord), 0) + 1 FROM steps WHERE run_id = ?))"
+            " ON CONFLICT (run_id, key) DO UPDATE SET status = excluded.status,"
+            " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+            " attempts = excluded.attempts, result = excluded.result, error = excluded.error",
+            (
+                step.run_id,
+                step.key,
+                step.status.value,
+                step.started_at,
+                step.finished_at,
+                step.attempts,
+                json.dumps(dict(step.result), sort_keys=True),
+                step.error,
+                step.run_id,
+            ),
+        )
         return step
 
     def copy_done_steps(self, from_run: str, to_run: str, prefixes: Sequence[str]) -> int:
