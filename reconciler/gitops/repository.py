@@ -9,7 +9,6 @@ The calls are blocking; async callers run them in a thread.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -376,18 +375,37 @@ class GitRepository:
     def update_file_on_branch(
         self, branch: str, path: str, content: bytes, message: str, identity: Identity = Identity()
     ) -> str:
-        """Commit one changed file on a branch (used by rollback-by-revert and image automation)."""
+        """Commit one changed file on a branch (used by rollback-by-revert and image automation).
+
+        When that branch is checked out, the file in the work tree and the index follow the
+        new commit — unless someone edited it locally, which is left alone — so the next
+        plain ``git commit`` there does not silently undo this one.
+        """
         full = f"{self.subdir}/{path}" if self.subdir else path
         ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+        parent = self.ref_target(ref)
+        before = _blob_id_at(self._repo[parent].peel(pygit2.Commit).tree, full) if parent else None
         commit = self.commit_files(ref, {full: content}, message, identity)
-        if (
-            not self._repo.is_bare
-            and not self._repo.head_is_detached
-            and self._repo.head.name == ref
-        ):
-            # Keep a checked-out branch's work tree in step; SAFE leaves a locally edited file alone.
-            with contextlib.suppress(pygit2.GitError):
-                self._repo.checkout_head(paths=[full], strategy=pygit2.enums.CheckoutStrategy.SAFE)
+        if self._repo.is_bare or self._repo.head_is_detached or self._repo.head.name != ref:
+            return commit
+        index = self._repo.index
+        index.read()
+        file = Path(self._repo.workdir) / full
+        try:
+            entry = index[full]
+        except KeyError:
+            entry = None
+        untouched = (
+            entry is not None
+            and entry.id == before
+            and file.is_file()
+            and pygit2.hash(file.read_bytes()) == before
+        )
+        if untouched:
+            assert entry is not None
+            file.write_bytes(content)
+            index.add(pygit2.IndexEntry(full, self._repo.create_blob(content), entry.mode))
+            index.write()
         return commit
 
     def push_branch(self, branch: str) -> None:

@@ -201,11 +201,6 @@ async def test_rollback_commits_a_revert_that_the_next_pass_deploys(world: World
     assert await world.reconcile() == []  # settled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GitRepository.update_file_on_branch checks out with the new HEAD as baseline, so "
-    "the work tree and index keep the old file: the next plain 'git commit' undoes the rollback",
-)
 async def test_rollback_commit_keeps_the_checked_out_work_tree_in_step(world: World) -> None:
     await deployed_one_then_two(world)
     rec = world.reconciler()
