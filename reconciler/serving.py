@@ -19,11 +19,11 @@ import uvicorn
 from reconciler.alert.notifier import Notifier
 from reconciler.api.app import ServerSettings, create_app
 from reconciler.api.auth import TokenStore
-from reconciler.credential.manager import CredentialManager
 from reconciler.engine.agents import LOCAL_AGENT, HubExecutor, LocalAgent
+from reconciler.engine.commands import open_credentials
 from reconciler.engine.reconciling import Reconciler
 from reconciler.engine.targets import Executors, LocalExecutor
-from reconciler.errors import QuicFlowError, SourceError
+from reconciler.errors import SourceError
 from reconciler.gitops.repository import GitRepository
 from reconciler.hub.server import Hub
 from reconciler.store.database import Database
@@ -62,7 +62,7 @@ async def serve(
         if local is not None:
             await local.start()
         await reconciler.refresh()
-        credentials = await _credentials(reconciler)
+        credentials = await open_credentials(reconciler)
         notifier = Notifier(
             reconciler.db, desired=lambda: reconciler.desired, credentials=credentials
         )
@@ -96,20 +96,6 @@ async def serve(
         if local is not None:
             await local.stop()
         await hub.stop()
-
-
-async def _credentials(reconciler: Reconciler) -> CredentialManager | None:
-    """The credential manager with the config repo's credentials, or None (webhooks then answer 503)."""
-    desired = reconciler.desired
-    if desired is None:
-        return None
-    try:
-        return await asyncio.to_thread(reconciler._credential_manager, desired)  # noqa: SLF001
-    except QuicFlowError as exc:
-        _log.warning(
-            "credentials unavailable (%s): webhooks and signed callbacks are disabled", exc
-        )
-        return None
 
 
 @click.command("serve")

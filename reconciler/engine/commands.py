@@ -9,11 +9,14 @@ record the decision; the run continues at the next pass (``apply`` or the server
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
 import click
 
+from reconciler.alert.notifier import Notifier
+from reconciler.credential.manager import CredentialManager
 from reconciler.engine.agents import LocalAgent
 from reconciler.engine.reconciling import PassReport, Reconciler
 from reconciler.engine.runs import RunState
@@ -22,8 +25,25 @@ from reconciler.errors import PermanentError, PermissionDenied, QuicFlowError, S
 from reconciler.gitops import model
 from reconciler.gitops.repository import GitRepository
 
+_log = logging.getLogger(__name__)
+NOTIFY_GRACE = 10.0  # seconds apply waits for notifications before it exits
 REPO_HELP = "Config repo: a path (may be a subdirectory of a Git repository) or a URL."
 DATA_HELP = "Data directory: operational store, logs, targets of the demo."
+
+
+async def open_credentials(reconciler: Reconciler) -> CredentialManager | None:
+    """The config repo's credentials (webhook secrets, signed callbacks), or None when they
+    cannot be opened (no age key here): those features are then disabled, with a warning."""
+    desired = reconciler.desired
+    if desired is None:
+        return None
+    try:
+        return await asyncio.to_thread(reconciler._credential_manager, desired)  # noqa: SLF001
+    except QuicFlowError as exc:
+        _log.warning(
+            "credentials unavailable (%s): webhooks and signed callbacks are disabled", exc
+        )
+        return None
 
 
 def _reconciler(repo: str, data: str, executors: Executors | None = None) -> Reconciler:
@@ -72,9 +92,24 @@ def apply(repo: str, data: str, once: bool, only: str | None, local_agent: bool)
         reconciler = _reconciler(repo, data, local.executors() if local else None)
         if local is not None:
             reconciler.hub = local.hub
+        notifier: Notifier | None = None
         try:
-            return await reconciler.reconcile_once(only=only)
+            await reconciler.refresh()
+            notifier = Notifier(
+                reconciler.db,
+                desired=lambda: reconciler.desired,
+                credentials=await open_credentials(reconciler),
+            )
+            await notifier.start(reconciler.bus)
+            report = await reconciler.reconcile_once(only=only)
+            # Deliver what this pass has to say now; what is still retrying stays in the
+            # outbox for the next apply or serve.
+            await reconciler.bus.drain()
+            await notifier.drain(within=NOTIFY_GRACE)
+            return report
         finally:
+            if notifier is not None:
+                await notifier.close()
             await reconciler.close()
             if local is not None:
                 await local.stop()
