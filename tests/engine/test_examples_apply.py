@@ -23,10 +23,12 @@ from gitrepos import ROOT, ConfigRepo, git
 pytestmark = pytest.mark.integration
 
 AGE_KEY = ROOT / "examples" / "demo-age-key.txt"
+AGENTS_MISSING = "its targets are agents and no QUIC hub runs in this process"
 SKIPPED = {
-    "catalog": "deploy type 'kubernetes' is not available",
-    "shop": "deploy type 'container' is not available",
-    "docs-site": "its targets are agents and no QUIC hub runs in this process",
+    "catalog": ("deploy type 'kubernetes' is not available",),
+    # Containers run on agents: without a hub, whichever of the two is checked first.
+    "shop": ("deploy type 'container' is not available", AGENTS_MISSING),
+    "docs-site": (AGENTS_MISSING,),
 }
 
 
@@ -104,7 +106,7 @@ def test_apply_releases_the_example_script_project(
     ]
     for project, reason in SKIPPED.items():
         mine = [line for line in skipped if line.startswith(f"{project}/")]
-        assert mine and all(reason in line for line in mine), (project, out)
+        assert mine and all(any(r in line for r in reason) for line in mine), (project, out)
     assert sorted(line.split(":")[0] for line in skipped) == sorted(
         f"{project}/{env}"
         for project, envs in (
