@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from reconciler.alert.notifier import Notifier
-from reconciler.api import auth, operations, pages, routes, webhooks
+from reconciler.api import auth, builds, operations, pages, routes, webhooks
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine.control import EngineControl
 from reconciler.store.database import Database
@@ -102,6 +102,7 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
             Route("/readyz", routes.readiness(engine)),
             *receiver.routes(),
             *api.routes(),
+            *builds.BuildApi(engine, settings, streams).routes(),
             *operations.OperationsApi(engine, settings.credentials, settings.notifier).routes(),
             *status_page.routes(),
         ],

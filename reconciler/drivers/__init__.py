@@ -1,4 +1,4 @@
-"""Deploy drivers: how a release reaches a target (script, git_pull; container and kubernetes later).
+"""Deploy drivers: how a release reaches a target (script, git_pull, container; kubernetes later).
 
 A driver knows *what* to do for its deploy type; strategies decide *when* and *where*;
 executors (``reconciler.engine.targets``) decide *how a command gets there*. Every
@@ -92,8 +92,10 @@ def for_deploy(
     deploy: model.DeployConfig, strategy: model.Strategy, repo_url: str | None = None
 ) -> Driver:
     """The driver for a deploy config (imported lazily: drivers import this module)."""
-    from reconciler.drivers import git_pull, script
+    from reconciler.drivers import container, git_pull, script
 
+    if deploy.type is model.DeployType.CONTAINER:
+        return container.ContainerDriver(deploy, strategy)
     if deploy.type is model.DeployType.SCRIPT:
         return script.ScriptDriver(deploy, strategy)
     if deploy.type is model.DeployType.GIT_PULL:

@@ -1,4 +1,5 @@
-"""Health checks after a deploy: HTTP status and latency, TCP connect, a command on the target.
+"""Health checks after a deploy: HTTP status and latency, TCP connect, a command on the target,
+and (for containers) the container's own Docker HEALTHCHECK status.
 
 All configured checks must pass; each is retried ``retries`` times ``interval`` apart
 before the target counts as unhealthy. HTTP goes through httpx.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -25,16 +26,20 @@ async def check(
     spec: Mapping[str, Any],
     port: int | None = None,
     color: str | None = None,
+    docker: Callable[[], Awaitable[Health]] | None = None,
 ) -> Health:
-    """Run every configured check against ``target`` (``port`` overrides for blue-green colors)."""
-    if not spec or not any(k in spec for k in ("http", "tcp", "command")):
+    """Run every configured check against ``target`` (``port`` overrides for blue-green colors).
+
+    ``docker`` reads the container's HEALTHCHECK status; only the container driver has one.
+    """
+    if not spec or not any(k in spec for k in ("http", "tcp", "command", "docker")):
         return Health(True, "no health check configured")
     retries = int(spec.get("retries", 3))
     interval = parse_duration(spec.get("interval"), 1.0) or 0.0
     timeout = parse_duration(spec.get("timeout"), 2.0) or 2.0
     last = Health(False, "not checked")
     for attempt in range(retries):
-        last = await _once(ctx, target, spec, port, timeout, color)
+        last = await _once(ctx, target, spec, port, timeout, color, docker)
         if last.ok:
             return last
         if attempt + 1 < retries:
@@ -49,8 +54,16 @@ async def _once(
     port: int | None,
     timeout: float,
     color: str | None,
+    docker: Callable[[], Awaitable[Health]] | None = None,
 ) -> Health:
     details = []
+    if spec.get("docker"):
+        if docker is None:
+            return Health(False, "health.docker is set but the deploy type runs no container")
+        status = await docker()
+        if not status.ok:
+            return status
+        details.append(status.detail)
     if "http" in spec:
         http = spec["http"]
         the_port = port or target.port or http["port"]

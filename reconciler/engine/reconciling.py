@@ -267,7 +267,11 @@ class Reconciler:
 
     def unrunnable(self, env: model.Environment) -> str | None:
         """Why this process cannot run ``env`` at all (so no run is created and failed), or None."""
-        if env.deploy.type not in (model.DeployType.SCRIPT, model.DeployType.GIT_PULL):
+        if env.deploy.type not in (
+            model.DeployType.SCRIPT,
+            model.DeployType.GIT_PULL,
+            model.DeployType.CONTAINER,
+        ):
             return f"deploy type {env.deploy.type.value!r} is not available in this build"
         if any(t.agent or t.selector for t in env.targets):
             if self.executors.agents is None or self.hub is None:
@@ -524,6 +528,11 @@ class Reconciler:
             for value in mapping.values():
                 if isinstance(value, model.SecretRef):
                     refs[name_of(value)] = value
+        # The container driver logs in to the registry with this credential's two fields.
+        registry = env.deploy.spec.get("registry_credential") or env.build.registry_credential
+        if env.deploy.type is model.DeployType.CONTAINER and registry:
+            for part in ("username", "password"):
+                refs[name_of(model.SecretRef(registry, part))] = model.SecretRef(registry, part)
         if not refs:
             return {}, Masker([])
         manager = await asyncio.to_thread(self._credential_manager, desired)

@@ -292,6 +292,35 @@ class GitRepository:
         """The whole repository's tree id at a commit (ignoring the config subdirectory)."""
         return str(self._repo[commit_id].peel(pygit2.Commit).tree.id)
 
+    def export_tree(self, commit_id: str, dest: Path) -> int:
+        """Write the files of the whole tree at a commit under ``dest``; return how many.
+
+        What a checkout gives a build context (modes and symlinks kept), without a working
+        copy or an index; submodules are skipped as ``git archive`` does.
+        """
+        count = 0
+        stack = [(self._repo[commit_id].peel(pygit2.Commit).tree, Path(dest))]
+        while stack:
+            tree, where = stack.pop()
+            where.mkdir(parents=True, exist_ok=True)
+            for entry in tree:
+                # A crafted tree may name entries that would escape ``dest``.
+                if entry.name in ("", ".", "..", ".git") or "/" in entry.name:
+                    continue
+                path = where / entry.name
+                if entry.type_str == "tree":
+                    stack.append((self._repo[entry.id], path))
+                elif entry.type_str == "blob":
+                    data = self._repo[entry.id].data
+                    if entry.filemode == pygit2.enums.FileMode.LINK:
+                        path.symlink_to(data.decode())
+                    else:
+                        path.write_bytes(data)
+                        if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
+                            path.chmod(0o755)
+                    count += 1
+        return count
+
     def entries(self, tree_id: str) -> list[TreeEntry]:
         """The entries of a tree."""
         tree = self._repo[tree_id]
