@@ -2,7 +2,8 @@
 
 Run as a plain script (not collected by pytest)::
 
-    python tests/benchmarks/bench_quic_fanout.py [--agents 200] [--workers 4] [--rounds 5]
+    python tests/benchmarks/bench_quic_fanout.py [--agents 200] [--workers 2] [--rounds 5]
+        [--forks 50] [--ssh-rounds 3] [--no-ssh]
 
 The hub runs in this process; the agents run as ``AgentClient`` objects, many per worker
 process (``--workers``, default 2: one per core here), each with its own QUIC connection, token and work dir, all on
@@ -13,10 +14,15 @@ loopback.  It prints:
 2. live log throughput from one agent: lines/s and MB/s for ``seq`` (short lines) and
    for 100-byte lines, checking that every line arrived;
 3. hub memory per connected idle agent: hub RSS growth after all agents connected,
-   divided by their number.
+   divided by their number;
+4. side by side with (1), after the hub and agents have stopped: OpenSSH doing the same
+   — ``true`` in as many sessions on a private loopback ``sshd``, with fresh
+   connections ``--forks`` at a time and through reused ControlMaster connections
+   (``bench_ssh_baseline.py``, which says how) — and the ratios. ``--no-ssh`` skips it;
+   if sshd cannot start the reason is printed instead.
 
-For comparison (measured on this machine, see issue 4): OpenSSH took ~17 s for 200 fresh
-sessions (50 at a time) and ~1.3 s with reused ControlMaster connections.
+Budget (DESIGN.md): fan-out ≤ 0.25 s, i.e. ≥ 5× faster than reused SSH (OpenSSH took
+~17 s fresh and ~1.3 s reused for 200 hosts on this machine).
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ sys.path.insert(0, str(REPO_ROOT))
 from agent import client, executing  # noqa: E402
 from agent.protocol import ExecRequest  # noqa: E402
 from reconciler.hub.server import Hub  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ssh_baseline  # noqa: E402
+
+FANOUT_BUDGET = 0.25  # seconds for 200 agents (DESIGN.md)
+SSH_RATIO_AIM = 5.0  # QUIC at least this many times faster than reused SSH
 
 
 def resident_bytes() -> int:
@@ -76,8 +88,8 @@ async def run_worker(config_path: Path) -> None:
     await asyncio.gather(*(agent.run() for agent in clients))
 
 
-async def run_benchmark(arguments: argparse.Namespace) -> None:
-    """Start the hub and the agent workers, measure, print."""
+async def run_benchmark(arguments: argparse.Namespace) -> float:
+    """Start the hub and the agent workers, measure, print; return the median fan-out."""
     with tempfile.TemporaryDirectory(prefix="quicflow-bench-") as temporary:
         base = Path(temporary)
         hub = Hub(base / "data", port=0, heartbeat_interval=15.0)
@@ -147,6 +159,38 @@ async def run_benchmark(arguments: argparse.Namespace) -> None:
         print(f"(2) live log throughput, {label}: {lines / seconds:,.0f} lines/s, "
               f"{megabytes / seconds:.1f} MB/s ({lines:,} lines in {seconds:.2f} s, none lost)")  # fmt: skip
     print(f"(3) hub memory per connected idle agent: {per_agent / 1024:.0f} KB")
+    return statistics.median(rounds)
+
+
+def compare_with_ssh(quic: float, hosts: int, arguments: argparse.Namespace) -> None:
+    """Run the OpenSSH baseline for ``hosts`` sessions and print it beside ``quic``."""
+    print(f"(4) `true` on {hosts} hosts, all results back — OpenSSH vs QUIC-Flow (median):")
+    try:
+        ssh = asyncio.run(
+            bench_ssh_baseline.run(
+                hosts, arguments.forks, arguments.ssh_rounds, 1, arguments.ssh_user
+            )
+        )
+    except bench_ssh_baseline.SshUnavailable as unavailable:
+        print(f"    OpenSSH baseline skipped: {unavailable}")
+        print(f"    QUIC-Flow hub, open connections: {quic:.3f} s (aim ≤ {FANOUT_BUDGET} s)")
+        return
+    for line in bench_ssh_baseline.describe(ssh):
+        print("    " + line)
+    rows = [
+        (f"OpenSSH, fresh connections, {ssh.forks} at a time", ssh.fresh_median),
+        (f"OpenSSH, reused ControlMaster, {ssh.forks} at a time", ssh.reused_median),
+        ("QUIC-Flow hub, connected agents", quic),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, seconds in rows:
+        print(f"    {label:<{width}}  {seconds:8.3f} s  {seconds / quic:7.1f}× the QUIC time")
+    speedup = ssh.reused_median / quic
+    verdict = "met" if quic <= FANOUT_BUDGET and speedup >= SSH_RATIO_AIM else "NOT met"
+    print(
+        f"    aim ≤ {FANOUT_BUDGET} s and ≥ {SSH_RATIO_AIM:.0f}× faster than reused SSH: "
+        f"{quic:.3f} s, {speedup:.1f}× — {verdict}"
+    )
 
 
 async def log_throughput(
@@ -174,13 +218,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--forks", type=int, default=50, help="concurrent SSH sessions")
+    parser.add_argument("--ssh-rounds", type=int, default=3, help="rounds through SSH masters")
+    parser.add_argument("--ssh-user", help="log in to sshd as this existing user")
+    parser.add_argument("--no-ssh", dest="ssh", action="store_false", help="skip OpenSSH")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if arguments.worker:
         asyncio.run(run_worker(arguments.worker))
     else:
-        asyncio.run(run_benchmark(arguments))
+        # SIGTERM unwinds like Ctrl-C (asyncio.run cancels the task): workers and sshd end.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        quic = asyncio.run(run_benchmark(arguments))
+        if arguments.ssh:
+            # After the hub and agents stopped, so the two do not share the 2 cores.
+            compare_with_ssh(quic, arguments.agents, arguments)
 
 
 if __name__ == "__main__":
