@@ -15,13 +15,16 @@ deployed.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.errors import SourceError
 from reconciler.gitops.planning import Attempt, DeployedRecord, Pin
 from reconciler.gitops.repository import NOTES_REF, STATE_REF, CommitInfo, GitRepository
 
+_log = logging.getLogger(__name__)
 FORMAT = 1
 SUCCEEDED = "succeeded"
 
@@ -70,6 +73,7 @@ class History:
     def __init__(self, repo: GitRepository, push: bool = False):
         self.repo = repo
         self.push = push
+        self.push_error: str | None = None
         self._cache = _Cache()
 
     # -- reading -----------------------------------------------------------------
@@ -130,7 +134,13 @@ class History:
             text = (existing.rstrip("\n") + "\n" + line if existing.strip() else line) + "\n"
             self.repo.write_note(outcome.config_commit, text)
         if self.push:
-            self.repo.push_history()
+            try:
+                self.repo.push_history()
+                self.push_error = None
+            except SourceError as exc:
+                # Recorded locally all the same; the next push sends every ref, so it catches up.
+                self.push_error = str(exc)
+                _log.warning("run %s recorded in Git, but not pushed: %s", outcome.run_id, exc)
         return state_commit
 
     # -- paths -------------------------------------------------------------------

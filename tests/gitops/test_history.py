@@ -151,3 +151,18 @@ def test_pushed_history_is_seen_by_a_clone(tmp_path: Path, minimal_files: dict[s
         "app/dev": "config_changed",
         "app/prod": "never_deployed",
     }
+
+
+def test_a_failed_push_keeps_the_local_record_and_says_so(
+    tmp_path: Path, minimal_files: dict[str, str]
+) -> None:
+    upstream = ConfigRepo(tmp_path / "upstream")
+    upstream.commit(minimal_files)
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(upstream.path), str(clone))  # origin is a non-bare repo
+    history = History(GitRepository.open(clone), push=True)
+    commit = git(clone, "rev-parse", "HEAD")
+    history.record_run(_outcome(commit, "1.0.0"))
+    assert history.push_error is not None and "push" in history.push_error
+    assert history.record("app", "dev").version == "1.0.0"  # type: ignore[union-attr]
+    assert "1.0.0 succeeded" in (history.note(commit) or "")
