@@ -117,6 +117,7 @@ def serve_command(repo: str, data: str, http: str, quic: str, local_agent: bool)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every handshake at INFO
     try:
         git = GitRepository.open(repo, cache_dir=Path(data) / "repos")
     except SourceError as exc:
