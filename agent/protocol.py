@@ -49,7 +49,7 @@ ACK        seq
 EXIT       command_id, exit_code, signal, duration, timed_out, cancelled, error
 CANCEL     command_id
 STATUS     time, processes[{name,pid,state,cpu_percent,memory_bytes}],
-           containers[{name,image,digest,state,health}], notes[]
+           containers[{name,image,digest,state,health,labels{}}], notes[]
 ERROR      reason, code ("auth", "protocol", "revoked", "replaced", "shutdown")
 """
 
@@ -237,9 +237,12 @@ class ContainerStatus:
 
     name: str
     image: str
-    digest: str | None
+    digest: str | None  # the local image id, not a registry digest
     state: str
     health: str | None = None
+    # The container's quicflow.* labels (project, env, target, image…): drift detection
+    # pairs containers with environments by them.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +413,7 @@ def status_to_meta(report: StatusReport) -> dict[str, Any]:
                 "digest": c.digest,
                 "state": c.state,
                 "health": c.health,
+                "labels": dict(c.labels),
             }
             for c in report.containers
         ],
@@ -439,6 +443,7 @@ def status_from_meta(meta: Mapping[str, Any]) -> StatusReport:
                     digest=c.get("digest"),
                     state=str(c.get("state") or "unknown"),
                     health=c.get("health"),
+                    labels={str(k): str(v) for k, v in (c.get("labels") or {}).items()},
                 )
                 for c in meta.get("containers") or ()
             ),

@@ -17,6 +17,7 @@ from pathlib import Path
 from agent import protocol
 
 DOCKER_SOCKET = Path("/var/run/docker.sock")
+LABEL_PREFIX = "quicflow."  # only our labels travel to the hub
 PROC = Path("/proc")
 STATES = {
     "R": "running",
@@ -127,7 +128,10 @@ def changed(previous: protocol.StatusReport | None, current: protocol.StatusRepo
 def _shape(report: protocol.StatusReport) -> tuple[object, ...]:
     return (
         tuple((p.name, p.pid, p.state) for p in report.processes),
-        tuple((c.name, c.image, c.digest, c.state, c.health) for c in report.containers),
+        tuple(
+            (c.name, c.image, c.digest, c.state, c.health, tuple(sorted(c.labels.items())))
+            for c in report.containers
+        ),
         report.notes,
     )
 
@@ -135,8 +139,14 @@ def _shape(report: protocol.StatusReport) -> tuple[object, ...]:
 def _container(container: object) -> protocol.ContainerStatus:
     attrs = getattr(container, "attrs", {}) or {}
     state = attrs.get("State", {}) or {}
-    image = (attrs.get("Config", {}) or {}).get("Image", "")
+    config = attrs.get("Config", {}) or {}
+    image = config.get("Image", "")
     digest = attrs.get("Image")
+    labels = {
+        str(k): str(v)
+        for k, v in (config.get("Labels") or {}).items()
+        if k.startswith(LABEL_PREFIX)
+    }
     health = (state.get("Health") or {}).get("Status")
     return protocol.ContainerStatus(
         name=str(getattr(container, "name", "")),
@@ -144,4 +154,5 @@ def _container(container: object) -> protocol.ContainerStatus:
         digest=digest,
         state=str(state.get("Status", "unknown")),
         health=health,
+        labels=labels,
     )

@@ -5,8 +5,9 @@ build settings of ``env`` (default: the first environment, by name, that enables
 builds); ``GET /builds/{id}`` answers the record and its image artifact;
 ``GET /builds/{id}/logs/stream`` follows the build log like a run's; ``POST
 /builds/{id}/cancel`` cancels it; ``GET /projects/{project}/builds`` lists recent builds.
-The Builder shares the engine's operational store (records and logs side by side) and
-is made on first use, so a server that never builds starts nothing.
+The Builder is the engine's own (``Reconciler.builder``: one per reconciler, followed by
+image automation); for an engine without one, a Builder on the engine's operational
+store is made on first use, so a server that never builds starts nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ class BuildApi:
 
     @property
     def builder(self) -> Builder:
-        """The Builder, made on first use."""
+        """The engine's Builder when it has one (the Reconciler does), else one made on first use."""
+        shared = getattr(self.engine, "builder", None)
+        if isinstance(shared, Builder):
+            return shared
         if self._builder is None:
             database = self.engine.logs.db
             credentials = getattr(self.settings, "credentials", None)

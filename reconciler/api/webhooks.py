@@ -27,10 +27,13 @@ The path of one delivery, in order (each refusal leaves a trigger record):
 7. the action: ``deploy`` → ``engine.deploy(project, target_env, version, actor=None,
    trigger=WEBHOOK)`` where ``version`` is the **tag name** for a tag event and the
    **commit id** for a branch push (an application repo's commit is the version its
-   build tags); ``reconcile`` → ``engine.reconcile_now``; ``build`` → skipped until
-   the build issue lands.
+   build tags); ``reconcile`` → ``engine.reconcile_now``; ``build`` → a build of the
+   pushed tag (tag events) or commit (branch pushes) on the engine's Builder, with the
+   build settings of ``target_env`` (default: the first environment that builds);
+   skipped when the engine has no Builder.
 
-Answers: 202 with the run id when a run started, 200 for skipped deliveries, 400 for a
+Answers: 202 with the run id when a run started (the build id when a build started),
+200 for skipped deliveries, 400 for a
 payload that is not what the provider documents, 422 when the engine refused the
 action, 503 when it asked to retry later, 500 for anything else.
 """
@@ -50,7 +53,9 @@ from starlette.routing import Route
 
 from reconciler import errors
 from reconciler.api import auth
+from reconciler.builder.building import Builder, BuildError
 from reconciler.credential.manager import CredentialManager
+from reconciler.engine import image_builds
 from reconciler.engine.control import EngineControl
 from reconciler.engine.runs import Trigger
 from reconciler.gitops import model
@@ -423,8 +428,15 @@ class WebhookReceiver:
         # One record, written once the outcome is known: a write less on the hot path.
         try:
             if hook.action == "build":
-                reason = "builds arrive with the build issue"
-                return _answer(200, SKIPPED, reason, record(SKIPPED, reason))
+                builder = getattr(self.engine, "builder", None)
+                if not isinstance(builder, Builder):
+                    reason = "this engine has no image builder"
+                    return _answer(200, SKIPPED, reason, record(SKIPPED, reason))
+                build_id = self._start_build(hook, push, builder)
+                reason = f"build {build_id} started"
+                record_id = record(SUCCESS, reason)
+                body = {"status": SUCCESS, "reason": reason, "record": record_id}
+                return JSONResponse({**body, "build_id": build_id}, status_code=202)
             if hook.action == "reconcile":
                 await self.engine.reconcile_now(
                     f"webhook {hook.id}: {push.ref} at {push.commit[:12]}"
@@ -464,6 +476,27 @@ class WebhookReceiver:
         record_id = record(SUCCESS, reason, run_id=run.id)
         body = {"status": SUCCESS, "reason": reason, "record": record_id, "run_id": run.id}
         return JSONResponse(body, status_code=202)
+
+    def _start_build(self, hook: _Hook, push: pushes.PushEvent, builder: Builder) -> str:
+        """Start the build of the pushed tag or commit; its id. PermanentError when refused."""
+        desired = self.engine.desired
+        project = desired.projects.get(hook.project or "") if desired else None
+        if project is None:
+            raise errors.PermanentError(f"trigger {hook.id} names no project to build")
+        try:
+            env = image_builds.build_environment(project, hook.target_env)
+            # A tag is built as the tag (the builder resolves it); a branch push as its commit.
+            request = image_builds.request_for(
+                project,
+                env,
+                version=push.tag if push.tag is not None else push.commit,
+                commit=None if push.tag is not None else push.commit,
+                actor=f"webhook:{hook.id}",
+                trigger="webhook",
+            )
+            return builder.start(request).id
+        except (ValueError, BuildError) as exc:
+            raise errors.PermanentError(f"trigger {hook.id}: {exc}") from None
 
     def _secret(self, hook: _Hook, address: str) -> str:
         """The trigger's secret, read through the credential manager at most once a minute.

@@ -18,7 +18,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +51,8 @@ class Login(Protocol):
 
 # (credential name, project) -> credential; the reconciler passes CredentialManager.get.
 CredentialLookup = Callable[[str, str], Login]
+# Called with every ended build (image automation listens here); its errors are logged.
+BuildListener = Callable[["BuildRecord", "BuildRequest"], Awaitable[None]]
 
 
 class BuildError(QuicFlowError):
@@ -68,6 +70,8 @@ class BuildRequest:
     commit: str | None = None
     actor: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)  # extra image labels
+    # Who asked: "api", "webhook", "schedule" or "pipeline" (a run that deploys it itself).
+    trigger: str = "api"
 
 
 def _utc_now() -> dt.datetime:
@@ -90,8 +94,10 @@ class Builder:
         docker: docker_cli.DockerCli | None = None,
         max_concurrent: int = 2,
         now: Now = _utc_now,
+        on_finished: BuildListener | None = None,
     ):
         self.store = BuildStore(db)
+        self.on_finished = on_finished
         self.logs = logs
         self.data_dir = Path(data_dir)
         self.credentials = credentials
@@ -214,7 +220,13 @@ class Builder:
             message = masker.mask(f"internal error: {type(exc).__name__}: {exc}")
             final = replace(record, status=BuildStatus.FAILED, error=message, **_partial(state))
             self._log(record.id, masker, message)
-        return self._finish(final, started, work)
+        final = self._finish(final, started, work)
+        if self.on_finished is not None:
+            try:
+                await self.on_finished(final, request)
+            except Exception:  # noqa: BLE001 - a listener's failure never changes the build
+                _log.exception("after build %s: listener failed", final.id)
+        return final
 
     def _finish(self, final: BuildRecord, started: float, work: Path) -> BuildRecord:
         final = replace(

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.auth import permissions
+from reconciler.builder.building import Builder
 from reconciler.credential.manager import CredentialManager
 from reconciler.drivers import StepFailed, for_deploy
-from reconciler.engine import owners, windows
+from reconciler.engine import image_builds, observing, owners, windows
 from reconciler.engine.events import Event, EventBus, EventType
 from reconciler.engine.running import Outcome, RunContext, RunExecutor, iso, name_of
 from reconciler.engine.runs import Decision, Run, RunState, Trigger
@@ -115,6 +116,34 @@ class Reconciler:
         self._credentials_commit: str | None = None
         self._credentials_lock = threading.Lock()
         self.hub: Any = None
+        self._builder: Builder | None = None
+
+    @property
+    def builder(self) -> Builder:
+        """The one Builder of this reconciler (made on first use; image automation listens)."""
+        if self._builder is None:
+
+            def credential(name: str, project: str) -> Any:
+                desired = self._desired
+                if desired is None:
+                    raise KeyError(name)
+                manager = self._credential_manager(desired)
+                return manager.get(name, project, actor="builder")
+
+            automation = image_builds.ImageAutomation(
+                self.repo, lambda: self._desired, self.reconcile_now
+            )
+            settings = self._desired.settings if self._desired else None
+            self._builder = Builder(
+                self.db,
+                self.logs,
+                self.data_dir,
+                credentials=credential,
+                max_concurrent=settings.max_concurrent_builds if settings else 2,
+                now=self.now,
+                on_finished=automation.after_build,
+            )
+        return self._builder
 
     # -- EngineControl: state --------------------------------------------------------
 
@@ -133,7 +162,18 @@ class Reconciler:
         if self._desired is None:
             return planning.Plan(())
         state, deployed = self.history.deployed()
-        return self._planner.plan(self._desired, deployed, state_commit=state)
+        return self._planner.plan(self._desired, deployed, self._observations(), state_commit=state)
+
+    def _observations(self) -> list[planning.Observation]:
+        """The agents' running containers (for drift), when a QUIC hub runs in this process."""
+        if self.hub is None:
+            return []
+        reports = [(a.name, self.hub.status(a.name)) for a in self.hub.agents()]
+        live_colors: dict[tuple[str, str], str] = {}
+        for run in self.runs.list(states=[RunState.SUCCEEDED], limit=200)[0]:  # newest first
+            if run.detail.get("color"):
+                live_colors.setdefault(run.key, str(run.detail["color"]))
+        return observing.observations(reports, live_colors)
 
     # -- observing -------------------------------------------------------------------
 
@@ -337,6 +377,8 @@ class Reconciler:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        if self._builder is not None:
+            await self._builder.close()
         await self.bus.close()
         if self._credentials is not None:
             self._credentials.close()
@@ -490,6 +532,7 @@ class Reconciler:
                 masker=masker,
                 secrets=secrets_,
                 sleep=self.sleep,
+                builder=self.builder if _builds(env) else None,
             )
             seed = self._seed(run, env)
             try:
@@ -937,6 +980,11 @@ class Reconciler:
 
 def _run_id(now: dt.datetime) -> str:
     return f"r-{now.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _builds(env: model.Environment) -> bool:
+    """Whether ``env``'s pipeline has a ``uses: build`` task."""
+    return any(t.uses == "build" for s in env.pipeline.stages for t in s.tasks)
 
 
 def _jsonable(value: Any) -> bool:

@@ -2,7 +2,9 @@
 
 ``RunExecutor.execute`` replays the run's pipeline over its recorded steps: stages in
 order, the tasks of a stage concurrently, ``when:`` conditions, approval gates,
-per-task timeout and retries, ``uses: deploy`` handing over to the strategy. A gate
+per-task timeout and retries, ``uses: build`` building the run's version on the
+engine's Builder (its image and digest go into the run detail, so a later ``uses:
+deploy`` runs that digest), ``uses: deploy`` handing over to the strategy. A gate
 that is not yet decided (approval, manual canary promotion) or a closed release
 window raises ``Waiting``: the run is saved in a waiting state and resumed later by
 the same replay. Every log line is masked before it is stored.
@@ -18,8 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from reconciler.builder.building import Builder, BuildError
+from reconciler.builder.records import BuildStatus
 from reconciler.drivers import StepFailed, for_deploy
-from reconciler.engine import expressions, strategies
+from reconciler.engine import expressions, image_builds, strategies
 from reconciler.engine.events import Event, EventBus, EventType
 from reconciler.engine.runs import Decision, Run, RunState, StepStatus
 from reconciler.engine.steps import Steps
@@ -57,6 +61,7 @@ class RunContext:
     secrets: Mapping[str, str] = field(default_factory=dict)
     variables_override: Mapping[str, model.Value] | None = None
     sleep: Callable[[float], Any] = asyncio.sleep
+    builder: Builder | None = None  # for ``uses: build`` tasks
     _buffers: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
@@ -241,6 +246,7 @@ class RunExecutor:
         self.gates = _Gates(ctx.store, ctx.run.id)
         self.seed = dict(rollout_seed or {})
         self.rollout: Rollout | None = None
+        self.built: dict[str, str] = {}  # image, image_digest, build_id of a ``uses: build``
         self.targets = resolve(ctx.env, ctx.desired, ctx.data_dir)
 
     async def execute(self) -> Outcome:
@@ -253,7 +259,11 @@ class RunExecutor:
                 RunState(wait.state),
                 wait.reason,
                 gate=wait.gate,
-                result={**(self.rollout.result if self.rollout else {}), **wait.detail},
+                result={
+                    **self.built,
+                    **(self.rollout.result if self.rollout else {}),
+                    **wait.detail,
+                },
             )
         except RolloutFailed as failure:
             return await self._failed(str(failure), failure.event, timed_out=failure.timed_out)
@@ -266,7 +276,7 @@ class RunExecutor:
             raise
         return Outcome(
             RunState.SUCCEEDED,
-            result=self.rollout.result if self.rollout else {},
+            result={**self.built, **(self.rollout.result if self.rollout else {})},
             touched=self._touched(),
         )
 
@@ -370,9 +380,7 @@ class RunExecutor:
             if task.uses == "deploy":
                 await self._deploy_task(key, task)
             elif task.uses == "build":
-                raise PermanentError(
-                    "task 'uses: build' needs the Docker builder, which this build does not include"
-                )
+                await self._build_task(key, task)
             else:
                 await self._script_task(key, stage, task)
         except Waiting:
@@ -428,6 +436,40 @@ class RunExecutor:
             raise AssertionError("unreachable")
 
         await self.steps.once(key, with_retries)
+
+    async def _build_task(self, key: str, task: model.Task) -> None:
+        ctx = self.ctx
+        builder = ctx.builder
+        project = ctx.desired.projects[ctx.env.project]
+        source = f"reconciler/{task.name}"
+
+        async def go() -> dict[str, Any]:
+            if builder is None:
+                raise PermanentError(f"task {task.name!r} (uses: build): no image builder here")
+            try:
+                request = image_builds.request_for(
+                    project, ctx.env, ctx.version, actor=f"run:{ctx.run.id}", trigger="pipeline"
+                )
+                started = builder.start(request)
+            except (ValueError, BuildError) as exc:
+                raise PermanentError(f"task {task.name!r} (uses: build): {exc}") from None
+            ctx.log(source, f"build {started.id} of {ctx.version} started")
+            try:
+                record = await builder.wait(started.id)
+            except asyncio.CancelledError:
+                await asyncio.shield(builder.cancel(started.id))  # a cancelled run stops its build
+                raise
+            if record.status is not BuildStatus.SUCCESS:
+                raise PermanentError(
+                    f"task {task.name!r}: build {record.id} {record.status.value}: {record.error}"
+                )
+            ctx.log(source, f"build {record.id} pushed {record.image}@{record.digest}")
+            return {"build_id": record.id, "image": record.image, "image_digest": record.digest}
+
+        result = await self.steps.once(key, go)
+        self.built = {k: str(result[k]) for k in ("build_id", "image", "image_digest")}
+        # Later tasks (the container driver) read the digest from the run's detail.
+        ctx.run = replace(ctx.run, detail={**ctx.run.detail, **self.built})
 
     async def _deploy_task(self, key: str, task: model.Task) -> None:
         ctx = self.ctx.for_task(task)

@@ -99,7 +99,21 @@ def test_results_hello_and_status_round_trip() -> None:
     report = protocol.StatusReport(
         10.0,
         (protocol.ProcessStatus("nginx", 12, "sleeping", 1.5, 4096),),
-        (protocol.ContainerStatus("web", "nginx:1", "sha256:ab", "running", "healthy"),),
+        (
+            protocol.ContainerStatus("web", "nginx:1", "sha256:ab", "running", "healthy"),
+            protocol.ContainerStatus(
+                "shop-prod",
+                "r/shop@sha256:cd",
+                "sha256:ef",
+                "running",
+                None,
+                {"quicflow.env": "prod"},
+            ),
+        ),
         ("note",),
     )
     assert protocol.status_from_meta(protocol.status_to_meta(report)) == report
+    # A report from an agent that predates container labels still decodes.
+    meta = protocol.status_to_meta(report)
+    del meta["containers"][0]["labels"]
+    assert protocol.status_from_meta(meta) == report

@@ -151,3 +151,41 @@ async def test_a_secret_echoed_by_a_deploy_is_masked_everywhere(
                 assert form not in text
     finally:
         await reconciler.close()
+
+
+async def test_a_build_webhook_for_a_project_that_does_not_build_is_refused_and_recorded(
+    api_repo: ConfigRepo, age_identity: tuple[str, str], tmp_path: Path
+) -> None:
+    """The real engine has a Builder; project ``app`` enables no build → 422, a failed record."""
+    reconciler = Reconciler(
+        GitRepository.open(api_repo.path),
+        tmp_path / "data",
+        environ={"SOPS_AGE_KEY": age_identity[0]},
+    )
+    await reconciler.refresh()
+    assert reconciler.desired is not None
+    credentials = reconciler._credential_manager(reconciler.desired)  # noqa: SLF001
+    app = create_app(
+        reconciler,
+        ServerSettings(database=reconciler.db, credentials=credentials, run_scheduler=False),
+    )
+    try:
+        async with serving(app) as server:
+            body = github_push("refs/tags/v3")
+            async with server.client() as anonymous:
+                answer = await anonymous.post(
+                    "/api/release/webhooks/app.gh-build/trigger",
+                    content=body,
+                    headers=github_headers(body),
+                )
+            assert answer.status_code == 422, answer.text
+            assert "no enabled build settings" in answer.json()["error"]["message"]
+            async with server.client(TokenStore(reconciler.db).create("alice")) as client:
+                listed = await client.get(
+                    "/api/release/triggers/records", params={"trigger": "app.gh-build"}
+                )
+            (record,) = listed.json()["items"]
+            assert record["status"] == "failed" and "no enabled build settings" in record["reason"]
+            assert reconciler.builder.store.list("app", 10) == []
+    finally:
+        await reconciler.close()

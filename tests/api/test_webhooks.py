@@ -273,15 +273,16 @@ async def test_ping_and_deleted_branches_are_skipped(
     assert "was deleted" in newest.reason
 
 
-async def test_build_action_is_skipped_until_builds_land(
+async def test_build_action_is_skipped_by_an_engine_without_a_builder(
     server: LiveServer, app: Starlette, engine: RecordingEngine
 ) -> None:
+    # The real engine builds (tests/builder/test_engine_builds.py); this one has no Builder.
     body = github_push("refs/tags/v3")
     answer = await post(server, HOOK.format("app.gh-build"), body, github_headers(body))
     assert answer.status_code == 200
     assert engine.calls == []
     record = only_record(app, "app.gh-build")
-    assert (record.status, record.reason) == ("skipped", "builds arrive with the build issue")
+    assert (record.status, record.reason) == ("skipped", "this engine has no image builder")
 
 
 async def test_disabled_and_unknown_triggers(

@@ -41,7 +41,7 @@ users:
 @pytest.fixture
 async def client(
     tmp_path: Path, registry: Registry, app_repo: ConfigRepo, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[httpx.AsyncClient, dict, str]]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict, str, Reconciler]]:
     commit_app(app_repo, "1.0")
     identity, recipient = age.generate_identity()
     files = {
@@ -82,7 +82,10 @@ strategy: {{type: rolling}}
         tmp_path / "credentials", {sealing.KEY_ENV: secrets.token_bytes(32).hex()}
     )
     manager.load_git(files, [identity], backend="native")
-    engine = Reconciler(GitRepository.open(config.path), tmp_path / "data")
+    # The engine's own credential manager decrypts the registry credential for its Builder.
+    engine = Reconciler(
+        GitRepository.open(config.path), tmp_path / "data", environ={"SOPS_AGE_KEY": identity}
+    )
     await engine.refresh()
     app = create_app(
         engine, ServerSettings(database=engine.db, credentials=manager, run_scheduler=False)
@@ -90,15 +93,15 @@ strategy: {{type: rolling}}
     tokens = {user: app.state.tokens.create(user) for user in ("bob", "dave")}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://quicflow") as http:
-        yield http, tokens, name
+        yield http, tokens, name, engine
     await engine.close()
     manager.close()
 
 
 async def test_a_build_started_through_the_api_is_recorded_and_its_log_streams(
-    client: tuple[httpx.AsyncClient, dict, str], registry: Registry
+    client: tuple[httpx.AsyncClient, dict, str, Reconciler], registry: Registry
 ) -> None:
-    http, tokens, name = client
+    http, tokens, name, engine = client
     bob = {"Authorization": f"Bearer {tokens['bob']}"}
     dave = {"Authorization": f"Bearer {tokens['dave']}"}
     url = "/api/release/projects/shop/build"
@@ -110,6 +113,8 @@ async def test_a_build_started_through_the_api_is_recorded_and_its_log_streams(
     assert started.status_code == 202, started.text
     build = started.json()
     assert build["status"] == "running" and build["actor"] == "bob"
+    assert engine.builder is engine.builder  # one Builder per reconciler, the API's too
+    assert (await engine.builder.wait(build["id"])).status.value == "success"
     for _ in range(600):
         build = (await http.get(f"/api/release/builds/{build['id']}", headers=dave)).json()
         if build["status"] != "running":

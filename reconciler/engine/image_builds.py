@@ -1,0 +1,149 @@
+"""Image builds as the engine starts them, and image automation after them.
+
+Which build settings a project builds with (``build_environment``), the request for a
+build (``request_for``), and what follows a successful build: for every environment of
+the project with ``auto_update: true`` whose version differs, the version bump is
+committed to the config repo's branch (author "quicflow", a message naming the build),
+pushed when there is a remote, and a reconcile is asked for — so Git records the change
+and the normal reconcile deploys it. Builds made by a pipeline deploy themselves and are
+not followed. The text edits are pure functions; the commits go through
+``reconciler.gitops.repository`` in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+from reconciler.builder.building import BuildRequest
+from reconciler.builder.records import BuildRecord, BuildStatus
+from reconciler.errors import QuicFlowError
+from reconciler.gitops import model
+from reconciler.gitops.repository import GitRepository, Identity
+
+_log = logging.getLogger(__name__)
+_VERSION_LINE = re.compile(r"(?m)^version:.*$")
+PIPELINE = "pipeline"
+
+
+def build_environment(project: model.Project, env_name: str | None = None) -> model.Environment:
+    """The environment whose build settings a build of ``project`` uses.
+
+    ``env_name`` when given, else the first environment (by name) that enables builds.
+    KeyError for an unknown ``env_name``; ValueError when no build is enabled there.
+    """
+    if env_name is not None:
+        env = project.environments.get(env_name)
+        if env is None:
+            raise KeyError(f"unknown environment {project.name}/{env_name}")
+    else:
+        enabled = [e for _, e in sorted(project.environments.items()) if e.build.enabled]
+        env = enabled[0] if enabled else None
+    if env is None or not env.build.enabled:
+        raise ValueError(f"project {project.name} has no enabled build settings")
+    return env
+
+
+def request_for(
+    project: model.Project,
+    env: model.Environment,
+    version: str,
+    commit: str | None = None,
+    actor: str = "",
+    trigger: str = "api",
+) -> BuildRequest:
+    """The build request of ``project`` at ``version`` (or ``commit``) with ``env``'s settings."""
+    if project.repo is None:
+        raise ValueError(f"project {project.name} names no application repo")
+    return BuildRequest(
+        project=project.name,
+        version=version,
+        build=env.build,
+        repo=project.repo,
+        commit=commit,
+        actor=actor,
+        trigger=trigger,
+    )
+
+
+def bumped(text: str, version: str) -> str | None:
+    """``text`` of an environment file with its top-level version set, or None if it has none."""
+    new_text, count = _VERSION_LINE.subn(f'version: "{version}"', text, count=1)
+    return new_text if count else None
+
+
+def auto_update_environments(
+    desired: model.DesiredState, project: str, version: str
+) -> list[model.Environment]:
+    """The environments of ``project`` that follow its builds and are not at ``version`` yet."""
+    found = desired.projects.get(project)
+    if found is None:
+        return []
+    return [
+        env
+        for _, env in sorted(found.environments.items())
+        if env.auto_update and env.version != version
+    ]
+
+
+def bump_message(version: str, env: model.Environment, build_id: str) -> str:
+    """The commit message of one version bump."""
+    return f"Deploy {version} to {env.project}/{env.name} (build {build_id})\n"
+
+
+class ImageAutomation:
+    """Commits version bumps after successful builds; a ``Builder`` listener."""
+
+    def __init__(
+        self,
+        repo: GitRepository,
+        desired: Callable[[], model.DesiredState | None],
+        reconcile_now: Callable[[str], Awaitable[None]],
+    ):
+        self.repo = repo
+        self.desired = desired
+        self.reconcile_now = reconcile_now
+        self._lock = asyncio.Lock()  # one bump at a time: each commit builds on the last
+
+    async def after_build(self, record: BuildRecord, request: BuildRequest) -> list[str]:
+        """Bump every auto-updating environment to the built version; the new commits."""
+        desired = self.desired()
+        if record.status is not BuildStatus.SUCCESS or request.trigger == PIPELINE:
+            return []
+        if desired is None:
+            return []
+        envs = auto_update_environments(desired, record.project, record.version)
+        if not envs:
+            return []
+        async with self._lock:
+            commits = await asyncio.to_thread(self._commit, desired.settings.branch, envs, record)
+        if commits:
+            await self.reconcile_now(f"build {record.id}: {record.project} {record.version}")
+        return commits
+
+    def _commit(self, branch: str, envs: list[model.Environment], record: BuildRecord) -> list[str]:
+        commits = []
+        for env in envs:
+            path = env.source.path
+            try:
+                text = self.repo.blob(env.source.blob).decode()
+                new_text = bumped(text, record.version)
+                if new_text is None:
+                    _log.warning("image automation: %s has no top-level 'version:' line", path)
+                    continue
+                commits.append(
+                    self.repo.update_file_on_branch(
+                        branch,
+                        path,
+                        new_text.encode(),
+                        bump_message(record.version, env, record.id),
+                        Identity(),
+                    )
+                )
+            except QuicFlowError as exc:
+                _log.error("image automation: cannot bump %s: %s", path, exc)
+        if commits and self.repo.has_remote:
+            self.repo.push_branch(branch)
+        return commits

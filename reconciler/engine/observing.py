@@ -1,0 +1,59 @@
+"""Observing: what the agents' containers run, as the planner's live observations.
+
+Pure: agents' status reports in, ``planning.Observation``s out; no I/O. A container is
+paired with an environment by the labels the container driver sets (``quicflow.project``,
+``quicflow.env``, ``quicflow.target``) and observed by the registry digest it was started
+from (the ``quicflow.image`` label, ``repository@sha256:…``) — the digest the state ref
+records. The report's own ``digest`` is the local image id, which never equals a
+registry digest, so it is not used. Stopped containers (the copy a rolling deploy keeps
+for rollback) and a blue-green environment's idle color are not what serves, so they
+are not observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from agent.protocol import StatusReport
+from reconciler.gitops.planning import Observation
+
+PROJECT = "quicflow.project"
+ENV = "quicflow.env"
+TARGET = "quicflow.target"
+IMAGE = "quicflow.image"
+COLOR = "quicflow.color"
+
+
+def image_digest(reference: str) -> str | None:
+    """The ``sha256:…`` digest of ``repository@sha256:…``, or None for a tag reference."""
+    _, at, digest = reference.rpartition("@")
+    return digest if at and digest.startswith("sha256:") else None
+
+
+def observations(
+    reports: Iterable[tuple[str, StatusReport | None]],
+    live_colors: Mapping[tuple[str, str], str] | None = None,
+) -> list[Observation]:
+    """Observations of the running, labelled containers in (agent name, report) pairs.
+
+    ``live_colors`` names the serving color of blue-green environments; a colored
+    container of another color is the idle one and is left out.
+    """
+    colors = live_colors or {}
+    found = []
+    for agent, report in reports:
+        if report is None:
+            continue
+        for container in report.containers:
+            labels = container.labels
+            project, env = labels.get(PROJECT), labels.get(ENV)
+            digest = image_digest(labels.get(IMAGE, ""))
+            if not project or not env or digest is None or container.state != "running":
+                continue
+            color = labels.get(COLOR)
+            if color and colors.get((project, env), color) != color:
+                continue
+            found.append(
+                Observation(project, env, labels.get(TARGET) or agent, image_digest=digest)
+            )
+    return sorted(found, key=lambda o: (o.project, o.env, o.target))
