@@ -514,26 +514,12 @@ class Reconciler:
             if first_start:
                 self._publish(run, EventType.RUN_STARTED)
             try:
-                secrets_, masker = await self._secrets(env, desired)
+                ctx = await self._context(run, env, desired)
             except QuicFlowError as exc:
                 return await self._finish(
                     run, env, Outcome(RunState.FAILED, str(exc), "deploy_failed")
                 )
-            ctx = RunContext(
-                run=run,
-                env=env,
-                desired=desired,
-                store=self.runs,
-                logs=self.logs,
-                bus=self.bus,
-                executors=self.executors,
-                data_dir=self.data_dir,
-                now=self.now,
-                masker=masker,
-                secrets=secrets_,
-                sleep=self.sleep,
-                builder=self.builder if _builds(env) else None,
-            )
+            masker = ctx.masker
             seed = self._seed(run, env)
             try:
                 outcome = await RunExecutor(ctx, seed).execute()
@@ -711,16 +697,12 @@ class Reconciler:
                 ],
             )
 
-    async def _retire(self, run: Run, env: model.Environment, color: str) -> str:
-        desired = self._desired
-        assert desired is not None
-        project = desired.projects[env.project]
-        driver = for_deploy(env.deploy, env.strategy, project.repo.url if project.repo else None)
-        try:
-            secrets_, masker = await self._secrets(env, desired)
-        except QuicFlowError as exc:
-            return f"not retired: {exc}"
-        ctx = RunContext(
+    async def _context(
+        self, run: Run, env: model.Environment, desired: model.DesiredState, build: bool = True
+    ) -> RunContext:
+        """What a run (or a later step of it, like retirement) works with; secrets resolved."""
+        secrets_, masker = await self._secrets(env, desired)
+        return RunContext(
             run=run,
             env=env,
             desired=desired,
@@ -733,7 +715,18 @@ class Reconciler:
             masker=masker,
             secrets=secrets_,
             sleep=self.sleep,
+            builder=self.builder if build and _builds(env) else None,
         )
+
+    async def _retire(self, run: Run, env: model.Environment, color: str) -> str:
+        desired = self._desired
+        assert desired is not None
+        project = desired.projects[env.project]
+        driver = for_deploy(env.deploy, env.strategy, project.repo.url if project.repo else None)
+        try:
+            ctx = await self._context(run, env, desired, build=False)
+        except QuicFlowError as exc:
+            return f"not retired: {exc}"
         failed = []
         for target in resolve_targets(env, desired, self.data_dir):
             try:
