@@ -146,18 +146,34 @@ class TriggerRecords:
         self, at: datetime, trigger_id: str, status: str, reason: str = "", **fields: str
     ) -> int:
         """Append one record; returns its id."""
-        columns = ["at", "trigger_id", "status", "reason", *fields]
-        values = [
-            at.astimezone(UTC).isoformat(timespec="milliseconds"),
-            trigger_id,
-            status,
-            reason,
-            *fields.values(),
-        ]
-        return self.db.execute(
-            f"INSERT INTO trigger_records ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            values,
-        )
+        with self.db.transaction() as conn:
+            return _insert_record(conn, at, trigger_id, status, reason, fields)
+
+    def claim_and_add(
+        self,
+        at: datetime,
+        trigger_id: str,
+        claim: str,
+        status: str,
+        reason: str = "",
+        **fields: str,
+    ) -> tuple[str, int]:
+        """Claim delivery id ``claim`` and record the outcome in one transaction: (reason, id).
+
+        For deliveries that start nothing (filtered out): one write instead of two on the
+        commonest path. A delivery seen before is recorded as the duplicate it is.
+        """
+        with self.db.transaction() as conn:
+            fresh = (
+                conn.execute(
+                    "INSERT OR IGNORE INTO webhook_deliveries VALUES (?, ?, ?)",
+                    (trigger_id, claim, at.astimezone(UTC).isoformat(timespec="seconds")),
+                ).rowcount
+                == 1
+            )
+            if not fresh:
+                status, reason = SKIPPED, f"duplicate delivery {claim}: already handled"
+            return reason, _insert_record(conn, at, trigger_id, status, reason, fields)
 
     def get(self, record_id: int) -> TriggerRecord | None:
         """One record by id."""
@@ -391,31 +407,33 @@ class WebhookReceiver:
         if not hook.enabled:
             record(SKIPPED, "trigger is disabled")
             return _answer(200, SKIPPED, "trigger is disabled")
-        if not self.records.claim_delivery(hook.id, delivery.delivery_id, now):
-            reason = f"duplicate delivery {delivery.delivery_id}: already handled"
-            record(SKIPPED, reason)
-            return _answer(200, SKIPPED, reason)
         try:
             push = pushes.parse_push(delivery.provider, delivery.event, body)
         except pushes.PayloadError as error:
+            # Not claimed: the provider's "redeliver" may try again once the cause is fixed.
             record(FAILED, str(error))
-            self.records.release_delivery(hook.id, delivery.delivery_id)
             return auth.error_response(400, "bad_payload", str(error), error.field or None)
-        if push is None:
-            reason = f"event {delivery.event!r} is not a branch or tag push"
-            record(SKIPPED, reason)
-            return _answer(200, SKIPPED, reason)
-        base.update(
-            kind=push.kind.value,
-            branch=push.branch or "",
-            tag=push.tag or "",
-            commit_id=push.commit,
-            committer=_committer(push),
-        )
-        skip = _filtered(hook, push)
+        skip = f"event {delivery.event!r} is not a branch or tag push" if push is None else ""
+        if push is not None:
+            base.update(
+                kind=push.kind.value,
+                branch=push.branch or "",
+                tag=push.tag or "",
+                commit_id=push.commit,
+                committer=_committer(push),
+            )
+            skip = _filtered(hook, push)
         if skip:
-            record(SKIPPED, skip)
-            return _answer(200, SKIPPED, skip)
+            # Nothing will be started: claim the id and record the outcome in one write.
+            reason, record_id = self.records.claim_and_add(
+                now, hook.id, delivery.delivery_id, SKIPPED, skip, **base
+            )
+            return _answer(200, SKIPPED, reason, record_id)
+        assert push is not None
+        # Something will be started: claim first, so a concurrent duplicate acts never twice.
+        if not self.records.claim_delivery(hook.id, delivery.delivery_id, now):
+            reason = f"duplicate delivery {delivery.delivery_id}: already handled"
+            return _answer(200, SKIPPED, reason, record(SKIPPED, reason))
         return await self._act(hook, push, delivery, record)
 
     async def _act(
@@ -549,6 +567,15 @@ def _committer(push: pushes.PushEvent) -> str:
     if push.committer_email:
         return f"{push.committer_name} <{push.committer_email}>"
     return push.committer_name
+
+
+def _insert_record(
+    conn: Any, at: datetime, trigger_id: str, status: str, reason: str, fields: dict[str, str]
+) -> int:
+    columns = ["at", "trigger_id", "status", "reason", *fields]
+    values = [at.astimezone(UTC).isoformat(timespec="milliseconds"), trigger_id, status, reason]
+    sql = f"INSERT INTO trigger_records ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    return int(conn.execute(sql, [*values, *fields.values()]).lastrowid)
 
 
 def _event_header(request: Request) -> str:
