@@ -107,7 +107,8 @@ class Reconciler:
         self._desired: model.DesiredState | None = None
         self._problems: tuple[ConfigProblem, ...] = ()
         self._tasks: dict[tuple[str, str], asyncio.Task[Run]] = {}
-        self._history_lock = asyncio.Lock()
+        self._history_pending: list[tuple[RunOutcome, asyncio.Future[None]]] = []
+        self._history_writer: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(max_parallel_runs)
         self._wake = asyncio.Event()
         self._recovered = False
@@ -654,11 +655,26 @@ class Reconciler:
             if run.detail.get("image_digest")
             else None,
         )
-        async with self._history_lock:
+        # Runs that finish while a batch is being written join the next batch: one state
+        # commit each, but one ref update and one note write per batch.
+        done = asyncio.get_running_loop().create_future()
+        self._history_pending.append((record, done))
+        if self._history_writer is None or self._history_writer.done():
+            self._history_writer = asyncio.create_task(self._write_history())
+        await done
+
+    async def _write_history(self) -> None:
+        while self._history_pending:
+            batch, self._history_pending = self._history_pending, []
             try:
-                await asyncio.to_thread(self.history.record_run, record)
+                await asyncio.to_thread(self.history.record_runs, [outcome for outcome, _ in batch])
             except QuicFlowError as exc:
-                _log.error("could not record run %s in Git: %s", run.id, exc)
+                ids = ", ".join(outcome.run_id for outcome, _ in batch)
+                _log.error("could not record run(s) %s in Git: %s", ids, exc)
+            finally:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def _retire_due(self, wanted: Callable[[str, str], bool]) -> None:
         """Retire old blue-green colors whose rollback window has passed (driver ``retire``)."""

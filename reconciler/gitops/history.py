@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,17 +122,32 @@ class History:
 
     def record_run(self, outcome: RunOutcome) -> str:
         """Write the run's state commit and note; push both when configured. Returns the state commit."""
-        previous = self.record(outcome.project, outcome.env)
-        record = next_record(previous, outcome)
-        message = _commit_message(outcome, previous)
-        state_commit = self.repo.commit_files(
-            STATE_REF, {self._path(outcome.project, outcome.env): render_record(record)}, message
-        )
-        existing = self.repo.read_note(outcome.config_commit) or ""
-        line = note_line(outcome, previous)
-        if line not in existing.splitlines():
-            text = (existing.rstrip("\n") + "\n" + line if existing.strip() else line) + "\n"
-            self.repo.write_note(outcome.config_commit, text)
+        return self.record_runs([outcome])[0]
+
+    def record_runs(self, outcomes: Sequence[RunOutcome]) -> list[str]:
+        """Record finished runs in order: one state commit each, one ref update and one note
+        write per config commit for the whole batch; push once. Returns the state commits."""
+        current = dict(self.deployed()[1])
+        changes: list[tuple[dict[str, bytes | None], str]] = []
+        lines: dict[str, list[str]] = {}
+        for outcome in outcomes:
+            key = (outcome.project, outcome.env)
+            previous = current.get(key)
+            current[key] = next_record(previous, outcome)
+            changes.append(
+                (
+                    {self._path(outcome.project, outcome.env): render_record(current[key])},
+                    _commit_message(outcome, previous),
+                )
+            )
+            lines.setdefault(outcome.config_commit, []).append(note_line(outcome, previous))
+        state_commits = self.repo.commit_chain(STATE_REF, changes)
+        for config_commit, new_lines in lines.items():
+            existing = (self.repo.read_note(config_commit) or "").rstrip("\n")
+            have = existing.splitlines() if existing else []
+            fresh = [line for line in new_lines if line not in have]
+            if fresh:
+                self.repo.write_note(config_commit, "\n".join(have + fresh) + "\n")
         if self.push:
             try:
                 self.repo.push_history()
@@ -140,8 +155,8 @@ class History:
             except SourceError as exc:
                 # Recorded locally all the same; the next push sends every ref, so it catches up.
                 self.push_error = str(exc)
-                _log.warning("run %s recorded in Git, but not pushed: %s", outcome.run_id, exc)
-        return state_commit
+                _log.warning("%d run(s) recorded in Git, but not pushed: %s", len(outcomes), exc)
+        return state_commits
 
     # -- paths -------------------------------------------------------------------
 

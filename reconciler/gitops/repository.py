@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -371,21 +371,40 @@ class GitRepository:
         identity: Identity = Identity(),
     ) -> str:
         """Commit ``files`` (path → content, None deletes) on top of ``ref``; return the id."""
+        return self.commit_chain(ref, [(files, message)], identity)[0]
+
+    def commit_chain(
+        self,
+        ref: str,
+        changes: Sequence[tuple[Mapping[str, bytes | None], str]],
+        identity: Identity = Identity(),
+    ) -> list[str]:
+        """One commit per (files, message) on top of ``ref``, each the parent of the next.
+
+        The ref moves once, to the last: a batch of finished runs still gets one commit
+        each, at the cost of one ref update.
+        """
         parent = self.ref_target(ref)
         index = pygit2.Index()
         if parent is not None:
             index.read_tree(self._repo[parent].peel(pygit2.Commit).tree)
-        for path, content in files.items():
-            if content is None:
-                if path in index:
-                    index.remove(path)
-                continue
-            oid = self._repo.create_blob(content)
-            index.add(pygit2.IndexEntry(path, oid, pygit2.enums.FileMode.BLOB))
-        tree = index.write_tree(self._repo)
         sig = _signature(identity)
-        parents = [pygit2.Oid(hex=parent)] if parent else []
-        return str(self._repo.create_commit(ref, sig, sig, message, tree, parents))
+        made: list[str] = []
+        for files, message in changes:
+            for path, content in files.items():
+                if content is None:
+                    if path in index:
+                        index.remove(path)
+                    continue
+                oid = self._repo.create_blob(content)
+                index.add(pygit2.IndexEntry(path, oid, pygit2.enums.FileMode.BLOB))
+            tree = index.write_tree(self._repo)
+            parents = [pygit2.Oid(hex=parent)] if parent else []
+            parent = str(self._repo.create_commit(None, sig, sig, message, tree, parents))
+            made.append(parent)
+        if made:
+            self._repo.references.create(ref, pygit2.Oid(hex=made[-1]), force=True)
+        return made
 
     def read_note(self, commit_id: str, ref: str = NOTES_REF) -> str | None:
         """The note attached to a commit under ``ref``, if any."""

@@ -125,17 +125,18 @@ async def engine_pass(
     reset_history(repo)
     reconciler = Reconciler(GitRepository.open(repo), data, max_parallel_runs=parallel, environ={})
     writing = [0.0]
-    record_run = reconciler.history.record_run
+    record_runs = reconciler.history.record_runs
 
-    def timed_record_run(outcome: history.RunOutcome) -> str:
-        # Instrumentation only: the real write, timed (it runs in a thread, one at a time).
+    def timed_record_runs(outcomes: list[history.RunOutcome]) -> list[str]:
+        # Instrumentation only: the real (batched) write, timed; it runs in a thread, one
+        # batch at a time.
         started = time.perf_counter()
         try:
-            return record_run(outcome)
+            return record_runs(outcomes)
         finally:
             writing[0] += time.perf_counter() - started
 
-    reconciler.history.record_run = timed_record_run  # type: ignore[method-assign]
+    reconciler.history.record_runs = timed_record_runs  # type: ignore[method-assign]
     try:
         if profiler:
             profiler.enable()
