@@ -33,6 +33,7 @@ from aioquic.quic.connection import QuicConnection
 
 import agent
 from agent import executing, protocol, status
+from agent.sending import CoalescedSending
 
 logger = logging.getLogger("agent")
 
@@ -125,7 +126,7 @@ async def _open_connection(
         transport.close()
 
 
-class _HubConnection(QuicConnectionProtocol):
+class _HubConnection(CoalescedSending, QuicConnectionProtocol):
     """One QUIC connection to the hub: decodes frames per stream and hands them to the client."""
 
     def __init__(self, *args: Any, client: AgentClient, **kwargs: Any) -> None:
@@ -133,16 +134,6 @@ class _HubConnection(QuicConnectionProtocol):
         self.client = client
         self.closed = False
         self._decoders: dict[int, protocol.FrameDecoder] = {}
-        self._transmit_scheduled = False
-        self._receiving = False
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        """Feed a datagram to aioquic, noting that a transmit follows anyway."""
-        self._receiving = True
-        try:
-            super().datagram_received(data, addr)
-        finally:
-            self._receiving = False
 
     def peer_certificate_der(self) -> bytes | None:
         """DER bytes of the certificate the hub presented in the handshake."""
@@ -157,25 +148,6 @@ class _HubConnection(QuicConnectionProtocol):
     def new_stream_id(self) -> int:
         """A fresh client-initiated bidirectional stream id."""
         return self._quic.get_next_available_stream_id()
-
-    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Queue ``data`` on ``stream_id``; datagrams go out once per loop iteration."""
-        if self.closed:
-            return
-        try:
-            self._quic.send_stream_data(stream_id, data, end_stream)
-        except Exception:  # noqa: BLE001 - a stream the hub reset; the command carries on
-            logger.debug("cannot send on stream %d", stream_id, exc_info=True)
-            return
-        # Inside datagram_received aioquic transmits right after our handlers return.
-        if not self._transmit_scheduled and not self._receiving:
-            self._transmit_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._transmit_scheduled = False
-        if not self.closed:
-            self.transmit()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         """Decode stream data into frames; report the end of the connection."""

@@ -38,6 +38,7 @@ from aioquic.quic.configuration import QuicConfiguration
 import agent
 from agent import protocol
 from agent.protocol import ExecRequest, ExecResult, GitPullRequest, StatusReport
+from agent.sending import CoalescedSending
 from reconciler import errors
 from reconciler.hub import registry, tls, tokens
 
@@ -84,7 +85,7 @@ class _Pending:
     disconnected_at: float | None = None
 
 
-class _AgentConnection(QuicConnectionProtocol):
+class _AgentConnection(CoalescedSending, QuicConnectionProtocol):
     """One agent's QUIC connection: frame decoding and sending; the logic lives in ``Hub``."""
 
     def __init__(self, *args: Any, hub: Hub, **kwargs: Any) -> None:
@@ -99,8 +100,6 @@ class _AgentConnection(QuicConnectionProtocol):
         self.closed = False
         self.commands: dict[int, _Pending] = {}
         self._decoders: dict[int, protocol.FrameDecoder] = {}
-        self._transmit_scheduled = False
-        self._receiving = False
         # A peer that never says a valid HELLO does not get to hold a connection open.
         self._loop.call_later(HELLO_TIMEOUT, self._require_hello)
 
@@ -109,37 +108,14 @@ class _AgentConnection(QuicConnectionProtocol):
             self.close_with(CLOSE_AUTH, f"no valid HELLO within {HELLO_TIMEOUT:g} s")
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        """Feed a datagram to aioquic, noting that a transmit follows anyway."""
+        """Note the agent's address, then feed the datagram to aioquic."""
         if not self.address:
             self.address = f"{addr[0]}:{addr[1]}"
-        self._receiving = True
-        try:
-            super().datagram_received(data, addr)
-        finally:
-            self._receiving = False
+        super().datagram_received(data, addr)
 
     def new_stream_id(self) -> int:
         """A fresh server-initiated bidirectional stream id."""
         return self._quic.get_next_available_stream_id()
-
-    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Queue a frame on ``stream_id``; datagrams go out once per loop iteration."""
-        if self.closed:
-            return
-        try:
-            self._quic.send_stream_data(stream_id, data, end_stream)
-        except Exception:  # noqa: BLE001 - the agent reset the stream; nothing to deliver
-            logger.debug("cannot send on stream %d", stream_id, exc_info=True)
-            return
-        # Inside datagram_received aioquic transmits right after our handlers return.
-        if not self._transmit_scheduled and not self._receiving:
-            self._transmit_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._transmit_scheduled = False
-        if not self.closed:
-            self.transmit()
 
     def refuse(self, code: str, reason: str, close_code: int) -> None:
         """Tell the agent why (ERROR frame, and the close reason), then close."""
