@@ -10,7 +10,7 @@ config values: values travel as environment variables of fixed scripts.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,6 +101,23 @@ def for_deploy(
     if deploy.type is model.DeployType.GIT_PULL:
         return git_pull.GitPullDriver(deploy, strategy, repo_url)
     raise StepFailed("*", f"deploy type {deploy.type.value!r} is not available in this build yet")
+
+
+async def run_switch(
+    ctx: DeployContext,
+    targets: Sequence[TargetRef],
+    script: str | None,
+    env_for: Callable[[TargetRef], dict[str, str]],
+    timeout: float | None,
+) -> None:
+    """Blue-green: run the ``switch`` script (e.g. repoint a proxy) on every target, in order."""
+    if not script:
+        return
+    for target in targets:
+        result = await ctx.execute(
+            target, script, key="switch", env=env_for(target), timeout=timeout
+        )
+        check(result, target, "switch script")
 
 
 def check(result: CommandResult, target: TargetRef, what: str) -> None:

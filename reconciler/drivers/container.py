@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reconciler.builder import dockerfiles
-from reconciler.drivers import DeployContext, Health, StepFailed, check, health, render
+from reconciler.drivers import DeployContext, Health, StepFailed, check, health, render, run_switch
 from reconciler.durations import parse_duration
 from reconciler.engine.targets import TargetRef
 from reconciler.gitops import model
@@ -348,21 +348,15 @@ class ContainerDriver:
 
     async def switch(self, ctx: DeployContext, targets: Sequence[TargetRef], color: str) -> None:
         """Run the blue-green ``switch`` script (e.g. repoint a proxy) on every target."""
-        if not self.switch_script:
-            return
-        for target in targets:
+
+        def env_for(target: TargetRef) -> dict[str, str]:
             env = ctx.variables(target, ctx.version, color)
             env["QUICFLOW_CONTAINER"] = self.container_name(ctx, target, color)
             if self.ports.get(color):
                 env["QUICFLOW_PORT"] = str(self.ports[color])
-            result = await ctx.execute(
-                target,
-                self.switch_script,
-                key="switch",
-                env=env,
-                timeout=self.deploy_config.timeout,
-            )
-            check(result, target, "switch script")
+            return env
+
+        await run_switch(ctx, targets, self.switch_script, env_for, self.deploy_config.timeout)
 
     async def retire(self, ctx: DeployContext, target: TargetRef, color: str) -> None:
         """Remove the container of a color that no longer serves."""

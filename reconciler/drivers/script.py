@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reconciler.drivers import DeployContext, Health, check, health
+from reconciler.drivers import DeployContext, Health, check, health, run_switch
 from reconciler.engine.targets import TargetRef
 from reconciler.gitops import model
 
@@ -58,18 +58,13 @@ class ScriptDriver:
         return await health.check(ctx, target, self.deploy_config.health, port, color)
 
     async def switch(self, ctx: DeployContext, targets: Sequence[TargetRef], color: str) -> None:
-        if not self.switch_script:
-            return
-        for target in targets:
-            env = self._env(ctx, target, ctx.version, color)
-            result = await ctx.execute(
-                target,
-                self.switch_script,
-                key="switch",
-                env=env,
-                timeout=self.deploy_config.timeout,
-            )
-            check(result, target, "switch script")
+        await run_switch(
+            ctx,
+            targets,
+            self.switch_script,
+            lambda target: self._env(ctx, target, ctx.version, color),
+            self.deploy_config.timeout,
+        )
 
     async def retire(self, ctx: DeployContext, target: TargetRef, color: str) -> None:
         script = self.spec.get("retire")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -123,6 +125,14 @@ def apply(repo: str, data: str, once: bool, only: str | None, local_agent: bool)
         sys.exit(1)
 
 
+def _echo_or_refuse(work: Coroutine[Any, Any, str]) -> None:
+    """Run a command's coroutine and print its answer; a refusal is a clean CLI error (exit 1)."""
+    try:
+        click.echo(asyncio.run(work))
+    except (PermissionDenied, PermanentError, KeyError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+
+
 def _user(reconciler: Reconciler, username: str) -> model.User:
     desired = reconciler.desired
     if desired is None or username not in desired.users:
@@ -159,10 +169,7 @@ def _decision_command(name: str, verb: str) -> click.Command:
             finally:
                 await reconciler.close()
 
-        try:
-            click.echo(asyncio.run(main()))
-        except (PermissionDenied, PermanentError, KeyError) as exc:
-            raise click.ClickException(str(exc).strip("'\"")) from None
+        _echo_or_refuse(main())
 
     return command
 
@@ -216,7 +223,4 @@ def rollback(
         finally:
             await reconciler.close()
 
-    try:
-        click.echo(asyncio.run(main()))
-    except (PermissionDenied, PermanentError, KeyError) as exc:
-        raise click.ClickException(str(exc).strip("'\"")) from None
+    _echo_or_refuse(main())
