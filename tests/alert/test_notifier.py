@@ -189,6 +189,19 @@ async def test_a_restart_in_the_middle_resumes_the_outbox_without_duplicates(
     assert sum(receiver.attempts.values()) == 9
 
 
+async def _rule_notifier(
+    rule: AlertRule, receiver: Receiver, database: Database, clock: FakeClock
+) -> Notifier:
+    """A started notifier whose only callback is ``ops`` (unsigned) and only rule ``rule``."""
+    desired = desired_state(
+        callbacks=(callback("ops", receiver.url("/unsigned")),), alert_rules=(rule,)
+    )
+    notifier = Notifier(database, clock=clock, sleep=SleepRecorder())
+    notifier.update(desired)
+    await notifier.start()
+    return notifier
+
+
 async def test_twenty_build_failures_in_a_window_make_one_digest_with_twenty_entries(
     receiver: Receiver, database: Database
 ) -> None:
@@ -201,12 +214,7 @@ async def test_twenty_build_failures_in_a_window_make_one_digest_with_twenty_ent
         mode="digest",
         window=600.0,
     )
-    desired = desired_state(
-        callbacks=(callback("ops", receiver.url("/unsigned")),), alert_rules=(rule,)
-    )
-    notifier = Notifier(database, clock=clock, sleep=SleepRecorder())
-    notifier.update(desired)
-    await notifier.start()
+    notifier = await _rule_notifier(rule, receiver, database, clock)
     try:
         for i in range(20):
             clock.advance(10)
@@ -256,12 +264,7 @@ async def test_the_same_failure_five_times_in_a_window_is_one_alert_with_count_f
         severity="critical",
         window=600.0,
     )
-    desired = desired_state(
-        callbacks=(callback("ops", receiver.url("/unsigned")),), alert_rules=(rule,)
-    )
-    notifier = Notifier(database, clock=clock, sleep=SleepRecorder())
-    notifier.update(desired)
-    await notifier.start()
+    notifier = await _rule_notifier(rule, receiver, database, clock)
     try:
         for i in range(5):
             clock.advance(30)

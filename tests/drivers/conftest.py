@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from dockerenv import Registry, app_files, registry_or_skip, remove_test_objects
 
+# The agent fleet and hub fixtures of the hub tests, shared rather than copied.
+from hub.conftest import fleet, hub  # noqa: F401
+
 
 def _docker(registry: Registry, *args: str, config: Path, stdin: str | None = None) -> str:
     result = subprocess.run(

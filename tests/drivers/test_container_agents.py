@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from dockerenv import remove_test_objects
 from gitrepos import ConfigRepo
-from hub.conftest import HEARTBEAT, Fleet
+from hub.conftest import Fleet
 from releasing import free_ports
 
 from reconciler.credential import age, documents, sops
@@ -31,25 +30,6 @@ pytestmark = pytest.mark.integration
 
 AGENTS = ["web-1", "web-2", "web-3"]
 ENV_FILE = "projects/shop/environments/prod.yaml"
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    agents = Fleet(tmp_path)
-    try:
-        yield agents
-    finally:
-        agents.cleanup()
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    instance = Hub(tmp_path / "hub", port=0, heartbeat_interval=HEARTBEAT, reconnect_grace=3.0)
-    await instance.start()
-    try:
-        yield instance
-    finally:
-        await instance.stop()
 
 
 def _files(images: dict, ports: list[int], version: str, recipient: str) -> dict[str, str]:

@@ -14,13 +14,12 @@ import asyncio
 import json
 import secrets
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from dockerenv import commit_app, make_app_repo, registry_or_skip, remove_test_objects
 from gitrepos import ConfigRepo
-from hub.conftest import HEARTBEAT, Fleet
+from hub.conftest import Fleet
 from releasing import USERS, free_ports
 
 from reconciler.builder.records import BuildStatus
@@ -35,25 +34,6 @@ from reconciler.gitops.repository import GitRepository
 from reconciler.hub.server import Hub
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    agents = Fleet(tmp_path)
-    try:
-        yield agents
-    finally:
-        agents.cleanup()
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    instance = Hub(tmp_path / "hub", port=0, heartbeat_interval=HEARTBEAT, reconnect_grace=3.0)
-    await instance.start()
-    try:
-        yield instance
-    finally:
-        await instance.stop()
 
 
 def _docker(docker: str, *args: str) -> str:
