@@ -265,6 +265,7 @@ class Reconciler:
             )
 
         await self._retire_due(wanted)
+        rolled_back = self._rolled_back()
         for action in self.plan().actions:
             if (
                 not wanted(action.project, action.env)
@@ -283,7 +284,8 @@ class Reconciler:
                     (env.key, f"run {latest.id} is in progress in another process")
                 )
                 continue
-            task = self._schedule(env, self._trigger_for(env), None, action.from_version)
+            trigger = Trigger.ROLLBACK if env.key in rolled_back else Trigger.POLL
+            task = self._schedule(env, trigger, None, action.from_version)
             if task is not None:
                 started.append(task)
             else:
@@ -335,21 +337,22 @@ class Reconciler:
         owner = str(run.detail.get("owner", ""))
         return owner != self._owner and owners.alive(owner)
 
-    def _trigger_for(self, env: model.Environment) -> Trigger:
-        """ROLLBACK for the environment a rollback commit at the head names; POLL otherwise."""
+    def _rolled_back(self) -> frozenset[str]:
+        """Environments (``project/env``) that a rollback commit at the head names.
+
+        Read once per pass. Only those environments run with trigger ``rollback``; other
+        changes released in the same pass are ordinary releases (a ``when: trigger !=
+        'rollback'`` must still run for them).
+        """
         desired = self._desired
-        if desired is not None:
-            message = self.repo.commit(desired.commit).message
-            # Only the environment named by the trailer: other changes released in the same
-            # pass are ordinary releases (a `when: trigger != 'rollback'` must still run).
-            named = {
-                line.removeprefix(ROLLBACK_TRAILER).strip()
-                for line in message.splitlines()
-                if line.startswith(ROLLBACK_TRAILER)
-            }
-            if env.key in named:
-                return Trigger.ROLLBACK
-        return Trigger.POLL
+        if desired is None:
+            return frozenset()
+        message = self.repo.commit(desired.commit).message
+        return frozenset(
+            line.removeprefix(ROLLBACK_TRAILER).strip()
+            for line in message.splitlines()
+            if line.startswith(ROLLBACK_TRAILER)
+        )
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Reconcile every ``poll_interval`` and whenever asked, until ``stop`` is set."""
