@@ -22,11 +22,12 @@ from reconciler.api.auth import TokenStore
 from reconciler.engine.agents import LOCAL_AGENT, HubExecutor, LocalAgent
 from reconciler.engine.commands import open_credentials
 from reconciler.engine.reconciling import Reconciler
-from reconciler.engine.targets import Executors, LocalExecutor
 from reconciler.errors import SourceError
 from reconciler.gitops.repository import GitRepository
 from reconciler.hub.server import Hub
 from reconciler.store.database import Database
+from reconciler.targets.local import LocalExecutor
+from reconciler.targets.resolving import Executors
 
 _log = logging.getLogger("quicflow")
 REPO_HELP = "Config repo: a path (may be a subdirectory of a Git repository) or a URL."

@@ -33,7 +33,8 @@ from reconciler.alert import payloads, records, rules, templates
 from reconciler.alert.delivering import Client, Deliverer
 from reconciler.alert.outbox import DeliveryRecord, Item, Message, Outbox, State, iso_time
 from reconciler.alert.retries import RetryPolicy
-from reconciler.engine.events import Event, EventBus
+from reconciler.engine.bus import EventBus
+from reconciler.events import Event
 from reconciler.gitops.model import AlertRule, Callback, DesiredState
 from reconciler.log.masking import Masker
 from reconciler.store.database import Database

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from reconciler.engine.events import Event, EventType
+from reconciler.events import Event, EventType
 from reconciler.gitops.model import AlertRule, DesiredState
 
 #: Window used for folding (and digests) when a rule sets none: the seed's 10 minutes.

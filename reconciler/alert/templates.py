@@ -34,7 +34,7 @@ import jinja2.nodes
 import jinja2.sandbox
 
 from reconciler import errors
-from reconciler.engine.events import Event, EventType
+from reconciler.events import Event, EventType
 from reconciler.log.masking import Masker
 
 #: Longest message text, in characters (Feishu refuses bodies over 20 KB).

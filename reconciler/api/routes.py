@@ -31,11 +31,11 @@ from starlette.routing import Route
 from reconciler import errors
 from reconciler.api import auth
 from reconciler.engine.control import EngineControl
-from reconciler.engine.events import Event
-from reconciler.engine.runs import Run, RunState, Step, Trigger
+from reconciler.events import Event
 from reconciler.gitops import model
 from reconciler.gitops.planning import Action, DeployedRecord, Plan
 from reconciler.log.store import LogLine
+from reconciler.runs import Run, RunState, Step, Trigger
 from reconciler.trigger.scheduling import Scheduler
 
 P = auth.API_PREFIX

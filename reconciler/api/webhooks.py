@@ -57,10 +57,11 @@ from reconciler.builder.building import Builder, BuildError
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine import image_builds
 from reconciler.engine.control import EngineControl
-from reconciler.engine.runs import Trigger
 from reconciler.gitops import model
+from reconciler.rules import branches
+from reconciler.runs import Trigger
 from reconciler.store.database import Database
-from reconciler.trigger import matching, pushes, signatures
+from reconciler.trigger import pushes, signatures
 
 _log = logging.getLogger(__name__)
 
@@ -557,7 +558,7 @@ def _filtered(hook: _Hook, push: pushes.PushEvent) -> str:
     if (
         push.branch is not None
         and hook.branches
-        and not matching.matches(hook.branches, push.branch)
+        and not branches.matches(hook.branches, push.branch)
     ):
         return f"branch {push.branch!r} matches none of {', '.join(hook.branches)}"
     return ""

@@ -1,7 +1,7 @@
 """Deploy drivers: how a release reaches a target (script, git_pull, container; kubernetes later).
 
 A driver knows *what* to do for its deploy type; strategies decide *when* and *where*;
-executors (``reconciler.engine.targets``) decide *how a command gets there*. Every
+executors (``reconciler.targets``) decide *how a command gets there*. Every
 driver offers the same steps — deploy, verify, switch, retire, rollback — so rolling,
 canary and blue-green work over any of them. Drivers never build shell strings from
 config values: values travel as environment variables of fixed scripts.
@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from reconciler.engine.targets import CommandResult, TargetRef
 from reconciler.gitops import model
+from reconciler.targets.commands import CommandResult, TargetRef
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 

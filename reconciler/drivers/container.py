@@ -25,8 +25,8 @@ from typing import Any
 from reconciler.builder import dockerfiles
 from reconciler.drivers import DeployContext, Health, StepFailed, check, health, render, run_switch
 from reconciler.durations import parse_duration
-from reconciler.engine.targets import TargetRef
 from reconciler.gitops import model
+from reconciler.targets.commands import TargetRef
 
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from reconciler.drivers import DeployContext, Health, StepFailed, check, render
 from reconciler.drivers.script import ScriptDriver
-from reconciler.engine.targets import TargetRef
 from reconciler.gitops import model
+from reconciler.targets.commands import TargetRef
 
 FETCH = """\
 set -eu

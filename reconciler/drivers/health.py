@@ -17,7 +17,7 @@ import httpx
 
 from reconciler.drivers import DeployContext, Health
 from reconciler.durations import parse_duration
-from reconciler.engine.targets import TargetRef
+from reconciler.targets.commands import TargetRef
 
 
 async def check(

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reconciler.drivers import DeployContext, Health, check, health, run_switch
-from reconciler.engine.targets import TargetRef
 from reconciler.gitops import model
+from reconciler.targets.commands import TargetRef
 
 
 class ScriptDriver:

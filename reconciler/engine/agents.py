@@ -17,9 +17,10 @@ from pathlib import Path
 
 from agent.client import AgentClient, AgentSettings
 from agent.protocol import ExecRequest
-from reconciler.engine.targets import CommandResult, Executors, OutputHandler, TargetRef
 from reconciler.errors import TemporaryError
 from reconciler.hub.server import Hub
+from reconciler.targets.commands import CommandResult, OutputHandler, TargetRef
+from reconciler.targets.resolving import Executors
 
 LOCAL_AGENT = "local"
 

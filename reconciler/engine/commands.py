@@ -21,11 +21,11 @@ from reconciler.alert.notifier import Notifier
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine.agents import LocalAgent
 from reconciler.engine.reconciling import PassReport, Reconciler
-from reconciler.engine.runs import RunState
-from reconciler.engine.targets import Executors
 from reconciler.errors import PermanentError, PermissionDenied, QuicFlowError, SourceError
 from reconciler.gitops import model
 from reconciler.gitops.repository import GitRepository
+from reconciler.runs import RunState
+from reconciler.targets.resolving import Executors
 
 _log = logging.getLogger(__name__)
 NOTIFY_GRACE = 10.0  # seconds apply waits for notifications before it exits

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from reconciler.engine.events import EventBus
-from reconciler.engine.runs import Run, Trigger
+from reconciler.engine.bus import EventBus
 from reconciler.errors import ConfigProblem
 from reconciler.gitops import model
 from reconciler.gitops.history import History
 from reconciler.gitops.planning import DeployedRecord, Plan
 from reconciler.log.store import LogStore
+from reconciler.runs import Run, Trigger
 from reconciler.store.runs import RunStore
 
 

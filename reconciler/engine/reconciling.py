@@ -27,21 +27,23 @@ from reconciler.auth import permissions
 from reconciler.builder.building import Builder
 from reconciler.credential.manager import CredentialManager
 from reconciler.drivers import StepFailed, for_deploy
-from reconciler.engine import image_builds, observing, owners, windows
-from reconciler.engine.events import Event, EventBus, EventType
+from reconciler.engine import image_builds, observing, owners
+from reconciler.engine.bus import EventBus
 from reconciler.engine.running import Outcome, RunContext, RunExecutor, iso, name_of
-from reconciler.engine.runs import Decision, Run, RunState, Trigger
-from reconciler.engine.targets import Executors
-from reconciler.engine.targets import resolve as resolve_targets
 from reconciler.errors import ConfigProblem, PermanentError, PermissionDenied, QuicFlowError
+from reconciler.events import Event, EventType
 from reconciler.gitops import model, planning
 from reconciler.gitops.history import History, RunOutcome
 from reconciler.gitops.loading import Loader
 from reconciler.gitops.repository import GitRepository
 from reconciler.log.masking import Masker
 from reconciler.log.store import LogStore
+from reconciler.rules import windows
+from reconciler.runs import Decision, Run, RunState, Trigger
 from reconciler.store.database import Database
 from reconciler.store.runs import RunStore
+from reconciler.targets.resolving import Executors
+from reconciler.targets.resolving import resolve as resolve_targets
 
 _log = logging.getLogger(__name__)
 _FINAL_FOR_HISTORY = {RunState.SUCCEEDED, RunState.FAILED, RunState.ROLLED_BACK, RunState.CANCELLED}

@@ -23,17 +23,20 @@ from typing import Any
 from reconciler.builder.building import Builder, BuildError
 from reconciler.builder.records import BuildStatus
 from reconciler.drivers import StepFailed, for_deploy
-from reconciler.engine import expressions, image_builds, strategies
-from reconciler.engine.events import Event, EventBus, EventType
-from reconciler.engine.runs import Decision, Run, RunState, StepStatus
+from reconciler.engine import image_builds, strategies
+from reconciler.engine.bus import EventBus
 from reconciler.engine.steps import Steps
 from reconciler.engine.strategies import Rollout, RolloutFailed, Waiting
-from reconciler.engine.targets import CommandResult, Executors, TargetRef, resolve
 from reconciler.errors import PermanentError
+from reconciler.events import Event, EventType
 from reconciler.gitops import model
 from reconciler.log.masking import Masker
 from reconciler.log.store import LogStore
+from reconciler.rules import expressions
+from reconciler.runs import Decision, Run, RunState, StepStatus
 from reconciler.store.runs import RunStore
+from reconciler.targets.commands import CommandResult, TargetRef
+from reconciler.targets.resolving import Executors, resolve
 
 SecretResolver = Callable[[str, str | None, str], str]  # (credential, field, project) -> value
 Now = Callable[[], dt.datetime]

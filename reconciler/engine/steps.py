@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from reconciler.engine.runs import Step, StepStatus
+from reconciler.runs import Step, StepStatus
 from reconciler.store.runs import RunStore
 
 Clock = Callable[[], str]

@@ -18,9 +18,8 @@ from typing import Any
 from croniter import croniter
 
 from reconciler.alert import templates
-from reconciler.engine import batches, expressions, windows
 from reconciler.gitops.building import effective_config
-from reconciler.trigger import matching
+from reconciler.rules import batches, branches, expressions, windows
 
 RESERVED_PREFIX = "QUICFLOW_"
 
@@ -484,7 +483,7 @@ def _unique(
 
 def _glob_problem(pattern: str) -> str | None:
     try:
-        matching.compile_glob(pattern)
+        branches.compile_glob(pattern)
     except ValueError as exc:
         return f"invalid branch glob {pattern!r}: {str(exc).removeprefix(f'{pattern!r}: ')}"
     return None

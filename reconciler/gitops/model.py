@@ -245,7 +245,7 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseWindow:
-    """When releases may start (fields as ``reconciler.engine.windows`` reads them)."""
+    """When releases may start (fields as ``reconciler.rules.windows`` reads them)."""
 
     weekdays: tuple[str, ...]
     start: str

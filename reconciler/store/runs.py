@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from reconciler.engine.runs import Decision, Run, RunState, Step, StepStatus, Trigger
+from reconciler.runs import Decision, Run, RunState, Step, StepStatus, Trigger
 from reconciler.store.database import Database
 
 _SCHEMA = [

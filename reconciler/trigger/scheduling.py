@@ -36,8 +36,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from reconciler.engine.runs import Run, Trigger
 from reconciler.gitops import model
+from reconciler.runs import Run, Trigger
 from reconciler.store.database import Database
 
 _log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from gitrepos import ConfigRepo
 from reconciler.alert.notifier import Notifier
 from reconciler.alert.outbox import AttemptStatus, State
 from reconciler.credential.manager import CredentialManager
-from reconciler.engine.events import Event, EventBus, EventType
+from reconciler.engine.bus import EventBus
+from reconciler.events import Event, EventType
 from reconciler.gitops.model import AlertRule
 from reconciler.store.database import Database
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.alert import payloads, templates
-from reconciler.engine.events import Event, EventType
+from reconciler.events import Event, EventType
 
 
 def _variables(**extra: object) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.alert import rules
-from reconciler.engine.events import Event, EventType
+from reconciler.events import Event, EventType
 from reconciler.gitops.model import AlertRule
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.alert import templates
-from reconciler.engine.events import Event, EventType
+from reconciler.events import Event, EventType
 from reconciler.log.masking import Masker
 
 SECRET = "tok_9f8e7d6c5b4a"

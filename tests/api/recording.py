@@ -27,15 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import errors
-from reconciler.engine.events import Event, EventBus, EventType
-from reconciler.engine.runs import Run, RunState, Step, StepStatus, Trigger
+from reconciler.engine.bus import EventBus
 from reconciler.errors import ConfigProblem
+from reconciler.events import Event, EventType
 from reconciler.gitops import model, planning
 from reconciler.gitops.history import History
 from reconciler.gitops.loading import Loader
 from reconciler.gitops.planning import DeployedRecord, Plan
 from reconciler.gitops.repository import GitRepository
 from reconciler.log.store import LogStore
+from reconciler.runs import Run, RunState, Step, StepStatus, Trigger
 from reconciler.store.database import Database
 from reconciler.store.runs import RunStore
 

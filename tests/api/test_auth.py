@@ -16,7 +16,7 @@ from api.servers import LiveServer, serving
 from starlette.applications import Starlette
 
 from reconciler.api.app import ServerSettings, create_app
-from reconciler.engine.runs import RunState
+from reconciler.runs import RunState
 
 ALLOW = "allow"
 ACTIONS = ("deploy", "rollback", "approve", "reject", "cancel", "promote", "view")

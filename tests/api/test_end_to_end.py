@@ -23,8 +23,8 @@ from reconciler.api.app import ServerSettings, create_app
 from reconciler.api.auth import TokenStore
 from reconciler.engine.commands import open_credentials
 from reconciler.engine.reconciling import Reconciler
-from reconciler.engine.runs import RunState
 from reconciler.gitops.repository import GitRepository
+from reconciler.runs import RunState
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import httpx
 from api.recording import RecordingEngine
 from api.servers import LiveServer
 
-from reconciler.engine.runs import RunState, StepStatus
+from reconciler.runs import RunState, StepStatus
 
 
 def write(engine: RecordingEngine, run_id: str, first: int, last: int) -> None:

@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from reconciler.alert.notifier import Notifier
 from reconciler.api.app import ServerSettings, create_app
 from reconciler.credential.manager import CredentialManager
-from reconciler.engine.events import Event, EventType
+from reconciler.events import Event, EventType
 from reconciler.gitops.loading import Loader
 from reconciler.gitops.repository import GitRepository
 from reconciler.store.database import Database

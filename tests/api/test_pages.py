@@ -9,7 +9,7 @@ from api.recording import RecordingEngine
 from api.servers import LiveServer, serving
 
 from reconciler.api.app import ServerSettings, create_app
-from reconciler.engine.runs import RunState, StepStatus
+from reconciler.runs import RunState, StepStatus
 
 
 async def test_grid_shows_projects_by_environment(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from api.recording import RecordingEngine
 from api.servers import LiveServer
 
-from reconciler.engine.runs import RunState
+from reconciler.runs import RunState
 
 
 async def test_health_and_readiness_need_no_login(server: LiveServer) -> None:

@@ -18,7 +18,7 @@ from api.servers import LiveServer
 from gitrepos import ConfigRepo
 from starlette.applications import Starlette
 
-from reconciler.engine.runs import Trigger
+from reconciler.runs import Trigger
 from reconciler.store.database import Database
 from reconciler.trigger.scheduling import RUN_ONCE, SKIP, Scheduler, due_slots
 

@@ -20,7 +20,7 @@ from api.servers import LiveServer, serving
 from gitrepos import ROOT, ConfigRepo
 
 from reconciler.api.app import ServerSettings, create_app
-from reconciler.engine.runs import RunState, StepStatus
+from reconciler.runs import RunState, StepStatus
 from reconciler.store.database import Database
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from reconciler import errors
 from reconciler.api.webhooks import TriggerRecord
-from reconciler.engine.runs import Trigger
+from reconciler.runs import Trigger
 from reconciler.trigger import signatures
 
 SHA = "1481a2de7b2a7d02428ad93446ab166be7793fbb"

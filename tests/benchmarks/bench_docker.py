@@ -50,13 +50,13 @@ from reconciler.builder.building import Builder, BuildRequest  # noqa: E402
 from reconciler.credential import age, documents, sops  # noqa: E402
 from reconciler.engine.agents import HubExecutor  # noqa: E402
 from reconciler.engine.reconciling import Reconciler  # noqa: E402
-from reconciler.engine.runs import RunState  # noqa: E402
-from reconciler.engine.targets import Executors  # noqa: E402
 from reconciler.gitops import model  # noqa: E402
 from reconciler.gitops.repository import GitRepository  # noqa: E402
 from reconciler.hub.server import Hub  # noqa: E402
 from reconciler.log.store import LogStore  # noqa: E402
+from reconciler.runs import RunState  # noqa: E402
 from reconciler.store.database import Database  # noqa: E402
+from reconciler.targets.resolving import Executors  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from reconciler.engine.reconciling import Reconciler  # noqa: E402
-from reconciler.engine.runs import RunState  # noqa: E402
 from reconciler.gitops import history  # noqa: E402
 from reconciler.gitops.repository import GitRepository  # noqa: E402
+from reconciler.runs import RunState  # noqa: E402
 
 ENVIRONMENTS = ("dev", "staging", "perf", "prod")
 BUDGET_MS = 5.0

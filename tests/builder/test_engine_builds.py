@@ -30,8 +30,8 @@ from reconciler.api.auth import TokenStore
 from reconciler.builder.records import BuildStatus
 from reconciler.credential import age, documents, sops
 from reconciler.engine.reconciling import Reconciler
-from reconciler.engine.runs import RunState
 from reconciler.gitops.repository import GitRepository
+from reconciler.runs import RunState
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from reconciler.drivers import StepFailed, container, for_deploy
-from reconciler.engine.targets import CommandResult, TargetRef
 from reconciler.gitops import model
+from reconciler.targets.commands import CommandResult, TargetRef
 
 SPEC = {
     "image": "reg.example:5000/shop/web:{{ version }}",

@@ -27,11 +27,11 @@ from reconciler.credential import age, documents, sops
 from reconciler.engine import image_builds
 from reconciler.engine.agents import HubExecutor
 from reconciler.engine.reconciling import Reconciler
-from reconciler.engine.runs import RunState
-from reconciler.engine.targets import Executors
 from reconciler.gitops import planning
 from reconciler.gitops.repository import GitRepository
 from reconciler.hub.server import Hub
+from reconciler.runs import RunState
+from reconciler.targets.resolving import Executors
 
 pytestmark = pytest.mark.integration
 

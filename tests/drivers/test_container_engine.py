@@ -21,8 +21,8 @@ from releasing import USERS, free_ports
 
 from reconciler.credential import age, documents, sops
 from reconciler.engine.reconciling import Reconciler
-from reconciler.engine.runs import RunState
 from reconciler.gitops.repository import GitRepository
+from reconciler.runs import RunState
 
 pytestmark = pytest.mark.integration
 

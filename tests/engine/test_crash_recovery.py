@@ -23,7 +23,7 @@ import pytest
 from gitrepos import ROOT, ConfigRepo, git
 from releasing import USERS
 
-from reconciler.engine.runs import RunState
+from reconciler.runs import RunState
 from reconciler.store.database import FILE_NAME, Database
 from reconciler.store.runs import RunStore
 

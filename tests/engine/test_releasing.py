@@ -23,11 +23,11 @@ from releasing import (
     versions,
 )
 
-from reconciler.engine.events import Event, EventType
 from reconciler.engine.reconciling import Reconciler
-from reconciler.engine.runs import RunState, StepStatus
 from reconciler.errors import PermissionDenied
+from reconciler.events import Event, EventType
 from reconciler.gitops.repository import GitRepository
+from reconciler.runs import RunState, StepStatus
 
 pytestmark = pytest.mark.integration
 

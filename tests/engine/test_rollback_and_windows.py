@@ -35,9 +35,9 @@ from releasing import USERS
 
 from reconciler.credential import age, documents, sops
 from reconciler.engine.reconciling import Reconciler
-from reconciler.engine.runs import Run, RunState, Trigger
 from reconciler.errors import PermanentError, PermissionDenied
 from reconciler.gitops.repository import GitRepository
+from reconciler.runs import Run, RunState, Trigger
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """Rollout strategies — rolling, canary, blue-green — generic over any deploy driver.
 
 A strategy decides when and where each driver step runs; the step math comes from
-``reconciler.engine.batches``. Every driver call is a keyed step (``deploy:web-1``,
+``reconciler.rules.batches``. Every driver call is a keyed step (``deploy:web-1``,
 ``verify:web-1``, ``switch``…), so a replayed run skips what it already did.
 ``Rollout`` carries what the strategies share and remembers which targets were
 touched, so a failed run rolls back exactly those.
@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from reconciler.drivers import DeployContext, Driver, StepFailed
 from reconciler.engine.steps import Steps
-from reconciler.engine.targets import TargetRef
 from reconciler.gitops import model
+from reconciler.targets.commands import TargetRef
 
 
 class RolloutFailed(Exception):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reconciler.engine import batches
 from reconciler.engine.strategies import Rollout, RolloutFailed, Waiting
+from reconciler.rules import batches
 
 
 async def run(rollout: Rollout) -> None:

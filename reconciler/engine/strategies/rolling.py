@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from reconciler.engine import batches
-from reconciler.engine.runs import StepStatus
 from reconciler.engine.strategies import Rollout
+from reconciler.rules import batches
+from reconciler.runs import StepStatus
 
 
 async def run(rollout: Rollout) -> None:

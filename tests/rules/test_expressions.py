@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from reconciler.engine import expressions
-from reconciler.engine.expressions import (
+from reconciler.rules import expressions
+from reconciler.rules.expressions import (
     STANDARD_NAMES,
     ExpressionError,
     compile_expression,

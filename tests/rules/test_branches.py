@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.trigger.matching import compile_glob, matches, pattern_problems
+from reconciler.rules.branches import compile_glob, matches, pattern_problems
 
 
 @pytest.mark.parametrize(

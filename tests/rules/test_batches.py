@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.engine.batches import (
+from reconciler.rules.batches import (
     BLUE_GREEN_PHASES,
     BlueGreenPhase,
     CanaryStep,

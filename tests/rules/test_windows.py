@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from reconciler.engine.windows import (
+from reconciler.rules.windows import (
     WEEKDAYS,
     ReleaseWindow,
     is_open,

@@ -1,0 +1,53 @@
+"""The vocabulary every driver and executor speaks: target refs, command results, executors.
+
+A leaf of the targets layer: plain frozen values and a protocol; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+OutputHandler = Callable[[str, str], None]  # (channel, text chunk)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    """One concrete target of a run."""
+
+    name: str
+    kind: str  # local | agent
+    address: str = "127.0.0.1"
+    port: int | None = None
+    work_dir: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    exit_code: int | None
+    duration: float
+    timed_out: bool = False
+    cancelled: bool = False
+    signal: int | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled
+
+
+class Executor(Protocol):
+    """Runs a command on one target, streaming its output."""
+
+    async def run(
+        self,
+        target: TargetRef,
+        command_id: str,
+        script: str,
+        env: Mapping[str, str],
+        timeout: float | None,
+        on_output: OutputHandler,
+        cwd: str | None = None,
+    ) -> CommandResult: ...
