@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 
 from agent import cli as agent_cli
+from reconciler import commands as engine_commands
 from reconciler import serving
 from reconciler.credential.commands import secrets_group
-from reconciler.engine import commands as engine_commands
 from reconciler.errors import QuicFlowError, SourceError
 from reconciler.gitops import history as history_mod
 from reconciler.gitops import loading, planning, policy, rendering, scaffolding

@@ -1,7 +1,8 @@
 """The one error hierarchy of QUIC-Flow; each class carries its handling policy.
 
 - ``ConfigError``: the config repo is wrong; report every problem, keep the last good state.
-- ``TemporaryError(delay)``: try again after ``delay`` seconds (network, busy target).
+- ``TemporaryError(delay)``: try again after at least ``delay`` seconds (network, busy
+  target); a pipeline task's ``retries`` wait that long before the next attempt.
 - ``PermanentError``: retrying will not help; fail the step and say why.
 - ``ApprovalRequired``: the run must wait for a person.
 - ``PermissionDenied``: the actor's role does not allow the action.

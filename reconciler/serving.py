@@ -18,9 +18,9 @@ import uvicorn
 
 from reconciler.alert.notifier import Notifier
 from reconciler.api.app import ServerSettings, create_app
-from reconciler.api.auth import TokenStore
+from reconciler.auth.tokens import TokenStore
+from reconciler.commands import open_credentials
 from reconciler.engine.agents import LOCAL_AGENT, HubExecutor, LocalAgent
-from reconciler.engine.commands import open_credentials
 from reconciler.engine.reconciling import Reconciler
 from reconciler.errors import SourceError
 from reconciler.gitops.repository import GitRepository

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,14 @@ class ConfigRepo:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         git(path, "init", "-q", "-b", "main")
+
+    @classmethod
+    def copy_of(cls, source: Path, path: Path) -> ConfigRepo:
+        """A copy of the repo at ``source`` (work tree, history and refs) at ``path``."""
+        shutil.copytree(source, path)
+        repo = cls.__new__(cls)
+        repo.path = path
+        return repo
 
     def write(self, files: Mapping[str, str | None]) -> None:
         for name, content in files.items():

@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from reconciler.alert import retries, signing
-from reconciler.alert.outbox import Attempt, AttemptStatus, Item, Message, Outbox, State
+from reconciler.alert.outbox import Attempt, AttemptStatus, Item, Message, State
+from reconciler.store.outbox import Outbox
 
 _log = logging.getLogger(__name__)
 

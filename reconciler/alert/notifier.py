@@ -29,15 +29,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from reconciler.alert import payloads, records, rules, templates
+from reconciler.alert import payloads, records, rules
 from reconciler.alert.delivering import Client, Deliverer
-from reconciler.alert.outbox import DeliveryRecord, Item, Message, Outbox, State, iso_time
+from reconciler.alert.outbox import DeliveryRecord, Item, Message, State, iso_time
 from reconciler.alert.retries import RetryPolicy
 from reconciler.engine.bus import EventBus
 from reconciler.events import Event
 from reconciler.gitops.model import AlertRule, Callback, DesiredState
 from reconciler.log.masking import Masker
+from reconciler.rules import templates
+from reconciler.store import alerts
 from reconciler.store.database import Database
+from reconciler.store.outbox import Outbox
 
 _log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ class Notifier:
     ):
         self.database = database
         self.outbox = Outbox(database)
-        self.alerts = records.AlertLog(database)
+        self.alerts = alerts.AlertLog(database)
         self._credentials = credentials
         self._clock = clock
         self._digest_tick = digest_tick

@@ -1,9 +1,7 @@
 """Retry policy of a callback and the verdict on a receiver's reply. Pure: no I/O.
 
-Backoff is exponential with "equal jitter": after failed attempt ``n`` (1-based) the
-wait is drawn from ``[cap/2, cap]`` where ``cap = min(max_backoff, backoff * 2**(n-1))``.
-Half the wait is guaranteed, so a struggling receiver always gets a breather, and the
-other half is random, so many reconcilers failing at once do not retry in lockstep.
+Backoff is exponential with "equal jitter", as ``reconciler.rules.backoff`` computes it
+(the engine's task retries use the same rule).
 """
 
 from __future__ import annotations
@@ -12,6 +10,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from reconciler.rules import backoff
 
 # The schema's defaults (also applied by reconciler.gitops.building).
 DEFAULT_ATTEMPTS = 3
@@ -59,14 +59,11 @@ class RetryPolicy:
 
     def bounds(self, attempt: int) -> tuple[float, float]:
         """The (lowest, highest) wait after failed attempt number ``attempt``."""
-        # Cap the exponent: 2**1000 is fine for ints but overflows a float product.
-        cap = min(self.max_backoff, self.backoff * 2 ** min(max(attempt - 1, 0), 60))
-        return cap / 2, cap
+        return backoff.bounds(attempt, self.backoff, self.max_backoff)
 
     def delay(self, attempt: int, jitter: float) -> float:
         """The wait after failed attempt ``attempt``; ``jitter`` is a draw from [0, 1)."""
-        low, high = self.bounds(attempt)
-        return low + (high - low) * min(max(jitter, 0.0), 1.0)
+        return backoff.delay(attempt, self.backoff, self.max_backoff, jitter)
 
 
 @dataclass(frozen=True, slots=True)

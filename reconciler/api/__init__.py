@@ -6,7 +6,14 @@ routes and a lifespan. Endpoints only translate HTTP into calls on
 authentication middleware (``auth``) before any endpoint runs, and what they may do is
 the project permission matrix of ``reconciler.auth.permissions``.
 
-What this package must not do: decide anything about releases (the engine does), change
+Modules: ``routes`` (the JSON API), ``webhooks`` (reads a delivery and answers what
+``reconciler.trigger.deliveries`` made of it), ``builds``, ``operations``, ``pages``
+(the status page), and ``views`` — the HTTP-free view builders that the API and the page
+share. Live streams are the generators of ``reconciler.streaming``; ``routes`` only wraps
+them in a response.
+
+What this package must not do: decide anything about releases (the engine does) or about
+a webhook delivery (the trigger package does), change
 configuration (Git does: the API is read-only except run actions and triggers), or show
 a secret (everything it shows comes from masked stores, and webhook secrets are only
 ever compared).

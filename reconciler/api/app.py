@@ -25,10 +25,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from reconciler import streaming
 from reconciler.alert.notifier import Notifier
 from reconciler.api import auth, builds, operations, pages, routes, webhooks
+from reconciler.auth import limiting
+from reconciler.auth import tokens as api_tokens
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine.control import EngineControl
+from reconciler.store import triggers
 from reconciler.store.database import Database
 from reconciler.trigger import signatures
 from reconciler.trigger.scheduling import Scheduler
@@ -60,11 +64,11 @@ class ServerSettings:
 
 def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
     """The application serving the API, webhooks and status page for ``engine``."""
-    tokens = auth.TokenStore(settings.database, settings.clock)
-    limiter = auth.FailureLimiter(settings.auth_max_failures, settings.auth_failure_window)
-    records = webhooks.TriggerRecords(settings.database)
+    tokens = api_tokens.TokenStore(settings.database, settings.clock)
+    limiter = limiting.FailureLimiter(settings.auth_max_failures, settings.auth_failure_window)
+    records = triggers.TriggerRecords(settings.database)
     scheduler = Scheduler(settings.database, clock=settings.clock)
-    streams = routes.Streams()
+    streams = streaming.Streams()
     api = routes.ReleaseApi(engine, scheduler, records, streams)
     receiver = webhooks.WebhookReceiver(
         engine,

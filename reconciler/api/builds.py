@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from reconciler import streaming
 from reconciler.api import auth, routes
 from reconciler.auth import permissions
 from reconciler.builder.building import Builder, BuildError, BuildRequest
@@ -32,7 +33,7 @@ P = auth.API_PREFIX
 class BuildApi:
     """Build endpoints over one lazily made Builder."""
 
-    def __init__(self, engine: EngineControl, settings: Any, streams: routes.Streams):
+    def __init__(self, engine: EngineControl, settings: Any, streams: streaming.Streams):
         self.engine = engine
         self.settings = settings
         self.streams = streams
@@ -77,15 +78,9 @@ class BuildApi:
         found = auth.authorize(principal, self.engine.desired, project, "view")
         if not build:
             return found
-        user = principal.user
-        if user is None:
-            raise auth.ApiError(401, "unauthenticated", "anonymous readers may not act; log in")
-        action = permissions.Action.TRIGGER_BUILD
-        if not permissions.allowed(found.role_of(user.username), action, False, user.is_admin):
-            needed = permissions.weakest_role(action, False)
-            raise auth.ApiError(
-                403, "forbidden", f"triggering a build of {project} needs at least {needed}"
-            )
+        verdict = permissions.may_trigger_build(principal.actor(found), project)
+        if not verdict.allowed:
+            raise auth.refused(verdict, "project", project)
         return found
 
     def _record(self, request: Request) -> BuildRecord:
@@ -161,7 +156,7 @@ class BuildApi:
         """GET /builds/{id}/logs/stream: SSE of the build log from ``Last-Event-ID`` on."""
         record = self._record(request)
         return routes.sse_response(
-            routes.log_events(
+            streaming.log_events(
                 self.engine, record.id, routes.last_event_id(request), self.streams.closing
             )
         )

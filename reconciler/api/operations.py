@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from reconciler.alert.notifier import Notifier
-from reconciler.api import auth
-from reconciler.api.routes import _int_param, _page, principal_of
+from reconciler.api import auth, views
+from reconciler.api.routes import _int_param, principal_of
 from reconciler.auth import permissions
 from reconciler.credential.manager import CredentialManager
 from reconciler.credential.model import parse_credential_id
@@ -68,7 +68,7 @@ class OperationsApi:
             for info in self.credentials.list()
             if info.scope.project is None or visible is None or info.scope.project in visible
         ]
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     async def credential_logs(self, request: Request) -> Response:
         principal = principal_of(request)
@@ -82,22 +82,14 @@ class OperationsApi:
             self.credentials.info(credential_id)
         except (KeyError, ValueError):
             raise auth.not_found("credential", credential_id) from None
-        if not principal.sees_everything():
-            if scope.project is None:
-                raise auth.ApiError(
-                    403, "forbidden", "the audit of global credentials is for admins"
-                )
-            project = auth.authorize(principal, self.engine.desired, scope.project, "view")
-            role = project.role_of(principal.user.username) if principal.user else None
-            if not permissions.allowed(role, permissions.Action.CHANGE_CONFIG, False):
-                raise auth.ApiError(
-                    403,
-                    "forbidden",
-                    "the audit of a project's credentials needs owner or maintainer",
-                )
+        desired = self.engine.desired
+        project = desired.projects.get(scope.project) if desired and scope.project else None
+        verdict = permissions.may_read_credential_audit(principal.actor(project), scope.project)
+        if not verdict.allowed:
+            raise auth.refused(verdict, "project", scope.project or "")
         limit = _int_param(request, "limit", 100, 1, 1000)
         items = [entry.as_dict() for entry in self.credentials.logs(credential_id, limit)]
-        return JSONResponse(_page(items, len(items), limit, 0))
+        return JSONResponse(views.page(items, len(items), limit, 0))
 
     async def alert_rules(self, request: Request) -> Response:
         visible = self._visible_projects(principal_of(request))
@@ -107,7 +99,7 @@ class OperationsApi:
             for r in rules
             if r.get("project") is None or visible is None or r.get("project") in visible
         ]
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     async def alert_history(self, request: Request) -> Response:
         visible = self._visible_projects(principal_of(request))
@@ -123,4 +115,4 @@ class OperationsApi:
             for r in items
             if r.get("project") in (None, "") or visible is None or r.get("project") in visible
         ]
-        return JSONResponse(_page(items, len(items), limit, offset))
+        return JSONResponse(views.page(items, len(items), limit, offset))

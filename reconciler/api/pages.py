@@ -8,7 +8,7 @@ commits with the config commit each applied), ``/agents`` (declared and connecte
 agents), and ``/login`` / ``/logout``.
 
 Everything static works without JavaScript; the scripts only keep it current. The data
-comes from the same view builders as the JSON API (``routes``), so the page never shows
+comes from the same view builders as the JSON API (``views``), so the page never shows
 what the API would not, and everything shown comes from masked stores (log lines are
 masked before they are stored; credentials appear by name only). Labels are English,
 or Chinese with ``?lang=zh``. Scripts run under a per-response CSP nonce.
@@ -27,7 +27,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from reconciler.api import auth, routes
+from reconciler.api import auth, routes, views
+from reconciler.auth import limiting
+from reconciler.auth import tokens as api_tokens
 from reconciler.engine.control import EngineControl
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -214,8 +216,8 @@ class Pages:
     def __init__(
         self,
         engine: EngineControl,
-        tokens: auth.TokenStore,
-        limiter: auth.FailureLimiter,
+        tokens: api_tokens.TokenStore,
+        limiter: limiting.FailureLimiter,
         session_seconds: int,
         secure_cookies: bool,
     ):
@@ -297,7 +299,7 @@ class Pages:
     async def overview(self, request: Request) -> Response:
         """The grid of projects × environments and the newest runs."""
         principal = self._principal(request)
-        projects = routes.overview(self.engine, principal)
+        projects = views.overview(self.engine, principal)
         columns: list[str] = []
         for project in projects:
             for env in project["environments"]:
@@ -339,7 +341,7 @@ class Pages:
         project = desired.projects.get(run.project) if run and desired else None
         if run is None or project is None or not auth.visible(principal, project):
             return None
-        return routes.run_view(run, self.engine.runs.steps(run.id))
+        return views.run_view(run, self.engine.runs.steps(run.id))
 
     async def run(self, request: Request) -> Response:
         """One run: stages, tasks, steps and progress, kept live by a small script."""
@@ -377,21 +379,16 @@ class Pages:
     async def history(self, request: Request) -> Response:
         """State commits of every visible environment, newest first."""
         principal = self._principal(request)
-        entries: list[dict[str, Any]] = []
         desired = self.engine.desired
-        if desired is not None:
-            for name, project in sorted(desired.projects.items()):
-                if not auth.visible(principal, project):
-                    continue
-                for env in sorted(project.environments):
-                    entries += routes.history_view(self.engine, name, env, 50)
-        entries.sort(key=lambda e: (e["time"], e["state_commit"]), reverse=True)
+        projects = desired.projects if desired is not None else {}
+        visible = [p for _, p in sorted(projects.items()) if auth.visible(principal, p)]
+        entries = views.histories_view(self.engine, visible, 50)
         return self.render(request, "history.html", entries=entries[:200])
 
     async def agents(self, request: Request) -> Response:
         """Declared agents and, when a hub runs, which are connected."""
         self._principal(request)
-        connected = {a["name"]: a for a in routes.agents_view(self.engine)}
+        connected = {a["name"]: a for a in views.agents_view(self.engine)}
         desired = self.engine.desired
         declared = sorted(desired.agents.values(), key=lambda a: a.name) if desired else []
         rows = []
@@ -472,4 +469,4 @@ class Pages:
 
 
 def _tier_rank(env: dict[str, Any]) -> int:
-    return routes.TIER_ORDER.get(env["tier"], 3)
+    return views.TIER_ORDER.get(env["tier"], 3)

@@ -11,48 +11,33 @@ Engine refusals map onto status codes: unknown run/project/environment (``KeyErr
 → 404, ``PermissionDenied`` → 403, ``ApprovalRequired`` / ``PermanentError`` → 409,
 ``TemporaryError`` → 503 with ``Retry-After``.
 
-The view builders (``project_view``, ``run_view``, ``history_view``, …) are shared with
-the status page so both show the same facts.
+What is shown comes from ``views`` (shared with the status page, so both show the same
+facts); live streams are the HTTP-free generators of ``reconciler.streaming``, wrapped
+here by ``sse_response``. Nothing here decides anything: a handler parses the request,
+calls the engine, a store or a view, and builds the response.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from reconciler import errors
-from reconciler.api import auth
+from reconciler import errors, streaming
+from reconciler.api import auth, views
 from reconciler.engine.control import EngineControl
-from reconciler.events import Event
 from reconciler.gitops import model
-from reconciler.gitops.planning import Action, DeployedRecord, Plan
-from reconciler.log.store import LogLine
-from reconciler.runs import Run, RunState, Step, Trigger
+from reconciler.runs import Run, RunState, Trigger
 from reconciler.trigger.scheduling import Scheduler
 
 P = auth.API_PREFIX
 MAX_LIMIT = 500
-HEARTBEAT_SECONDS = 15.0
 T = TypeVar("T")
-
-
-class Streams:
-    """Live (SSE) responses in flight, so shutdown can end them instead of waiting."""
-
-    def __init__(self) -> None:
-        self.closing = asyncio.Event()
-
-    def close(self) -> None:
-        """End every live stream (call before asking uvicorn to exit)."""
-        self.closing.set()
 
 
 def principal_of(request: Request) -> auth.Principal:
@@ -123,243 +108,6 @@ async def engine_call(call: Awaitable[T]) -> T:
         raise auth.ApiError(409, "conflict", str(error)) from None
 
 
-# -- views shared with the status page -------------------------------------------------
-
-
-def _last_run(run: Run | None) -> dict[str, Any] | None:
-    if run is None:
-        return None
-    return {
-        "id": run.id,
-        "state": run.state.value,
-        "version": run.version,
-        "trigger": run.trigger.value,
-        "created_at": run.created_at,
-        "finished_at": run.finished_at or None,
-    }
-
-
-def environment_view(
-    env: model.Environment, record: DeployedRecord | None, action: Action | None, last: Run | None
-) -> dict[str, Any]:
-    """One environment: desired vs deployed, drift and the last run."""
-    deployed = record.version if record else None
-    reason = action.reason.value if action else None
-    return {
-        "project": env.project,
-        "name": env.name,
-        "tier": env.tier,
-        "protected": env.protected,
-        "desired_version": env.version,
-        "deployed_version": deployed,
-        "in_sync": action is not None and not action.kind.is_change and reason == "unchanged",
-        "drift": reason,
-        "plan_action": action.kind.value if action else None,
-        "plan_detail": action.detail if action else "",
-        "strategy": env.strategy.type.value,
-        "deploy_type": env.deploy.type.value,
-        "targets": [t.label for t in env.targets],
-        "pinned": bool(record and record.pin),
-        "last_failure": (
-            {
-                "version": record.last_failure.version,
-                "outcome": record.last_failure.outcome,
-                "run_id": record.last_failure.run_id,
-            }
-            if record and record.last_failure
-            else None
-        ),
-        "deployed_at": record.finished_at if record else None,
-        "config_commit": record.config_commit if record else None,
-        "last_run": _last_run(last),
-    }
-
-
-def project_view(
-    engine: EngineControl,
-    project: model.Project,
-    principal: auth.Principal,
-    deployed: dict[tuple[str, str], DeployedRecord],
-    plan: Plan | None,
-) -> dict[str, Any]:
-    """One project with all its environments."""
-    actions = {(a.project, a.env): a for a in plan.actions} if plan else {}
-    envs = [
-        environment_view(
-            env,
-            deployed.get((project.name, name)),
-            actions.get((project.name, name)),
-            engine.runs.latest(project.name, name),
-        )
-        for name, env in sorted(project.environments.items(), key=lambda kv: _env_order(kv[1]))
-    ]
-    role = project.role_of(principal.user.username) if principal.user else None
-    return {
-        "name": project.name,
-        "description": project.description,
-        "role": role,
-        "environments": envs,
-    }
-
-
-TIER_ORDER = {
-    "development": 0,
-    "dev": 0,
-    "test": 1,
-    "testing": 1,
-    "staging": 2,
-    "production": 4,
-    "prod": 4,
-}
-
-
-def _env_order(env: model.Environment) -> tuple[int, str]:
-    # Environments read left to right as a release travels: dev → staging → prod.
-    return (TIER_ORDER.get(env.tier, 3), env.name)
-
-
-def _safe_plan(engine: EngineControl) -> Plan | None:
-    try:
-        return engine.plan()
-    except Exception:  # noqa: BLE001 - the page still shows desired/deployed without a plan
-        return None
-
-
-def overview(engine: EngineControl, principal: auth.Principal) -> list[dict[str, Any]]:
-    """Every project the caller may see, with environments (the grid)."""
-    desired = engine.desired
-    if desired is None:
-        return []
-    deployed = engine.deployed()
-    plan = _safe_plan(engine)
-    return [
-        project_view(engine, p, principal, deployed, plan)
-        for _, p in sorted(desired.projects.items())
-        if auth.visible(principal, p)
-    ]
-
-
-def run_view(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
-    """A run with its steps grouped as stages → tasks, plus the strategy's progress.
-
-    Step keys name their kind: ``stage:NAME``, ``task:STAGE/TASK``; every other step
-    (``deploy:web-1``, ``canary:34``, ``batch:2``…) is a strategy/target step and counts
-    towards ``progress``.
-    """
-    stages: dict[str, dict[str, Any]] = {}
-    other: list[dict[str, Any]] = []
-    for step in steps:
-        kind, _, name = step.key.partition(":")
-        item = step.as_dict()
-        item["name"] = name
-        if kind == "stage":
-            stages.setdefault(name, {"name": name, "tasks": []}).update(item)
-        elif kind == "task":
-            stage, _, task = name.partition("/")
-            item["name"] = task or name
-            stages.setdefault(
-                stage, {"name": stage, "key": f"stage:{stage}", "status": "pending", "tasks": []}
-            )["tasks"].append(item)
-        else:
-            item["kind"] = kind
-            other.append(item)
-    done = sum(1 for s in other if s["status"] in ("succeeded", "skipped"))
-    view = run.as_dict()
-    view.update(
-        {
-            "stages": list(stages.values()),
-            "steps": other,
-            "final": run.state.is_final,
-            "waiting": run.state.is_waiting,
-            "progress": {
-                "done": done,
-                "total": len(other),
-                "percent": round(100 * done / len(other))
-                if other
-                else (100 if run.state is RunState.SUCCEEDED else 0),
-            },
-        }
-    )
-    return view
-
-
-def history_view(engine: EngineControl, project: str, env: str, limit: int) -> list[dict[str, Any]]:
-    """State commits of one environment, newest first, with the config commit applied."""
-    out = []
-    for entry in engine.history.entries(project, env, limit):
-        record = entry.record
-        out.append(
-            {
-                "project": project,
-                "environment": env,
-                "state_commit": entry.commit.id,
-                "time": entry.commit.time,
-                "summary": entry.commit.summary,
-                "version": record.version if record else None,
-                "outcome": record.outcome if record else None,
-                "config_commit": record.config_commit if record else None,
-                "run_id": record.run_id if record else None,
-                "strategy": record.strategy if record else None,
-                "pinned": bool(record and record.pin),
-                "last_failure": (
-                    None
-                    if not record or not record.last_failure
-                    else {
-                        "version": record.last_failure.version,
-                        "outcome": record.last_failure.outcome,
-                        "run_id": record.last_failure.run_id,
-                    }
-                ),
-            }
-        )
-    return out
-
-
-def agents_view(engine: EngineControl) -> list[dict[str, Any]]:
-    """Connected agents when the engine has a hub; process command lines are not shown."""
-    hub = getattr(engine, "hub", None)
-    if hub is None:
-        return []
-    out = []
-    for info in sorted(hub.agents(), key=lambda a: a.name):
-        status = info.status
-        out.append(
-            {
-                "name": info.name,
-                "labels": dict(info.labels),
-                "hostname": info.hostname,
-                "os": info.os,
-                "agent_version": info.agent_version,
-                "address": info.address,
-                "connected_since": info.connected_since,
-                "last_heartbeat": info.last_heartbeat,
-                "processes": len(status.processes) if status else None,
-                "containers": len(status.containers) if status else None,
-            }
-        )
-    return out
-
-
-def _webhook_view(hook: model.WebhookTrigger) -> dict[str, Any]:
-    # The secret is a credential *name*; its value never leaves the credential manager.
-    return {
-        "id": hook.id,
-        "project": hook.project,
-        "name": hook.name,
-        "source": hook.source,
-        "action": hook.action,
-        "branches": list(hook.branches),
-        "events": list(hook.events),
-        "target_env": hook.target_env,
-        "enabled": hook.enabled,
-        "url": f"{P}/webhooks/{hook.id}/trigger",
-    }
-
-
-def _page(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
-
-
 # -- server-sent events ---------------------------------------------------------------
 
 
@@ -372,113 +120,15 @@ def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
-async def _with_heartbeat(
-    source: AsyncIterator[T], closing: asyncio.Event, every: float = HEARTBEAT_SECONDS
-) -> AsyncIterator[T | None]:
-    """Items of ``source``; None after ``every`` idle seconds; stops when ``closing`` is set."""
-    stop = asyncio.ensure_future(closing.wait())
-    pending: asyncio.Future[T] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(source))  # type: ignore[arg-type]
-            done, _ = await asyncio.wait(
-                {pending, stop}, timeout=every, return_when=asyncio.FIRST_COMPLETED
-            )
-            if stop in done:
-                return
-            if pending in done:
-                try:
-                    item = pending.result()
-                except StopAsyncIteration:
-                    return
-                pending = None
-                yield item
-            else:
-                yield None  # idle: a comment keeps proxies from timing out, and reveals a gone client
-    finally:
-        stop.cancel()
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await pending
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-def _sse(event: str, data: Any, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
 def last_event_id(request: Request) -> int:
     """Where a (resuming) SSE client left off: ``Last-Event-ID``, else ``?after=``, else 0."""
-    raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    raw = request.headers.get("last-event-id") or request.query_params.get("after")
     try:
-        return max(int(raw), 0)
+        return streaming.last_event_id(raw)
     except ValueError:
         raise auth.ApiError(
             400, "invalid_parameter", "Last-Event-ID must be a log sequence number", "Last-Event-ID"
         ) from None
-
-
-async def log_events(
-    engine: EngineControl,
-    run_id: str,
-    after: int,
-    closing: asyncio.Event,
-    heartbeat: float = HEARTBEAT_SECONDS,
-) -> AsyncIterator[str]:
-    """SSE of a run's log lines from ``after`` on: ``id:`` is the line's sequence number."""
-    yield "retry: 2000\n\n"
-    lines: AsyncIterator[LogLine] = engine.logs.follow(run_id, after)
-    async for line in _with_heartbeat(lines, closing, heartbeat):
-        if line is None:
-            yield ": keep-alive\n\n"
-            continue
-        yield _sse("line", line.as_dict(), line.seq)
-    if engine.logs.is_closed(run_id):
-        yield _sse("end", {"run_id": run_id})
-
-
-async def run_events(
-    engine: EngineControl, run_id: str, closing: asyncio.Event, poll: float = 2.0
-) -> AsyncIterator[str]:
-    """SSE of a run's view whenever it changes (bus events wake it; a poll bounds the wait)."""
-    changed = asyncio.Event()
-
-    async def on_event(event: Event) -> None:
-        if event.run_id == run_id:
-            changed.set()
-
-    unsubscribe = engine.bus.subscribe(on_event)
-    stop = asyncio.ensure_future(closing.wait())
-    try:
-        yield "retry: 2000\n\n"
-        last = ""
-        while True:
-            run = engine.runs.get(run_id)
-            if run is None:
-                return
-            view = run_view(run, engine.runs.steps(run_id))
-            text = json.dumps(view, separators=(",", ":"), sort_keys=True)
-            if text != last:
-                last = text
-                yield f"event: run\ndata: {text}\n\n"
-            else:
-                yield ": keep-alive\n\n"
-            if run.state.is_final:
-                return
-            changed.clear()
-            wake = asyncio.ensure_future(changed.wait())
-            await asyncio.wait({wake, stop}, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
-            wake.cancel()
-            if stop.done():
-                return
-    finally:
-        stop.cancel()
-        unsubscribe()
 
 
 # -- the API ---------------------------------------------------------------------------
@@ -487,7 +137,9 @@ async def run_events(
 class ReleaseApi:
     """The ``/api/release`` endpoints (webhooks live in ``webhooks``)."""
 
-    def __init__(self, engine: EngineControl, scheduler: Scheduler, records: Any, streams: Streams):
+    def __init__(
+        self, engine: EngineControl, scheduler: Scheduler, records: Any, streams: streaming.Streams
+    ):
         self.engine = engine
         self.scheduler = scheduler
         self.records = records
@@ -552,36 +204,21 @@ class ReleaseApi:
         auth.authorize(principal, desired, found.project, action, env)
         return found, principal
 
+    def _project_view(self, project: model.Project, principal: auth.Principal) -> dict[str, Any]:
+        plan = views.safe_plan(self.engine)
+        return views.project_view(self.engine, project, principal, self.engine.deployed(), plan)
+
     # -- projects and environments -------------------------------------------------
 
     async def me(self, request: Request) -> Response:
         """GET /me: the caller and their roles."""
-        principal = principal_of(request)
-        desired = self.engine.desired
-        roles = {}
-        if desired is not None and principal.user is not None:
-            roles = {
-                name: p.role_of(principal.user.username)
-                for name, p in sorted(desired.projects.items())
-                if p.role_of(principal.user.username)
-            }
-        user = principal.user
-        return JSONResponse(
-            {
-                "username": principal.name,
-                "anonymous": principal.is_anonymous,
-                "via": principal.via,
-                "display_name": user.display_name if user else "",
-                "is_admin": bool(user and user.is_admin),
-                "roles": roles,
-            }
-        )
+        return JSONResponse(views.caller_view(principal_of(request), self.engine.desired))
 
     async def projects(self, request: Request) -> Response:
         """GET /projects: desired vs deployed per environment, drift, last run."""
         self._desired()
-        items = overview(self.engine, principal_of(request))
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        items = views.overview(self.engine, principal_of(request))
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     async def project(self, request: Request) -> Response:
         """GET /projects/{project}."""
@@ -589,9 +226,7 @@ class ReleaseApi:
         found = auth.authorize(
             principal, self.engine.desired, request.path_params["project"], "view"
         )
-        view = project_view(
-            self.engine, found, principal, self.engine.deployed(), _safe_plan(self.engine)
-        )
+        view = self._project_view(found, principal)
         return JSONResponse(view)
 
     async def project_environments(self, request: Request) -> Response:
@@ -600,27 +235,25 @@ class ReleaseApi:
         found = auth.authorize(
             principal, self.engine.desired, request.path_params["project"], "view"
         )
-        view = project_view(
-            self.engine, found, principal, self.engine.deployed(), _safe_plan(self.engine)
-        )
+        view = self._project_view(found, principal)
         items = view["environments"]
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     async def environment(self, request: Request) -> Response:
         """GET /projects/{project}/environments/{env}."""
         principal = principal_of(request)
         name, env = request.path_params["project"], request.path_params["env"]
         found = auth.authorize(principal, self.engine.desired, name, "view", env)
-        view = project_view(
-            self.engine, found, principal, self.engine.deployed(), _safe_plan(self.engine)
-        )
+        view = self._project_view(found, principal)
         return JSONResponse(next(e for e in view["environments"] if e["name"] == env))
 
     async def environments(self, request: Request) -> Response:
         """GET /environments: every visible environment, flat."""
         self._desired()
-        items = [e for p in overview(self.engine, principal_of(request)) for e in p["environments"]]
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        items = [
+            e for p in views.overview(self.engine, principal_of(request)) for e in p["environments"]
+        ]
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     async def members(self, request: Request) -> Response:
         """GET /projects/{project}/members: members and roles (from Git)."""
@@ -628,20 +261,8 @@ class ReleaseApi:
         found = auth.authorize(
             principal, self.engine.desired, request.path_params["project"], "view"
         )
-        users = self._desired().users
-        items = []
-        for member in found.members:
-            user = users.get(member.user)
-            items.append(
-                {
-                    "user": member.user,
-                    "role": member.role,
-                    "added_by": member.added_by,
-                    "display_name": user.display_name if user else "",
-                    "is_admin": bool(user and user.is_admin),
-                }
-            )
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        items = views.members_view(found, self._desired().users)
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     # -- run actions ----------------------------------------------------------------
 
@@ -736,7 +357,7 @@ class ReleaseApi:
             found, total = self._runs_of(
                 self._visible_projects(principal), states, trigger, limit, offset
             )
-        return JSONResponse(_page([r.as_dict() for r in found], total, limit, offset))
+        return JSONResponse(views.page([r.as_dict() for r in found], total, limit, offset))
 
     def _runs_of(
         self,
@@ -761,12 +382,14 @@ class ReleaseApi:
     async def run(self, request: Request) -> Response:
         """GET /runs/{id}: the run with stages, tasks, steps and progress."""
         run, _ = self._run(request)
-        return JSONResponse(run_view(run, self.engine.runs.steps(run.id)))
+        return JSONResponse(views.run_view(run, self.engine.runs.steps(run.id)))
 
     async def run_stream(self, request: Request) -> Response:
         """GET /runs/{id}/events: SSE of the run view whenever it changes."""
         run, _ = self._run(request)
-        return sse_response(run_events(self.engine, run.id, self.streams.closing))
+        return sse_response(
+            streaming.run_events(self.engine, run.id, self.streams.closing, views.run_view)
+        )
 
     # -- logs ---------------------------------------------------------------------------
 
@@ -777,39 +400,23 @@ class ReleaseApi:
         limit = _int_param(request, "limit", 1000, 1, 10_000)
         contains = request.query_params.get("contains") or None
         lines = self.engine.logs.read(run.id, after, limit, contains)
-        return JSONResponse(
-            {
-                "run_id": run.id,
-                "lines": [line.as_dict() for line in lines],
-                "last_seq": lines[-1].seq if lines else after,
-                "closed": self.engine.logs.is_closed(run.id),
-            }
-        )
+        return JSONResponse(views.log_view(self.engine, run.id, lines, after))
 
     async def logs_export(self, request: Request) -> Response:
         """GET /runs/{id}/logs/export: the whole log as a text/plain download."""
         run, _ = self._run(request)
         contains = request.query_params.get("contains") or None
-        out: list[str] = []
-        after = 0
-        while True:
-            lines = self.engine.logs.read(run.id, after, 5000, contains)
-            if not lines:
-                break
-            for line in lines:
-                source = f" [{line.source}]" if line.source else ""
-                out.append(f"{line.at}{source} {line.channel}: {line.line}\n")
-            after = lines[-1].seq
+        text = views.log_text(self.engine, run.id, contains)
         filename = f"{run.project}-{run.env}-{run.id}.log"
         return PlainTextResponse(
-            "".join(out), headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+            text, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
         )
 
     async def logs_stream(self, request: Request) -> Response:
         """GET /runs/{id}/logs/stream: SSE from ``Last-Event-ID`` (or ``?after=``) on."""
         run, _ = self._run(request)
         return sse_response(
-            log_events(self.engine, run.id, last_event_id(request), self.streams.closing)
+            streaming.log_events(self.engine, run.id, last_event_id(request), self.streams.closing)
         )
 
     # -- history, triggers, schedules, agents ---------------------------------------------
@@ -820,8 +427,8 @@ class ReleaseApi:
         name, env = request.path_params["project"], request.path_params["env"]
         auth.authorize(principal, self.engine.desired, name, "view", env)
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
-        items = history_view(self.engine, name, env, limit)
-        return JSONResponse(_page(items, len(items), limit, 0))
+        items = views.history_view(self.engine, name, env, limit)
+        return JSONResponse(views.page(items, len(items), limit, 0))
 
     async def history(self, request: Request) -> Response:
         """GET /history?project=&env=&limit=: state commits of visible environments, newest first."""
@@ -831,16 +438,9 @@ class ReleaseApi:
         env = request.query_params.get("env") or None
         if project:
             auth.authorize(principal, self.engine.desired, project, "view", env)
-        items = []
-        for p in self._visible_projects(principal):
-            if project and p.name != project:
-                continue
-            for name in sorted(p.environments):
-                if env and name != env:
-                    continue
-                items += history_view(self.engine, p.name, name, limit)
-        items.sort(key=lambda e: (e["time"], e["state_commit"]), reverse=True)
-        return JSONResponse(_page(items[:limit], len(items), limit, 0))
+        projects = self._visible_projects(principal)
+        items = views.histories_view(self.engine, projects, limit, project, env)
+        return JSONResponse(views.page(items[:limit], len(items), limit, 0))
 
     async def project_webhooks(self, request: Request) -> Response:
         """GET /projects/{project}/webhooks: declared webhook triggers."""
@@ -848,8 +448,8 @@ class ReleaseApi:
         found = auth.authorize(
             principal, self.engine.desired, request.path_params["project"], "view"
         )
-        items = [_webhook_view(w) for w in found.webhooks]
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        items = [views.webhook_view(w) for w in found.webhooks]
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     async def project_schedules(self, request: Request) -> Response:
         """GET /projects/{project}/schedules: with next_run / last_run."""
@@ -858,14 +458,14 @@ class ReleaseApi:
             principal, self.engine.desired, request.path_params["project"], "view"
         )
         items = [self.scheduler.describe(s) for s in found.schedules]
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     async def triggers(self, request: Request) -> Response:
         """GET /triggers: declared webhooks and schedules of visible projects."""
         projects = self._visible_projects(principal_of(request))
         return JSONResponse(
             {
-                "webhooks": [_webhook_view(w) for p in projects for w in p.webhooks],
+                "webhooks": [views.webhook_view(w) for p in projects for w in p.webhooks],
                 "schedules": [self.scheduler.describe(s) for p in projects for s in p.schedules],
             }
         )
@@ -889,19 +489,19 @@ class ReleaseApi:
             owner = trigger.partition(".")[0]
             auth.authorize(principal, self.engine.desired, owner, "view")
         found, total = self.records.list(trigger, projects, status, limit, offset)
-        return JSONResponse(_page([r.as_dict() for r in found], total, limit, offset))
+        return JSONResponse(views.page([r.as_dict() for r in found], total, limit, offset))
 
     async def schedules(self, request: Request) -> Response:
         """GET /schedules: every visible schedule with next_run / last_run."""
         projects = self._visible_projects(principal_of(request))
         items = [self.scheduler.describe(s) for p in projects for s in p.schedules]
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
     async def agents(self, request: Request) -> Response:
         """GET /agents: connected agents (empty without a hub)."""
         principal_of(request)
-        items = agents_view(self.engine)
-        return JSONResponse(_page(items, len(items), len(items), 0))
+        items = views.agents_view(self.engine)
+        return JSONResponse(views.page(items, len(items), len(items), 0))
 
 
 async def healthz(request: Request) -> Response:

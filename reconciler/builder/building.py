@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.builder import docker_cli, dockerfiles
-from reconciler.builder.records import BuildRecord, BuildStatus, BuildStore, ImageArtifact
+from reconciler.builder.records import BuildRecord, BuildStatus, ImageArtifact
 from reconciler.errors import QuicFlowError
 from reconciler.gitops import model
 from reconciler.gitops.repository import GitRepository
 from reconciler.log.masking import Masker
 from reconciler.log.store import LogStore
+from reconciler.rules import images
+from reconciler.store.builds import BuildStore
 from reconciler.store.database import Database
 
 _log = logging.getLogger(__name__)
@@ -303,10 +305,10 @@ class Builder:
         if not build.target_image:
             raise BuildError("build.target_image is not set: nowhere to push the image")
         try:
-            image = dockerfiles.render_image(
+            image = images.render_image(
                 build.target_image,
                 {
-                    "version": dockerfiles.tag_safe(request.version),
+                    "version": images.tag_safe(request.version),
                     "commit": commit,
                     "short_commit": commit[:7],
                 },
@@ -317,7 +319,7 @@ class Builder:
 
         config_dir = work / "docker-config"
         config_dir.mkdir(parents=True, mode=0o700)
-        registry = dockerfiles.registry_of(image)
+        registry = images.registry_of(image)
         if registry_login is not None:
             if not registry_login.username or not registry_login.password:
                 raise BuildError(

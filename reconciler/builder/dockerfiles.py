@@ -1,4 +1,4 @@
-"""Pure build checks and templates: declared ARGs, image references, registry hosts.
+"""Pure Dockerfile checks: declared ARGs and build stages (image references: ``rules.images``).
 
 No I/O: callers read the Dockerfile and pass its text.
 """
@@ -6,7 +6,7 @@ No I/O: callers read the Dockerfile and pass its text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 # Build args Docker accepts without an ARG line (proxy settings, BuildKit's own knobs).
 PREDEFINED_ARGS = frozenset(
@@ -30,7 +30,6 @@ PREDEFINED_ARGS = frozenset(
 )
 _ARG = re.compile(r"^\s*ARG\s+(.+)$", re.IGNORECASE)
 _STAGE = re.compile(r"^\s*FROM\s+\S+(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)
-_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 
 
 def _logical_lines(text: str) -> list[str]:
@@ -75,37 +74,3 @@ def unknown_args(text: str, args: Iterable[str]) -> list[str]:
     """Build args that the Dockerfile does not declare (Docker would silently ignore them)."""
     known = declared_args(text) | PREDEFINED_ARGS
     return sorted(a for a in args if a not in known)
-
-
-def render_image(template: str, values: Mapping[str, str]) -> str:
-    """Fill ``{{ version }}``, ``{{ commit }}``, ``{{ short_commit }}``; refuse unknown names."""
-
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in values:
-            raise ValueError(f"target_image: unknown placeholder {{{{ {name} }}}}")
-        return values[name]
-
-    return _PLACEHOLDER.sub(fill, template)
-
-
-def tag_safe(version: str) -> str:
-    """A version turned into a valid tag (Docker tags allow [A-Za-z0-9_.-], 128 chars)."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", version).lstrip(".-")
-    return cleaned[:128] or "latest"
-
-
-def registry_of(image: str) -> str:
-    """The registry host of an image reference (``docker.io`` when it names none)."""
-    first, sep, _ = image.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
-
-
-def repository_of(image: str) -> str:
-    """An image reference without its tag or digest (``host:5000/a/b:1`` → ``host:5000/a/b``)."""
-    name = image.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    return name[:colon] if colon > slash else name

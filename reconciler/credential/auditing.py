@@ -1,7 +1,8 @@
 """The credential audit: who created, used, updated or deleted which credential, when.
 
-Rows live in ``credential_audit`` of ``credentials.db``; a ``use`` also moves the
-credential's ``last_used_at`` in the same transaction, so the two never disagree.
+Rows live in ``credential_audit`` of the operational store
+(``reconciler.store.credentials``); a ``use`` also moves the credential's
+``last_used_at`` in the same transaction, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from reconciler.credential.database import Database
+from reconciler.store import credentials as stored
+from reconciler.store import database as store_database
 
 
 class Action(StrEnum):
@@ -48,8 +50,9 @@ class AuditEntry:
 class AuditLog:
     """Append-only log of credential actions."""
 
-    def __init__(self, database: Database):
+    def __init__(self, database: store_database.Database):
         self.database = database
+        self.records = stored.CredentialAudit(database)
 
     def record(
         self,
@@ -60,30 +63,19 @@ class AuditLog:
         source_ip: str | None = None,
     ) -> AuditEntry:
         """Append one entry (and, for a use, update last_used_at)."""
-        with self.database.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO credential_audit (credential_id, action, actor, source_ip, at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (credential_id, str(action), actor, source_ip, at),
-            )
-            if action is Action.USE:
-                db.execute(
-                    "INSERT INTO credential_usage (credential_id, last_used_at) VALUES (?, ?) "
-                    "ON CONFLICT (credential_id) DO UPDATE SET last_used_at = excluded.last_used_at",
-                    (credential_id, at),
-                )
-            elif action is Action.DELETE:
-                db.execute("DELETE FROM credential_usage WHERE credential_id = ?", (credential_id,))
-            entry_id = int(cursor.lastrowid or 0)
+        entry_id = self.records.append(
+            credential_id,
+            str(action),
+            actor,
+            at,
+            source_ip,
+            used=action is Action.USE,
+            deleted=action is Action.DELETE,
+        )
         return AuditEntry(entry_id, credential_id, action, actor, source_ip, at)
 
     def entries(self, credential_id: str, limit: int = 100) -> list[AuditEntry]:
         """The newest ``limit`` entries for a credential, newest first."""
-        rows = self.database.query(
-            "SELECT id, credential_id, action, actor, source_ip, at FROM credential_audit "
-            "WHERE credential_id = ? ORDER BY id DESC LIMIT ?",
-            (credential_id, limit),
-        )
         return [
             AuditEntry(
                 id=row["id"],
@@ -93,15 +85,12 @@ class AuditLog:
                 source_ip=row["source_ip"],
                 at=row["at"],
             )
-            for row in rows
+            for row in self.records.entries(credential_id, limit)
         ]
 
     def last_used(self, credential_ids: Iterable[str] | None = None) -> dict[str, str]:
         """``last_used_at`` per credential id (all, or those asked for)."""
-        rows = self.database.query("SELECT credential_id, last_used_at FROM credential_usage")
-        wanted = None if credential_ids is None else set(credential_ids)
-        return {
-            row["credential_id"]: row["last_used_at"]
-            for row in rows
-            if wanted is None or row["credential_id"] in wanted
-        }
+        last_used = self.records.last_used()
+        if credential_ids is None:
+            return last_used
+        return {i: last_used[i] for i in set(credential_ids) if i in last_used}

@@ -20,7 +20,7 @@ import click
 
 from reconciler import errors
 from reconciler.credential import age, documents, model, sealing, sops
-from reconciler.credential.database import Database
+from reconciler.store.database import Database
 
 DATA_DIR_ENV = "QUIC_FLOW_DATA_DIR"
 
@@ -287,7 +287,7 @@ def rotate_command(
             store = sealing.SealedStore(database, sealing.SealingKeys.from_env())
             count = store.start()
             click.echo(
-                f"sealed store {database.path}: all records under key id "
+                f"sealed store {database.location}: all records under key id "
                 f"{store.keys.current_id} ({count} re-sealed now)",
                 err=True,
             )

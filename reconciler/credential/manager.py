@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reconciler import errors
 from reconciler.credential import auditing, documents, model, sealing
-from reconciler.credential.database import Database
+from reconciler.store import database as store_database
 
 
 def _now() -> datetime:
@@ -36,6 +36,7 @@ class CredentialManager:
         self.audit = audit
         self.clock = clock
         self._git: dict[str, model.Credential] = {}
+        self._opened: store_database.Database | None = None
 
     @classmethod
     def open(
@@ -44,21 +45,40 @@ class CredentialManager:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> CredentialManager:
-        """Open ``credentials.db`` in ``data_dir``, check the sealing keys, finish rotation."""
-        env = os.environ if environ is None else environ
-        database = Database.open(data_dir)
+        """Open the operational store of ``data_dir`` and manage its credentials (``using``).
+
+        The manager owns that connection: ``close`` closes it.
+        """
+        database = store_database.Database.open(data_dir)
         try:
-            keys = sealing.SealingKeys.from_env(env)
-            store = sealing.SealedStore(database, keys, clock)
-            store.start()
+            manager = cls.using(database, environ, clock)
         except BaseException:
             database.close()
             raise
+        manager._opened = database
+        return manager
+
+    @classmethod
+    def using(
+        cls,
+        database: store_database.Database,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> CredentialManager:
+        """The credentials of an open store: check the sealing keys, finish any rotation.
+
+        The store stays the caller's: ``close`` leaves it open.
+        """
+        env = os.environ if environ is None else environ
+        keys = sealing.SealingKeys.from_env(env)
+        store = sealing.SealedStore(database, keys, clock)
+        store.start()
         return cls(store, auditing.AuditLog(database), clock)
 
     def close(self) -> None:
-        """Close the database."""
-        self.sealed.database.close()
+        """Close the store if ``open`` opened it."""
+        if self._opened is not None:
+            self._opened.close()
 
     # ------------------------------------------------------------ Git credentials
 

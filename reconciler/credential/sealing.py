@@ -14,11 +14,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import secrets
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from reconciler import errors
 from reconciler.credential import model
-from reconciler.credential.database import Database
+from reconciler.store import credentials as stored
+from reconciler.store import database as store_database
 
 KEY_ENV = "QUIC_FLOW_SECRET_KEY"
 PREVIOUS_KEY_ENV = "QUIC_FLOW_SECRET_KEY_PREVIOUS"
@@ -110,15 +111,16 @@ def _now() -> datetime:
 
 
 class SealedStore:
-    """Credentials sealed with AES-256-GCM in ``credentials.db``."""
+    """Credentials sealed with AES-256-GCM in the operational store."""
 
     def __init__(
         self,
-        database: Database,
+        database: store_database.Database,
         keys: SealingKeys,
         clock: Callable[[], datetime] = _now,
     ):
         self.database = database
+        self.records = stored.SealedCredentials(database)
         self.keys = keys
         self.clock = clock
 
@@ -130,33 +132,20 @@ class SealedStore:
         Refuses (CredentialError) when records exist and the key is missing, or when a
         record was sealed with a key we do not hold.  Returns how many were re-sealed.
         """
-        counts = {
-            row["key_id"]: row["n"]
-            for row in self.database.query(
-                "SELECT key_id, COUNT(*) AS n FROM sealed_credentials GROUP BY key_id"
-            )
-        }
+        counts = self.records.count_by_key()
         if not counts:
             return 0
         if self.keys.current is None:
             raise errors.CredentialError(
-                f"{KEY_ENV} is not set but {self.database.path} holds "
+                f"{KEY_ENV} is not set but {self.database.location} holds "
                 f"{sum(counts.values())} sealed credential(s); set it to the key they were "
                 f"sealed with (or the new key, with the old one in {PREVIOUS_KEY_ENV})"
             )
         unknown = sorted(k for k in counts if self.keys.for_id(k) is None)
         if unknown:
-            placeholders = ",".join("?" * len(unknown))
-            ids = [
-                row["id"]
-                for row in self.database.query(
-                    f"SELECT id FROM sealed_credentials WHERE key_id IN ({placeholders}) "
-                    "ORDER BY id",
-                    tuple(unknown),
-                )
-            ]
+            ids = self.records.ids_under(unknown)
             raise errors.CredentialError(
-                f"{self.database.path}: {len(ids)} sealed credential(s) ({', '.join(ids[:5])}"
+                f"{self.database.location}: {len(ids)} sealed credential(s) ({', '.join(ids[:5])}"
                 f"{', …' if len(ids) > 5 else ''}) were sealed with key id(s) "
                 f"{', '.join(unknown)}, which is neither {KEY_ENV} (id {self.keys.current_id}) "
                 f"nor {PREVIOUS_KEY_ENV}"
@@ -169,40 +158,19 @@ class SealedStore:
         current_id = self.keys.current_id
         if current_id is None:
             raise errors.CredentialError(f"{KEY_ENV} is not set: nothing to rotate to")
-        rows = self.database.query(
-            "SELECT id, type, key_id FROM sealed_credentials WHERE key_id != ? ORDER BY id",
-            (current_id,),
-        )
         done = 0
-        for row in rows:
+        for row in self.records.not_under(current_id):
             if limit is not None and done >= limit:
                 break
-            with self.database.transaction() as db:
-                # Read inside the transaction and update only if still under the old key,
-                # so two reconcilers rotating at once never double-seal or lose a record.
-                fresh = db.execute(
-                    "SELECT nonce, ciphertext FROM sealed_credentials WHERE id = ? AND key_id = ?",
-                    (row["id"], row["key_id"]),
-                ).fetchone()
-                if fresh is None:
-                    continue
-                values = self._open(row["id"], row["type"], row["key_id"], fresh[0], fresh[1])
-                nonce, ciphertext = self._seal(row["id"], row["type"], values)
-                db.execute(
-                    "UPDATE sealed_credentials SET key_id = ?, nonce = ?, ciphertext = ? "
-                    "WHERE id = ? AND key_id = ?",
-                    (current_id, nonce, ciphertext, row["id"], row["key_id"]),
-                )
-            done += 1
+            reseal = functools.partial(self._reseal, row["id"], row["type"], row["key_id"])
+            # False: another process re-sealed it meanwhile (the store guards the update).
+            if self.records.reseal(row["id"], row["key_id"], reseal):
+                done += 1
         return done
 
     def pending_rotation(self) -> int:
         """How many records are not yet under the current key."""
-        rows = self.database.query(
-            "SELECT COUNT(*) AS n FROM sealed_credentials WHERE key_id != ?",
-            (self.keys.current_id or "",),
-        )
-        return int(rows[0]["n"])
+        return self.records.count_not_under(self.keys.current_id or "")
 
     # ------------------------------------------------------------------- records
 
@@ -223,30 +191,18 @@ class SealedStore:
         credential_id = scope.credential_id(name)
         now = self.clock().isoformat()
         nonce, ciphertext = self._seal(credential_id, str(kind), dict(values))
-        with self.database.transaction() as db:
-            existing = db.execute(
-                "SELECT created_by, created_at FROM sealed_credentials WHERE id = ?",
-                (credential_id,),
-            ).fetchone()
-            created_by, created_at = existing if existing else (actor, now)
-            db.execute(
-                "INSERT OR REPLACE INTO sealed_credentials (id, name, project, type, "
-                "description, created_by, created_at, updated_at, key_id, nonce, ciphertext) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    credential_id,
-                    name,
-                    scope.project,
-                    str(kind),
-                    description,
-                    created_by,
-                    created_at,
-                    now,
-                    self.keys.current_id,
-                    nonce,
-                    ciphertext,
-                ),
-            )
+        created_by, created_at, created = self.records.put(
+            credential_id,
+            name=name,
+            project=scope.project,
+            kind=str(kind),
+            description=description,
+            actor=actor,
+            now=now,
+            key_id=self.keys.current_id,
+            nonce=nonce,
+            ciphertext=ciphertext,
+        )
         info = model.CredentialInfo(
             name=name,
             type=kind,
@@ -256,34 +212,35 @@ class SealedStore:
             created_by=created_by,
             created_at=created_at,
         )
-        return info, existing is None
+        return info, created
 
     def get(self, credential_id: str) -> model.Credential | None:
         """The credential with its values, or None if there is no such record."""
-        rows = self.database.query(
-            "SELECT * FROM sealed_credentials WHERE id = ?", (credential_id,)
-        )
-        if not rows:
+        row = self.records.get(credential_id)
+        if row is None:
             return None
-        row = rows[0]
         values = self._open(row["id"], row["type"], row["key_id"], row["nonce"], row["ciphertext"])
         return model.Credential(self._info(row), {k: model.Secret(v) for k, v in values.items()})
 
     def infos(self) -> list[model.CredentialInfo]:
         """Metadata of every sealed credential (no decryption)."""
-        rows = self.database.query(
-            "SELECT id, name, project, type, description, created_by, created_at "
-            "FROM sealed_credentials ORDER BY id"
-        )
-        return [self._info(row) for row in rows]
+        return [self._info(row) for row in self.records.infos()]
 
     def delete(self, credential_id: str) -> bool:
         """Remove a record; True if it existed."""
-        with self.database.transaction() as db:
-            cursor = db.execute("DELETE FROM sealed_credentials WHERE id = ?", (credential_id,))
-            return cursor.rowcount > 0
+        return self.records.delete(credential_id)
 
     # ------------------------------------------------------------------ crypto
+
+    def _reseal(
+        self, credential_id: str, kind: str, sealed_with: str, nonce: bytes, ciphertext: bytes
+    ) -> tuple[str, bytes, bytes]:
+        """Open a record sealed with key ``sealed_with`` and seal it with the current key."""
+        values = self._open(credential_id, kind, sealed_with, nonce, ciphertext)
+        nonce, ciphertext = self._seal(credential_id, kind, values)
+        current = self.keys.current_id
+        assert current is not None  # _seal refuses to seal without a current key
+        return current, nonce, ciphertext
 
     def _seal(self, credential_id: str, kind: str, values: dict[str, str]) -> tuple[bytes, bytes]:
         if self.keys.current is None:
@@ -311,7 +268,7 @@ class SealedStore:
         return json.loads(plain)
 
     @staticmethod
-    def _info(row: sqlite3.Row) -> model.CredentialInfo:
+    def _info(row: store_database.Row) -> model.CredentialInfo:
         project = row["project"]
         return model.CredentialInfo(
             name=str(row["name"]),

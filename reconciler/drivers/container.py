@@ -22,10 +22,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.builder import dockerfiles
 from reconciler.drivers import DeployContext, Health, StepFailed, check, health, render, run_switch
 from reconciler.durations import parse_duration
 from reconciler.gitops import model
+from reconciler.rules import images
 from reconciler.targets.commands import TargetRef
 
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -180,7 +180,7 @@ class ContainerDriver:
         image = render(
             template,
             {
-                "version": dockerfiles.tag_safe(version),
+                "version": images.tag_safe(version),
                 "project": ctx.env.project,
                 "env": ctx.env.name,
             },
@@ -195,7 +195,7 @@ class ContainerDriver:
         builtins = ctx.variables(None, version)
         digest = builtins.get("QUICFLOW_IMAGE_DIGEST", "")
         if digest and version == ctx.version:
-            return f"{dockerfiles.repository_of(image)}@{digest}"
+            return f"{images.repository_of(image)}@{digest}"
         return image
 
     def _registry_env(self, ctx: DeployContext, target: TargetRef, image: str) -> dict[str, str]:
@@ -211,7 +211,7 @@ class ContainerDriver:
                 "(it needs a username and a password)",
             )
         return {
-            "QUICFLOW_REGISTRY": dockerfiles.registry_of(image),
+            "QUICFLOW_REGISTRY": images.registry_of(image),
             "QUICFLOW_REGISTRY_USER": user,
             "QUICFLOW_REGISTRY_PASSWORD": password,
         }
@@ -292,7 +292,7 @@ class ContainerDriver:
             "QUICFLOW_DOCKER": self.docker_cli,
             "QUICFLOW_CONTAINER": self.container_name(ctx, target, color),
             "QUICFLOW_IMAGE_REF": image,
-            "QUICFLOW_IMAGE_REPO": dockerfiles.repository_of(image),
+            "QUICFLOW_IMAGE_REPO": images.repository_of(image),
             "QUICFLOW_ENV_NAMES": "\n".join(for_container),
             "QUICFLOW_RUN_ARGS": "\n".join(self.run_args(ctx, target, version, color)),
             "QUICFLOW_RUN_COMMAND": "\n".join(str(w) for w in self.spec.get("command") or []),

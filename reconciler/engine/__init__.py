@@ -1,9 +1,11 @@
-"""The release engine: runs, pipelines and strategies (rolling, canary, blue-green).
+"""The release engine: the reconcile loop, runs, pipelines and strategies.
 
-The engine turns a plan into runs and drives each run as a resumable step machine.
-Deciding and acting are kept apart: the step math here (``expressions`` for ``when:``
-conditions, ``batches`` for strategy steps, ``windows`` for release windows) is pure —
-no I/O, no clock reads, no randomness; time comes in as a parameter — and is
-table-tested. The async orchestration beside it calls drivers and records outcomes;
-only it may touch the operational store, the event bus or a target.
+``reconciling`` is the orchestrator (refresh → plan → dispatch → record); beside it,
+one module per job: ``refreshing`` (the desired state), ``dispatching`` (a run per
+deploy action), ``lifecycle`` (start, finish, supersede, recover runs), ``running``
+(one run's pipeline as a resumable step machine, ``steps``), ``strategies/``,
+``recording`` (batched history in Git), ``retiring`` (blue-green retirement),
+``actions`` (the control actions, authorised by ``reconciler.auth.permissions``) and
+``bus`` (the asyncio event bus). The pure step math it uses lives in
+``reconciler.rules``. It must not speak HTTP or hold SQL: the store's repositories do.
 """

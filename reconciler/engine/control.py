@@ -1,10 +1,11 @@
 """What callers outside the engine (API, CLI, webhooks, schedules) may ask of it.
 
 ``EngineControl`` is the narrow interface the HTTP layer and triggers are written
-against; ``reconciler.engine.reconciling.Reconciler`` implements it. Permission checks
-for run actions happen behind it (the engine knows members and protected
-environments); it raises ``PermissionDenied`` naming the role that was needed,
-``ApprovalRequired``/``PermanentError`` for refused actions, and ``KeyError`` for
+against; ``reconciler.engine.reconciling.Reconciler`` implements it (its actions are
+``reconciler.engine.actions``). Permission checks for run actions happen behind it,
+by the rules of ``reconciler.auth.permissions`` (the engine knows members, protected
+environments and the roles a stage gate names); it raises ``PermissionDenied`` naming
+the role that was needed, ``PermanentError`` for refused actions, and ``KeyError`` for
 unknown runs, projects or environments.
 """
 

@@ -7,24 +7,28 @@ committed to the config repo's branch (author "quicflow", a message naming the b
 pushed when there is a remote, and a reconcile is asked for — so Git records the change
 and the normal reconcile deploys it. Builds made by a pipeline deploy themselves and are
 not followed. The text edits are pure functions; the commits go through
-``reconciler.gitops.repository`` in a thread.
+``reconciler.gitops.repository`` in a thread. ``engine_builder`` makes the one Builder
+of a reconciler, with image automation listening to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
-from reconciler.builder.building import BuildRequest
+from reconciler.builder.building import Builder, BuildRequest
 from reconciler.builder.records import BuildRecord, BuildStatus
+from reconciler.credential.resolving import CredentialResolver
 from reconciler.errors import QuicFlowError
-from reconciler.gitops import model
+from reconciler.gitops import model, reverting
 from reconciler.gitops.repository import GitRepository, Identity
+from reconciler.log.store import LogStore
+from reconciler.store.database import Database
 
 _log = logging.getLogger(__name__)
-_VERSION_LINE = re.compile(r"(?m)^version:.*$")
 PIPELINE = "pipeline"
 
 
@@ -70,8 +74,7 @@ def request_for(
 
 def bumped(text: str, version: str) -> str | None:
     """``text`` of an environment file with its top-level version set, or None if it has none."""
-    new_text, count = _VERSION_LINE.subn(f'version: "{version}"', text, count=1)
-    return new_text if count else None
+    return reverting.with_version(text, version)
 
 
 def auto_update_environments(
@@ -147,3 +150,36 @@ class ImageAutomation:
         if commits and self.repo.has_remote:
             self.repo.push_branch(branch)
         return commits
+
+
+def engine_builder(
+    db: Database,
+    logs: LogStore,
+    data_dir: Path,
+    *,
+    repo: GitRepository,
+    desired: Callable[[], model.DesiredState | None],
+    credentials: CredentialResolver,
+    now: Callable[[], Any],
+    reconcile_now: Callable[[str], Awaitable[None]],
+) -> Builder:
+    """The Builder of one reconciler: credentials of the desired state in force, and
+    image automation committing version bumps after its builds."""
+
+    def credential(name: str, project: str) -> Any:
+        current = desired()
+        if current is None:
+            raise KeyError(name)
+        return credentials.manager(current).get(name, project, actor="builder")
+
+    automation = ImageAutomation(repo, desired, reconcile_now)
+    current = desired()
+    return Builder(
+        db,
+        logs,
+        data_dir,
+        credentials=credential,
+        max_concurrent=current.settings.max_concurrent_builds if current else 2,
+        now=now,
+        on_finished=automation.after_build,
+    )

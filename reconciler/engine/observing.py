@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from agent.protocol import StatusReport
 from reconciler.gitops.planning import Observation
+from reconciler.runs import Run
 
 PROJECT = "quicflow.project"
 ENV = "quicflow.env"
@@ -28,6 +29,18 @@ def image_digest(reference: str) -> str | None:
     """The ``sha256:…`` digest of ``repository@sha256:…``, or None for a tag reference."""
     _, at, digest = reference.rpartition("@")
     return digest if at and digest.startswith("sha256:") else None
+
+
+def live_colors(succeeded: Iterable[Run]) -> dict[tuple[str, str], str]:
+    """The serving blue-green color of each environment: its newest succeeded run's.
+
+    ``succeeded`` are succeeded runs, newest first.
+    """
+    colors: dict[tuple[str, str], str] = {}
+    for run in succeeded:
+        if run.detail.get("color"):
+            colors.setdefault(run.key, str(run.detail["color"]))
+    return colors
 
 
 def observations(

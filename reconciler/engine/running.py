@@ -2,7 +2,8 @@
 
 ``RunExecutor.execute`` replays the run's pipeline over its recorded steps: stages in
 order, the tasks of a stage concurrently, ``when:`` conditions, approval gates,
-per-task timeout and retries, ``uses: build`` building the run's version on the
+per-task timeout and retries (with backoff between attempts, never shorter than a
+``TemporaryError``'s ``delay``), ``uses: build`` building the run's version on the
 engine's Builder (its image and digest go into the run detail, so a later ``uses:
 deploy`` runs that digest), ``uses: deploy`` handing over to the strategy. A gate
 that is not yet decided (approval, manual canary promotion) or a closed release
@@ -14,25 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.builder.building import Builder, BuildError
 from reconciler.builder.records import BuildStatus
+from reconciler.credential.resolving import name_of
 from reconciler.drivers import StepFailed, for_deploy
 from reconciler.engine import image_builds, strategies
 from reconciler.engine.bus import EventBus
 from reconciler.engine.steps import Steps
 from reconciler.engine.strategies import Rollout, RolloutFailed, Waiting
-from reconciler.errors import PermanentError
+from reconciler.errors import PermanentError, TemporaryError
 from reconciler.events import Event, EventType
 from reconciler.gitops import model
 from reconciler.log.masking import Masker
 from reconciler.log.store import LogStore
-from reconciler.rules import expressions
+from reconciler.rules import backoff, expressions
 from reconciler.runs import Decision, Run, RunState, StepStatus
 from reconciler.store.runs import RunStore
 from reconciler.targets.commands import CommandResult, TargetRef
@@ -41,6 +44,9 @@ from reconciler.targets.resolving import Executors, resolve
 SecretResolver = Callable[[str, str | None, str], str]  # (credential, field, project) -> value
 Now = Callable[[], dt.datetime]
 _LINE_SPLIT = re.compile(r"\r?\n")
+# The wait between a task's attempts (``retries:``): at most 1, 2, 4, … 30 s, at least half.
+TASK_BACKOFF = 1.0
+TASK_MAX_BACKOFF = 30.0
 
 
 def iso(moment: dt.datetime) -> str:
@@ -65,6 +71,7 @@ class RunContext:
     variables_override: Mapping[str, model.Value] | None = None
     sleep: Callable[[float], Any] = asyncio.sleep
     builder: Builder | None = None  # for ``uses: build`` tasks
+    jitter: Callable[[], float] = random.random  # draws for the backoff between retries
     _buffers: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
@@ -209,8 +216,23 @@ class RunContext:
         )
 
 
-def name_of(ref: model.SecretRef) -> str:
-    return f"{ref.credential}.{ref.field or ''}"
+class ContextFactory(Protocol):
+    """Makes the context of a run (secrets resolved); ``build`` False leaves out the Builder."""
+
+    async def __call__(
+        self, run: Run, env: model.Environment, desired: model.DesiredState, build: bool = True
+    ) -> RunContext: ...
+
+
+def retry_wait(attempt: int, failure: BaseException, jitter: float) -> float:
+    """How long to wait after failed attempt ``attempt`` of a task, before the next one.
+
+    The ordinary backoff (``jitter`` a draw from [0, 1)), but never shorter than the
+    ``delay`` a ``TemporaryError`` asks for (raised itself, or the cause of a failure).
+    """
+    asked = failure if isinstance(failure, TemporaryError) else failure.__cause__
+    at_least = asked.delay if isinstance(asked, TemporaryError) else 0.0
+    return backoff.delay(attempt, TASK_BACKOFF, TASK_MAX_BACKOFF, jitter, at_least)
 
 
 class _Gates:
@@ -429,13 +451,20 @@ class RunExecutor:
             return {"targets": [p.name for p in places if p] or ["reconciler"]}
 
         async def with_retries() -> dict[str, Any]:
-            for n in range(task.retries + 1):
+            for n in range(1, task.retries + 2):
                 try:
                     return await attempt()
-                except StepFailed:
-                    if n == task.retries:
+                except StepFailed as failure:
+                    if n > task.retries:
                         raise
-                    ctx.log(f"reconciler/{task.name}", f"attempt {n + 1} failed; retrying")
+                    wait = retry_wait(n, failure, ctx.jitter())
+                except TemporaryError as failure:
+                    if n > task.retries:
+                        # Out of attempts: the step fails like any other, with the reason.
+                        raise PermanentError(f"task {task.name!r}: {failure}") from failure
+                    wait = retry_wait(n, failure, ctx.jitter())
+                ctx.log(f"reconciler/{task.name}", f"attempt {n} failed; retrying in {wait:.1f}s")
+                await ctx.sleep(wait)
             raise AssertionError("unreachable")
 
         await self.steps.once(key, with_retries)

@@ -3,8 +3,10 @@
 Stages, each its own module: ``repository`` (the only pygit2 user) → ``parsing`` and
 ``schemas`` (files) → ``checking`` (across files) → ``building`` + ``merging`` (model)
 → ``loading`` (the orchestrator with its caches) → ``planning`` and ``policy`` (pure
-decisions) → ``rendering`` (output) and ``history`` (state ref and notes).
+decisions) → ``rendering`` (output) and ``history`` (state ref and notes); ``reverting``
+writes the rollback commits.
 
-Only ``repository``, ``loading``, ``history`` and ``scaffolding`` touch Git; everything
-else here is pure and must stay so (see the import-linter contracts).
+Only ``repository``, ``loading``, ``history``, ``scaffolding`` and ``reverting`` touch
+Git; everything else here is pure and must stay so (see the import-linter contracts).
+Nothing here imports the engine.
 """

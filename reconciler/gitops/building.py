@@ -195,7 +195,9 @@ def strategy(raw: Mapping[str, Any] | None) -> model.Strategy:
     return model.Strategy(kind, merging.freeze(params), raw.get("auto_rollback", True))
 
 
-DEFAULT_PIPELINE = {"stages": [{"name": "deploy", "tasks": [{"name": "deploy", "uses": "deploy"}]}]}
+DEFAULT_PIPELINE: Mapping[str, Any] = {
+    "stages": [{"name": "deploy", "tasks": [{"name": "deploy", "uses": "deploy"}]}]
+}
 
 
 def pipeline(

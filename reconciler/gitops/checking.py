@@ -11,15 +11,14 @@ findings into located problems. Pure: works on parsed documents, does no I/O.
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from croniter import croniter
 
-from reconciler.alert import templates
 from reconciler.gitops.building import effective_config
-from reconciler.rules import batches, branches, expressions, windows
+from reconciler.rules import batches, branches, expressions, templates, windows
 
 RESERVED_PREFIX = "QUICFLOW_"
 
@@ -317,7 +316,7 @@ def _pipeline(
     path: str,
     where: tuple[str | int, ...],
     pipeline: Mapping[str, Any],
-    envs: Mapping[str, Any],
+    envs: Collection[str],
     cred: Any,
 ) -> Iterator[Finding]:
     stage_names: dict[str, int] = {}
@@ -468,7 +467,7 @@ def _callback(
 def _unique(
     path: str, items: list[Mapping[str, Any]], key: str, where: tuple[str | int, ...], what: str
 ) -> Iterator[Finding]:
-    seen: dict[str, int] = {}
+    seen: dict[Any, int] = {}
     for i, item in enumerate(items):
         value = item.get(key)
         if value in seen:

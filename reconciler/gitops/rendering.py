@@ -127,9 +127,11 @@ def plan_markdown(plan: Plan, policy: PolicyReport | None = None) -> str:
                 )
         if policy.authors:
             lines += ["", "| author | user | allowed |", "|---|---|---|"]
-            for a in policy.authors:
-                mark = "✅" if a.allowed else "❌ " + _cell("; ".join(a.missing))
-                lines.append(f"| {_cell(a.name)} <{a.email}> | {a.user or '(unknown)'} | {mark} |")
+            for author in policy.authors:
+                mark = "✅" if author.allowed else "❌ " + _cell("; ".join(author.missing))
+                lines.append(
+                    f"| {_cell(author.name)} <{author.email}> | {author.user or '(unknown)'} | {mark} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -13,17 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from reconciler.store.database import Database
-
-_SCHEMA = [
-    """
-    CREATE TABLE log_lines (
-        stream TEXT NOT NULL, seq INTEGER NOT NULL, at TEXT NOT NULL, source TEXT NOT NULL DEFAULT '',
-        channel TEXT NOT NULL DEFAULT 'stdout', line TEXT NOT NULL, PRIMARY KEY (stream, seq)
-    );
-    CREATE TABLE log_streams (stream TEXT PRIMARY KEY, closed INTEGER NOT NULL DEFAULT 0)
-    """,
-]
+from reconciler.store import database, logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,56 +38,35 @@ class LogLine:
 class LogStore:
     """Append-only log streams (one per run or build), readable live."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: database.Database):
         self.db = db
-        db.migrate("logs", _SCHEMA)
+        self.lines = logs.LogLines(db)
         self._changed: dict[str, asyncio.Condition] = {}
 
     def append(self, stream: str, entries: Sequence[tuple[str, str, str, str]]) -> int:
         """Store (at, source, channel, masked line) entries; return the last sequence number."""
         if not entries:
             return self.last_seq(stream)
-        with self.db.transaction() as conn:
-            # Numbered inside the write transaction (BEGIN IMMEDIATE), never from a cache:
-            # another process may append to the same stream (an agent's log, a second apply).
-            start = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM log_lines WHERE stream = ?", (stream,)
-            ).fetchone()[0]
-            conn.executemany(
-                "INSERT INTO log_lines (stream, seq, at, source, channel, line) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (stream, start + i, at, source, channel, line)
-                    for i, (at, source, channel, line) in enumerate(entries)
-                ],
-            )
+        last = self.lines.append(stream, entries)
         self._notify(stream)
-        return start + len(entries) - 1
+        return last
 
     def close_stream(self, stream: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO log_streams VALUES (?, 1)", (stream,))
+        self.lines.close(stream)
         self._notify(stream)
 
     def is_closed(self, stream: str) -> bool:
-        rows = self.db.query("SELECT closed FROM log_streams WHERE stream = ?", (stream,))
-        return bool(rows and rows[0][0])
+        return self.lines.is_closed(stream)
 
     def last_seq(self, stream: str) -> int:
-        return self.db.query(
-            "SELECT COALESCE(MAX(seq), 0) FROM log_lines WHERE stream = ?", (stream,)
-        )[0][0]
+        return self.lines.last_seq(stream)
 
     def read(
         self, stream: str, after: int = 0, limit: int = 1000, contains: str | None = None
     ) -> list[LogLine]:
-        sql = "SELECT * FROM log_lines WHERE stream = ? AND seq > ?"
-        params: list[object] = [stream, after]
-        if contains:
-            sql += " AND instr(line, ?) > 0"
-            params.append(contains)
-        rows = self.db.query(sql + " ORDER BY seq LIMIT ?", (*params, limit))
         return [
             LogLine(r["stream"], r["seq"], r["at"], r["source"], r["channel"], r["line"])
-            for r in rows
+            for r in self.lines.read(stream, after, limit, contains)
         ]
 
     async def follow(

@@ -1,7 +1,10 @@
-"""Pure rules shared by the config checker and the engine: ``when:`` expressions,
-strategy batches, release windows and branch/tag globs.
+"""Pure rules shared by the config checker and the parts that act on them.
 
-Below ``gitops/`` and ``engine/`` in the layers: both use these rules, so the checker
-can reject what the engine would refuse. Pure: no I/O, no clock reads (time comes in
-as a parameter), no asyncio; imports nothing of ours but ``reconciler.errors``.
+``when:`` expressions, strategy batches, release windows, branch/tag globs, the
+sandboxed notification templates and the backoff between retries. Below ``gitops/``
+and ``engine/`` in the layers: the checker validates with the same rules the engine
+and the notifier apply, so ``quicflow validate`` rejects what a run would refuse.
+Pure: no I/O, no clock reads (time comes in as a parameter), no randomness (draws come
+in as parameters), no asyncio; imports only leaf modules (``reconciler.errors``,
+``reconciler.events``) and ``reconciler.log.masking``.
 """

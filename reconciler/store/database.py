@@ -1,82 +1,170 @@
-"""The SQLite database of the operational store, with per-component schema migrations.
+"""What the store's repositories may ask of a database: the interface every backend implements.
 
-Writes are sub-millisecond, so they run inline on the event loop's thread under a lock
-(a thread hop would cost more than the write). ``transaction`` uses ``BEGIN IMMEDIATE``
-so several processes sharing the file serialise cleanly instead of failing late.
+``Database`` is a small base class; ``reconciler.store.sqlite.SQLiteDatabase`` is the
+one implementation today (a PostgreSQL one is meant to be a second subclass). A
+repository uses only what is declared here:
+
+- ``transaction()``: a context manager yielding a ``Connection`` (``execute`` and
+  ``executemany`` returning a ``Cursor`` with ``fetchone``, ``fetchall`` and
+  ``rowcount``), committed on success and rolled back on any exception;
+- ``query(sql, params)``: the rows of one read; ``execute(sql, params)``: one statement
+  in its own transaction, returning the row count; ``write(sql, params)``: one
+  self-contained statement without an explicit transaction (cheapest write);
+- ``migrate(migrations)``: apply the numbered migrations not yet recorded;
+- ``contains(column)``: the one dialect-specific condition repositories need;
+- ``close()``.
+
+The paramstyle is ``qmark`` (``?``) for every backend: a backend whose driver wants
+another one translates (SQL here holds no literal ``?`` or ``%``). Rows are read by
+column name (``row["id"]``), never by position, and SQL is written to run on SQLite and
+PostgreSQL alike: explicit column lists, ``ON CONFLICT … DO UPDATE / DO NOTHING``,
+``RETURNING id`` for generated ids, no ``rowid``.
+
+Writes are sub-millisecond, so a backend runs them inline on the caller's thread (the
+event loop's) under a lock: a thread hop would cost more than the write.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import abc
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 FILE_NAME = "quicflow.db"
 
+_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+)
 
-class Database:
-    """One SQLite connection (WAL) shared by the store's repositories."""
 
-    def __init__(self, path: Path | str):
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER)"
-        )
-        self._lock = threading.RLock()
+class Row(Protocol):
+    """A result row, read by column name."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Cursor(Protocol):
+    """What a statement run inside a transaction gives back."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """The connection a transaction yields (``sqlite3.Connection`` is one as it is)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema change: SQL statements separated by ``;``.
+
+    Column types that differ between backends are written as ``$name`` (see
+    ``Database.column_types``); ``legacy`` names the per-component schema version of
+    the old layout (``schema_versions``) that this migration is equal to.
+    """
+
+    version: int
+    name: str
+    script: str
+    legacy: tuple[str, int] | None = None
+
+    def statements(self, column_types: Mapping[str, str]) -> list[str]:
+        """The statements of this migration, written for a backend's column types."""
+        sql = string.Template(self.script).substitute(column_types)
+        return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+class Database(abc.ABC):
+    """The operational store's database; one subclass per backend."""
+
+    #: Repositories write ``?`` parameters; a backend whose driver wants another style translates.
+    paramstyle: ClassVar[str] = "qmark"
+    #: How the portable ``$name`` column types of a migration are spelled here.
+    column_types: ClassVar[Mapping[str, str]]
 
     @classmethod
-    def open(cls, data_dir: Path) -> Database:
-        return cls(Path(data_dir) / FILE_NAME)
+    def open(cls, data_dir: str | Path) -> Database:
+        """The default store of a data dir: ``quicflow.db`` (SQLite), migrated."""
+        from reconciler.store import sqlite
 
-    def migrate(self, component: str, steps: Sequence[str]) -> None:
-        """Apply the not-yet-applied schema ``steps`` of ``component`` (each a SQL script)."""
-        with self.transaction() as conn:
-            row = conn.execute(
-                "SELECT version FROM schema_versions WHERE component = ?", (component,)
-            ).fetchone()
-            done = row["version"] if row else 0
-            for i, script in enumerate(steps[done:], start=done + 1):
-                for statement in [s for s in script.split(";") if s.strip()]:
-                    conn.execute(statement)
-                conn.execute("INSERT OR REPLACE INTO schema_versions VALUES (?, ?)", (component, i))
+        return sqlite.SQLiteDatabase(Path(data_dir) / FILE_NAME)
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the data is (a file, a server), for messages."""
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction: committed on success, rolled back on any exception."""
 
-    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Run one self-contained statement (atomic on its own, no explicit transaction)."""
-        with self._lock:
-            self._conn.execute(sql, params)
+    @abc.abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of one read."""
+
+    @abc.abstractmethod
+    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one self-contained statement (atomic on its own); the row count."""
+
+    @abc.abstractmethod
+    def contains(self, column: str) -> str:
+        """A condition true when ``column`` contains the next parameter (case-sensitive)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement in its own transaction; return the last row id."""
+        """Run one statement in its own transaction; the row count."""
         with self.transaction() as conn:
-            return conn.execute(sql, params).lastrowid or 0
+            return conn.execute(sql, params).rowcount
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+    def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+        """Apply the migrations not yet recorded, in order, in one transaction; their versions."""
+        with self.transaction() as conn:
+            return self.apply(conn, migrations)
+
+    def apply(self, conn: Connection, migrations: Sequence[Migration]) -> list[int]:
+        """Apply, inside the caller's transaction, the migrations not yet recorded."""
+        done = recorded(conn)
+        applied = []
+        for migration in sorted(migrations, key=lambda m: m.version):
+            if migration.version in done:
+                continue
+            for statement in migration.statements(self.column_types):
+                conn.execute(statement)
+            record(conn, migration)
+            applied.append(migration.version)
+        return applied
+
+
+def recorded(conn: Connection) -> set[int]:
+    """The versions of the migrations applied so far (creating the version table if new)."""
+    conn.execute(_SCHEMA_TABLE)
+    return {
+        row["version"] for row in conn.execute("SELECT version FROM schema_migrations").fetchall()
+    }
+
+
+def record(conn: Connection, migration: Migration) -> None:
+    """Record ``migration`` as applied."""
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        (migration.version, migration.name, datetime.now(UTC).isoformat(timespec="seconds")),
+    )

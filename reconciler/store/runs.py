@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from reconciler.runs import Decision, Run, RunState, Step, StepStatus, Trigger
-from reconciler.store.database import Database
+from reconciler.store import database, paging, rows
 
-_SCHEMA = [
-    """
-    CREATE TABLE runs (
-        id TEXT PRIMARY KEY, project TEXT NOT NULL, env TEXT NOT NULL, version TEXT NOT NULL,
-        config_commit TEXT NOT NULL, config_hash TEXT NOT NULL, trigger TEXT NOT NULL,
-        state TEXT NOT NULL, previous_version TEXT, actor TEXT NOT NULL DEFAULT '',
-        strategy TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, started_at TEXT NOT NULL DEFAULT '',
-        finished_at TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '', forced INTEGER NOT NULL DEFAULT 0,
-        resumes TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '{}', seq INTEGER NOT NULL
-    );
-    CREATE INDEX runs_by_env ON runs (project, env, seq);
-    CREATE INDEX runs_by_state ON runs (state);
-    CREATE TABLE steps (
-        run_id TEXT NOT NULL REFERENCES runs(id), key TEXT NOT NULL, status TEXT NOT NULL,
-        started_at TEXT NOT NULL DEFAULT '', finished_at TEXT NOT NULL DEFAULT '',
-        attempts INTEGER NOT NULL DEFAULT 0, result TEXT NOT NULL DEFAULT '{}', error TEXT NOT NULL DEFAULT '',
-        ord INTEGER NOT NULL, PRIMARY KEY (run_id, key)
-    );
-    CREATE TABLE decisions (
-        run_id TEXT NOT NULL REFERENCES runs(id), gate TEXT NOT NULL, approved INTEGER NOT NULL,
-        user TEXT NOT NULL, at TEXT NOT NULL, comment TEXT NOT NULL DEFAULT '', PRIMARY KEY (run_id, gate)
-    )
-    """,
-]
+_RUNS = paging.Query("runs", order=("seq DESC",))
+_STEPS = paging.Query("steps", order=("ord",))
+_DECISIONS = paging.Query("decisions")
 
 _RUN_COLUMNS = (
     "id",
@@ -61,15 +40,16 @@ _RUN_COLUMNS = (
 class RunStore:
     """Reads and writes runs, steps and decisions."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: database.Database):
         self.db = db
-        db.migrate("runs", _SCHEMA)
 
     # -- runs ----------------------------------------------------------------------
 
     def create(self, run: Run) -> Run:
         with self.db.transaction() as conn:
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
+            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM runs").fetchone()[
+                "next"
+            ]
             conn.execute(
                 f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}, seq) VALUES ({', '.join('?' * len(_RUN_COLUMNS))}, ?)",
                 (*_run_values(run), seq),
@@ -86,8 +66,8 @@ class RunStore:
         return self.save(replace(run, **changes))
 
     def get(self, run_id: str) -> Run | None:
-        rows = self.db.query("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return _run(rows[0]) if rows else None
+        row = _RUNS.equal("id", run_id).first(self.db)
+        return _run(row) if row else None
 
     def list(
         self,
@@ -99,54 +79,33 @@ class RunStore:
         offset: int = 0,
     ) -> tuple[list[Run], int]:
         """Runs newest first with the total count, filtered."""
-        where, params = [], []
-        if project:
-            where.append("project = ?")
-            params.append(project)
-        if env:
-            where.append("env = ?")
-            params.append(env)
-        if states:
-            where.append(f"state IN ({', '.join('?' * len(states))})")
-            params += [s.value for s in states]
-        if trigger:
-            where.append("trigger = ?")
-            params.append(trigger)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        total = self.db.query(f"SELECT COUNT(*) FROM runs {clause}", params)[0][0]
-        rows = self.db.query(
-            f"SELECT * FROM runs {clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
-            (*params, limit, offset),
+        found, total = (
+            _RUNS.equal("project", project or None)
+            .equal("env", env or None)
+            .among("state", [s.value for s in states] if states else None)
+            .equal("trigger", trigger or None)
+            .page(self.db, limit, offset)
         )
-        return [_run(r) for r in rows], total
+        return [_run(r) for r in found], total
 
-    def active(self) -> list[Run]:
+    def active(self) -> builtins.list[Run]:
         """Runs not yet final, oldest first."""
-        final = [s.value for s in RunState if s.is_final]
-        rows = self.db.query(
-            f"SELECT * FROM runs WHERE state NOT IN ({', '.join('?' * len(final))}) ORDER BY seq",
-            final,
-        )
-        return [_run(r) for r in rows]
+        waiting = [s.value for s in RunState if not s.is_final]
+        found = _RUNS.ordered("seq").among("state", waiting).rows(self.db)
+        return [_run(r) for r in found]
 
     def latest(self, project: str, env: str) -> Run | None:
-        rows = self.db.query(
-            "SELECT * FROM runs WHERE project = ? AND env = ? ORDER BY seq DESC LIMIT 1",
-            (project, env),
-        )
-        return _run(rows[0]) if rows else None
+        row = _RUNS.equal("project", project).equal("env", env).first(self.db)
+        return _run(row) if row else None
 
     # -- steps ---------------------------------------------------------------------
 
     def step(self, run_id: str, key: str) -> Step | None:
-        rows = self.db.query("SELECT * FROM steps WHERE run_id = ? AND key = ?", (run_id, key))
-        return _step(rows[0]) if rows else None
+        row = _STEPS.equal("run_id", run_id).equal("key", key).first(self.db)
+        return _step(row) if row else None
 
-    def steps(self, run_id: str) -> list[Step]:
-        return [
-            _step(r)
-            for r in self.db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY ord", (run_id,))
-        ]
+    def steps(self, run_id: str) -> builtins.list[Step]:
+        return [_step(r) for r in _STEPS.equal("run_id", run_id).rows(self.db)]
 
     def put_step(self, step: Step) -> Step:
         """Insert or update a step in one statement; a step keeps its first position."""
@@ -186,32 +145,23 @@ class RunStore:
 
     def decide(self, decision: Decision) -> bool:
         """Record a decision; False when the gate was already decided (first one wins)."""
-        try:
-            self.db.execute(
-                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    decision.run_id,
-                    decision.gate,
-                    int(decision.approved),
-                    decision.user,
-                    decision.at,
-                    decision.comment,
-                ),
-            )
-        except sqlite3.IntegrityError:
-            return False
-        return True
+        inserted = self.db.execute(
+            'INSERT INTO decisions (run_id, gate, approved, "user", at, comment)'
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, gate) DO NOTHING",
+            (
+                decision.run_id,
+                decision.gate,
+                int(decision.approved),
+                decision.user,
+                decision.at,
+                decision.comment,
+            ),
+        )
+        return inserted == 1
 
     def decision(self, run_id: str, gate: str) -> Decision | None:
-        rows = self.db.query(
-            "SELECT * FROM decisions WHERE run_id = ? AND gate = ?", (run_id, gate)
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return Decision(
-            r["run_id"], r["gate"], bool(r["approved"]), r["user"], r["at"], r["comment"]
-        )
+        row = _DECISIONS.equal("run_id", run_id).equal("gate", gate).first(self.db)
+        return rows.into(Decision, row, approved=bool(row["approved"])) if row else None
 
 
 def _run_values(run: Run) -> tuple[Any, ...]:
@@ -237,37 +187,16 @@ def _run_values(run: Run) -> tuple[Any, ...]:
     )
 
 
-def _run(row: sqlite3.Row) -> Run:
-    return Run(
-        id=row["id"],
-        project=row["project"],
-        env=row["env"],
-        version=row["version"],
-        config_commit=row["config_commit"],
-        config_hash=row["config_hash"],
+def _run(row: database.Row) -> Run:
+    return rows.into(
+        Run,
+        row,
         trigger=Trigger(row["trigger"]),
         state=RunState(row["state"]),
-        previous_version=row["previous_version"],
-        actor=row["actor"],
-        strategy=row["strategy"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        error=row["error"],
         forced=bool(row["forced"]),
-        resumes=row["resumes"],
         detail=json.loads(row["detail"]),
     )
 
 
-def _step(row: sqlite3.Row) -> Step:
-    return Step(
-        row["run_id"],
-        row["key"],
-        StepStatus(row["status"]),
-        row["started_at"],
-        row["finished_at"],
-        row["attempts"],
-        json.loads(row["result"]),
-        row["error"],
-    )
+def _step(row: database.Row) -> Step:
+    return rows.into(Step, row, status=StepStatus(row["status"]), result=json.loads(row["result"]))

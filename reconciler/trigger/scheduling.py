@@ -5,10 +5,11 @@ A schedule's *slots* are the instants its cron expression names in its time zone
 ``schedules`` keeps, per schedule id, the newest slot already handled (``last_slot``),
 when it last fired (``last_run``), the next slot (``next_run``) and the outcome.
 
-Exactly once per slot, across restarts and processes: a slot is *claimed* with one
-atomic ``UPDATE schedules SET last_slot = :slot WHERE id = :id AND last_slot < :slot``
-before anything fires. Of several schedulers sharing the database, only the one whose
-UPDATE changed a row fires; a restarted scheduler finds the slot already claimed.
+Exactly once per slot, across restarts and processes: a slot is *claimed* before
+anything fires, by one atomic conditional update that moves ``last_slot`` only while it
+is older than the slot (``reconciler.store.schedules``). Of several schedulers sharing
+the database, only the one whose update changed the row fires; a restarted scheduler
+finds the slot already claimed.
 
 Missed slots (the server was down): ``due_slots`` only ever looks at the *newest* slot
 not after ``now`` — never at each missed one — so
@@ -29,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -38,6 +38,7 @@ from croniter import croniter
 
 from reconciler.gitops import model
 from reconciler.runs import Run, Trigger
+from reconciler.store import schedules
 from reconciler.store.database import Database
 
 _log = logging.getLogger(__name__)
@@ -46,25 +47,14 @@ RUN_ONCE = "run_once"
 SKIP = "skip"
 DEFAULT_GRACE = timedelta(seconds=90)
 
-_SCHEMA = [
-    """
-    CREATE TABLE schedules (
-        id TEXT PRIMARY KEY, spec TEXT NOT NULL, last_slot TEXT NOT NULL,
-        next_run TEXT NOT NULL DEFAULT '', last_run TEXT NOT NULL DEFAULT '',
-        last_status TEXT NOT NULL DEFAULT '', last_error TEXT NOT NULL DEFAULT '',
-        last_run_id TEXT NOT NULL DEFAULT ''
-    )
-    """,
-]
-
 
 def _stamp(at: datetime) -> str:
-    # One fixed UTC format, so stored slots compare correctly as strings in SQL.
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The store's format: slots are compared as strings there.
+    return schedules.stamp(at)
 
 
 def _parse(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return schedules.parse_stamp(stamp)
 
 
 def newest_slot(now: datetime, cron: str, tz: str) -> datetime:
@@ -106,101 +96,6 @@ def due_slots(
     return [newest]
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduleState:
-    """What the store knows about one schedule (times as UTC ISO strings, '' if none)."""
-
-    id: str
-    spec: str
-    last_slot: str
-    next_run: str
-    last_run: str
-    last_status: str
-    last_error: str
-    last_run_id: str
-
-    def as_dict(self) -> dict[str, str | None]:
-        """The state as the API shows it."""
-        return {
-            "last_slot": self.last_slot or None,
-            "next_run": self.next_run or None,
-            "last_run": self.last_run or None,
-            "last_status": self.last_status or None,
-            "last_error": self.last_error or None,
-            "last_run_id": self.last_run_id or None,
-        }
-
-
-class ScheduleStore:
-    """The ``schedules`` table: slots claimed, next and last runs, outcomes."""
-
-    def __init__(self, db: Database):
-        self.db = db
-        db.migrate("schedules", _SCHEMA)
-
-    def get(self, schedule_id: str) -> ScheduleState | None:
-        """The state of one schedule, if it was ever seen."""
-        rows = self.db.query("SELECT * FROM schedules WHERE id = ?", (schedule_id,))
-        return _state(rows[0]) if rows else None
-
-    def all(self) -> dict[str, ScheduleState]:
-        """Every stored schedule state by id."""
-        return {r["id"]: _state(r) for r in self.db.query("SELECT * FROM schedules")}
-
-    def baseline(self, schedule_id: str, spec: str, slot: datetime, next_run: datetime) -> None:
-        """Start (or restart, after a cron change) a schedule at ``slot`` without firing it."""
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO schedules (id, spec, last_slot, next_run) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET spec = excluded.spec, last_slot = excluded.last_slot,"
-                " next_run = excluded.next_run WHERE schedules.spec != excluded.spec",
-                (schedule_id, spec, _stamp(slot), _stamp(next_run)),
-            )
-
-    def claim(self, schedule_id: str, spec: str, slot: datetime, next_run: datetime) -> bool:
-        """Atomically take ``slot``; True for exactly one caller per slot."""
-        with self.db.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE schedules SET last_slot = ?, next_run = ? WHERE id = ? AND spec = ? AND last_slot < ?",
-                (_stamp(slot), _stamp(next_run), schedule_id, spec, _stamp(slot)),
-            )
-            return cursor.rowcount == 1
-
-    def set_next(self, schedule_id: str, next_run: datetime) -> None:
-        """Store when the schedule fires next."""
-        self.db.execute(
-            "UPDATE schedules SET next_run = ? WHERE id = ?", (_stamp(next_run), schedule_id)
-        )
-
-    def finish(
-        self, schedule_id: str, at: datetime, status: str, error: str = "", run_id: str = ""
-    ) -> None:
-        """Record the outcome of a claimed slot; only a slot that ran moves ``last_run``."""
-        if status == "skipped":
-            self.db.execute(
-                "UPDATE schedules SET last_status = ?, last_error = ? WHERE id = ?",
-                (status, error, schedule_id),
-            )
-            return
-        self.db.execute(
-            "UPDATE schedules SET last_run = ?, last_status = ?, last_error = ?, last_run_id = ? WHERE id = ?",
-            (_stamp(at), status, error, run_id, schedule_id),
-        )
-
-
-def _state(row: Any) -> ScheduleState:
-    return ScheduleState(
-        row["id"],
-        row["spec"],
-        row["last_slot"],
-        row["next_run"],
-        row["last_run"],
-        row["last_status"],
-        row["last_error"],
-        row["last_run_id"],
-    )
-
-
 class ScheduleEngine(Protocol):
     """The part of ``EngineControl`` a scheduler uses."""
 
@@ -238,7 +133,7 @@ class Scheduler:
         grace: timedelta = DEFAULT_GRACE,
         max_sleep: float = 30.0,
     ):
-        self.store = ScheduleStore(db)
+        self.store = schedules.ScheduleStore(db)
         self.clock = clock
         self.grace = grace
         self.max_sleep = max_sleep

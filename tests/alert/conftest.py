@@ -10,7 +10,7 @@ from alert.receivers import FEISHU_SECRET, LEAKY_TOKEN, WEBHOOK_SECRET, Receiver
 
 from reconciler.credential import model as credential_model
 from reconciler.credential.manager import CredentialManager
-from reconciler.store.database import Database
+from reconciler.store.sqlite import SQLiteDatabase as Database
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import pytest
 from alert.receivers import FEISHU_SECRET, WEBHOOK_SECRET, Receiver, SleepRecorder
 
 from reconciler.alert.delivering import Deliverer
-from reconciler.alert.outbox import AttemptStatus, Message, Outbox, State
+from reconciler.alert.outbox import AttemptStatus, Message, State
 from reconciler.alert.retries import RetryPolicy
 from reconciler.store.database import Database
+from reconciler.store.outbox import Outbox
 
 
 def _message(

@@ -27,7 +27,7 @@ from reconciler.credential.manager import CredentialManager
 from reconciler.engine.bus import EventBus
 from reconciler.events import Event, EventType
 from reconciler.gitops.model import AlertRule
-from reconciler.store.database import Database
+from reconciler.store.sqlite import SQLiteDatabase as Database
 
 
 def _event(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from reconciler.alert.outbox import Attempt, AttemptStatus, Message, Outbox, State
+from reconciler.alert.outbox import Attempt, AttemptStatus, Message, State
 from reconciler.alert.retries import RetryPolicy
-from reconciler.store.database import Database
+from reconciler.store.outbox import Outbox
+from reconciler.store.sqlite import SQLiteDatabase as Database
 
 
 def _message(key: str) -> Message:

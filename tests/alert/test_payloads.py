@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.alert import payloads, templates
+from reconciler.alert import payloads
 from reconciler.events import Event, EventType
+from reconciler.rules import templates
 
 
 def _variables(**extra: object) -> dict:

@@ -1,30 +1,34 @@
-"""Fixtures for the API tests: a real config repo with SOPS credentials, real stores, real uvicorn.
+"""Fixtures for the API tests: the real Reconciler on a real config repo, behind real uvicorn.
 
-The config repo (``API_FILES``) has one user per role on project ``app`` (an admin,
+The config repo (``api.configs``) has one user per role on project ``app`` (an admin,
 owner, maintainer, developer, viewer) and a non-member who owns project ``other``;
 ``app`` declares webhooks for all three providers and a schedule. Webhook secrets are
 real ``credentials.sops.yaml`` files encrypted for an age identity made in the test
-session and read through a real ``CredentialManager``.
+session and read by the engine's own ``CredentialManager``.
+
+Each module commits its repo once (``api_template``; a module picks its config with
+``api_files`` and may release versions first with ``api_releases``); each test works on
+a copy of that repo and data directory, so runs and commits never leak between tests.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator, Iterator
+import shutil
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from api import configs
-from api.configs import API_FILES
-from api.recording import RecordingEngine
-from api.servers import LiveServer, serving
+from api import configs, driving
+from api.servers import LiveServer, real_engine, server_settings, serving
 from gitrepos import ConfigRepo
 from starlette.applications import Starlette
 
 from reconciler.api.app import ServerSettings, create_app
-from reconciler.credential import age, documents, sealing, sops
+from reconciler.credential import age, documents, sops
 from reconciler.credential.manager import CredentialManager
-from reconciler.store.database import Database
+from reconciler.engine.reconciling import Reconciler
+from reconciler.store.sqlite import SQLiteDatabase as Database
 
 
 def sops_file(recipient: str, credentials: dict[str, dict[str, str]]) -> str:
@@ -52,49 +56,86 @@ def credential_files(age_identity: tuple[str, str]) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def api_repo(config_repo: ConfigRepo, credential_files: dict[str, str]) -> ConfigRepo:
-    config_repo.commit({**API_FILES, **credential_files}, message="api test config")
-    return config_repo
+@dataclass(frozen=True)
+class Template:
+    """A module's config repo and data directory, made once and copied into each test."""
+
+    repo: Path
+    data: Path
 
 
-@pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(tmp_path / "data" / "quicflow.db")
-    yield db
-    db.close()
+@pytest.fixture(scope="module")
+def api_files() -> Mapping[str, str]:
+    """The config of this module's repo (modules that need gates use ``GATED_FILES``)."""
+    return configs.API_FILES
 
 
-@pytest.fixture
-def credentials(
-    tmp_path: Path,
+@pytest.fixture(scope="module")
+def api_releases() -> tuple[str, ...]:
+    """Versions released in turn to app/dev and app/prod before each test: none by default."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def api_template(
+    tmp_path_factory: pytest.TempPathFactory,
+    api_files: Mapping[str, str],
+    api_releases: tuple[str, ...],
     credential_files: dict[str, str],
     age_identity: tuple[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[CredentialManager]:
-    for name in ("SOPS_AGE_KEY", "SOPS_AGE_KEY_FILE", sealing.KEY_ENV):
-        monkeypatch.delenv(name, raising=False)
-    manager = CredentialManager.open(
-        tmp_path / "credentials", {sealing.KEY_ENV: secrets.token_bytes(32).hex()}
-    )
-    manager.load_git(credential_files, [age_identity[0]], backend="native")
-    yield manager
-    manager.close()
+) -> Template:
+    root = tmp_path_factory.mktemp("api")
+    repo = ConfigRepo(root / "config")
+    repo.commit({**api_files, **credential_files}, message="api test config")
+    if api_releases:
+        driving.in_thread(
+            driving.release_history(repo.path, root / "data", age_identity[0], api_releases)
+        )
+    return Template(repo.path, root / "data")
 
 
 @pytest.fixture
-def engine(database: Database, api_repo: ConfigRepo) -> RecordingEngine:
-    """The engine the app talks to; swap in the real Reconciler here at integration."""
-    return RecordingEngine(database, api_repo.path)
+def api_repo(api_template: Template, tmp_path: Path) -> ConfigRepo:
+    """This test's copy of the module's config repo (commit to it freely)."""
+    return ConfigRepo.copy_of(api_template.repo, tmp_path / "config")
 
 
 @pytest.fixture
-def settings(database: Database, credentials: CredentialManager) -> ServerSettings:
-    return ServerSettings(database=database, credentials=credentials, run_scheduler=False)
+def data_dir(api_template: Template, tmp_path: Path) -> Path:
+    """This test's data directory: a copy of the module's, if it released anything."""
+    data = tmp_path / "data"
+    if api_template.data.exists():
+        shutil.copytree(api_template.data, data)
+    return data
 
 
 @pytest.fixture
-def app(engine: RecordingEngine, settings: ServerSettings) -> Starlette:
+async def engine(
+    api_repo: ConfigRepo, data_dir: Path, age_identity: tuple[str, str]
+) -> AsyncIterator[Reconciler]:
+    """The real Reconciler on this test's repo; its runs are cancelled when the test ends."""
+    async with real_engine(api_repo.path, data_dir, age_identity[0]) as reconciler:
+        yield reconciler
+
+
+@pytest.fixture
+async def settings(engine: Reconciler) -> ServerSettings:
+    return await server_settings(engine)
+
+
+@pytest.fixture
+def database(engine: Reconciler) -> Database:
+    return engine.db
+
+
+@pytest.fixture
+def credentials(settings: ServerSettings) -> CredentialManager:
+    assert settings.credentials is not None
+    return settings.credentials
+
+
+@pytest.fixture
+def app(engine: Reconciler, settings: ServerSettings) -> Starlette:
     return create_app(engine, settings)
 
 

@@ -1,4 +1,10 @@
-"""A Starlette app served by real uvicorn on a free loopback port, for HTTP-level tests."""
+"""The real-engine server of the API tests: the Reconciler behind the app under real uvicorn.
+
+``real_engine`` opens the real ``Reconciler`` on a config repo and a data directory as
+``quicflow serve`` does (desired state loaded, SOPS credentials readable with the given
+age key); ``server_settings`` gives the app its database and the engine's credentials;
+``serving`` runs any Starlette app on a free loopback port in the test's event loop.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,17 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+
+from reconciler.api.app import ServerSettings
+from reconciler.commands import open_credentials
+from reconciler.engine.reconciling import Reconciler
+from reconciler.gitops.repository import GitRepository
 
 
 class LiveServer:
@@ -59,3 +71,21 @@ async def serving(app: Starlette) -> AsyncIterator[LiveServer]:
         yield server
     finally:
         await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def real_engine(repo: Path, data: Path, age_key: str) -> AsyncIterator[Reconciler]:
+    """The real Reconciler on ``repo`` with its desired state loaded; closed (runs cancelled) after."""
+    reconciler = Reconciler(GitRepository.open(repo), data, environ={"SOPS_AGE_KEY": age_key})
+    try:
+        await reconciler.refresh()
+        yield reconciler
+    finally:
+        await reconciler.close()
+
+
+async def server_settings(reconciler: Reconciler) -> ServerSettings:
+    """Settings as ``quicflow serve`` makes them: the engine's database and credentials."""
+    credentials = await open_credentials(reconciler)
+    assert credentials is not None, "the config repo's credentials could not be opened"
+    return ServerSettings(database=reconciler.db, credentials=credentials, run_scheduler=False)

@@ -1,22 +1,28 @@
-"""Authentication and the project permission matrix, over real HTTP against the running app.
+"""Authentication and the project permission matrix, over real HTTP against the real engine.
 
 The matrix test is table-driven: every role × every run action × an unprotected (dev)
-and a protected (prod) environment. Non-members get 404 (the project does not exist for
-them), members without the role 403; an allowed action reaches the engine, a refused
-one never does.
+and a protected (prod) environment, on the gated config (approval, then a canary
+promote) with 0.9.0 and then 1.0.0 released to both. Each action is tried on a run the
+real engine put in the state the action applies to. Non-members get 404 (the project
+does not exist for them), members without the role 403; an allowed action has its real
+effect (a run, a recorded decision, a revert commit, a cancelled run), a refused one none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
+import httpx
 import pytest
-from api.recording import RecordingEngine
+from api import configs, driving
 from api.servers import LiveServer, serving
+from gitrepos import ConfigRepo, git
 from starlette.applications import Starlette
 
 from reconciler.api.app import ServerSettings, create_app
-from reconciler.runs import RunState
+from reconciler.engine.reconciling import Reconciler
+from reconciler.runs import RunState, Trigger
 
 ALLOW = "allow"
 ACTIONS = ("deploy", "rollback", "approve", "reject", "cancel", "promote", "view")
@@ -31,28 +37,82 @@ MATRIX = [
     ("nora", "not a member", 404, 404),
 ]
 VIEW = {"alice": ALLOW, "olga": ALLOW, "mike": ALLOW, "dev": ALLOW, "vic": ALLOW, "nora": 404}
+PREVIOUS = "0.9.0"
 
 
-async def _attempt(client, engine: RecordingEngine, action: str, env: str) -> tuple[int, int]:
-    """Do ``action`` in app/``env``; (HTTP status, engine calls it caused)."""
-    before = len(engine.calls)
-    if action in ("deploy", "rollback"):
+@pytest.fixture(scope="module")
+def api_files() -> Mapping[str, str]:
+    return configs.GATED_FILES
+
+
+@pytest.fixture(scope="module")
+def api_releases() -> tuple[str, ...]:
+    return (PREVIOUS, "1.0.0")  # so a rollback has an earlier good version to go back to
+
+
+def _revert(repo: ConfigRepo, commit: str, env: str) -> tuple[str, str]:
+    """The environment file at ``commit`` and the commit's message."""
+    text = git(repo.path, "show", f"{commit}:projects/app/environments/{env}.yaml")
+    return text, git(repo.path, "log", "-1", "--format=%B", commit)
+
+
+async def _attempt(
+    client: httpx.AsyncClient,
+    engine: Reconciler,
+    repo: ConfigRepo,
+    user: str,
+    action: str,
+    env: str,
+) -> tuple[int, str]:
+    """``user`` does ``action`` in app/``env``; (HTTP status, its real effect or '' for none)."""
+    if action == "deploy":
+        before = engine.runs.list("app", env)[1]
+        answer = await client.post(f"/api/release/projects/app/environments/{env}/deploy", json={})
+        await engine.wait_idle()
+        found, total = engine.runs.list("app", env)
+        if total == before:
+            return answer.status_code, ""
+        run = found[0]
+        assert (run.actor, run.trigger, run.version) == (user, Trigger.MANUAL, "1.0.0")
+        return answer.status_code, f"run {run.id} {run.state.value}"
+    if action == "rollback":
+        head = engine.repo.ref_target("refs/heads/main")
         answer = await client.post(
-            f"/api/release/projects/app/environments/{env}/{action}", json={}
+            f"/api/release/projects/app/environments/{env}/rollback", json={}
         )
-    else:
-        run = engine.add_run("app", env, "1.0.1", state=RunState.WAITING_APPROVAL)
-        if action == "view":
-            answer = await client.get(f"/api/release/runs/{run.id}")
-        else:
-            answer = await client.post(f"/api/release/runs/{run.id}/{action}", json={})
-    return answer.status_code, len(engine.calls) - before
+        after = engine.repo.ref_target("refs/heads/main")
+        if after == head:
+            return answer.status_code, ""
+        text, message = _revert(repo, str(after), env)
+        assert answer.json()["commit"] == after and f'version: "{PREVIOUS}"' in text
+        assert f"Requested by {user}." in message
+        return answer.status_code, f"revert commit {after}"
+    gate = configs.PROMOTE_GATE if action == "promote" else configs.APPROVAL_GATE
+    run = await driving.waiting_at(engine, env, gate)
+    if action == "view":
+        answer = await client.get(f"/api/release/runs/{run.id}")
+        return answer.status_code, ""
+    answer = await client.post(f"/api/release/runs/{run.id}/{action}", json={})
+    await engine.wait_idle()
+    after = driving.current(engine, run)
+    decision = engine.runs.decision(run.id, gate)
+    if action == "cancel":
+        if after.state is not RunState.CANCELLED:
+            return answer.status_code, ""
+        assert after.error == f"cancelled by {user}"
+        return answer.status_code, "cancelled"
+    if decision is None:
+        assert after.state is RunState.WAITING_APPROVAL and after.detail["gate"] == gate
+        return answer.status_code, ""
+    assert decision.user == user and decision.approved is (action != "reject")
+    return answer.status_code, f"{gate} decided, run {after.state.value}"
 
 
 @pytest.mark.parametrize(("user", "role", "in_dev", "in_prod"), MATRIX, ids=[m[1] for m in MATRIX])
 async def test_permission_matrix(
     server: LiveServer,
-    engine: RecordingEngine,
+    engine: Reconciler,
+    api_repo: ConfigRepo,
     tokens: dict[str, str],
     user: str,
     role: str,
@@ -64,16 +124,16 @@ async def test_permission_matrix(
         for env, expected in (("dev", in_dev), ("prod", in_prod)):
             for action in ACTIONS:
                 wanted = VIEW[user] if action == "view" else expected
-                status, calls = await _attempt(client, engine, action, env)
+                status, effect = await _attempt(client, engine, api_repo, user, action, env)
                 ok = (
-                    (status in (200, 202) and calls == (0 if action == "view" else 1))
+                    (status in (200, 202) and (action == "view" or effect != ""))
                     if wanted == ALLOW
-                    else (status == wanted and calls == 0)
+                    else (status == wanted and effect == "")
                 )
                 if not ok:
                     wrong.append(
-                        f"{user} ({role}) {action} in {env}: got {status} with {calls} engine calls, "
-                        f"wanted {wanted}"
+                        f"{user} ({role}) {action} in {env}: got {status} with effect "
+                        f"{effect or 'none'}, wanted {wanted}"
                     )
     assert wrong == []
 
@@ -115,7 +175,7 @@ async def test_requests_without_credentials_are_refused(server: LiveServer) -> N
 
 
 async def test_failed_authentication_is_rate_limited_per_address(
-    engine: RecordingEngine, settings: ServerSettings, tokens: dict[str, str]
+    engine: Reconciler, settings: ServerSettings, tokens: dict[str, str]
 ) -> None:
     app = create_app(engine, replace(settings, auth_max_failures=3, auth_failure_window=30))
     good = app.state.tokens.create("olga")
@@ -146,8 +206,9 @@ async def test_tokens_are_stored_hashed_and_revocable(app: Starlette, server: Li
 
 
 async def test_browser_login_sets_a_strict_session_cookie_that_only_reads(
-    server: LiveServer, engine: RecordingEngine, tokens: dict[str, str]
+    server: LiveServer, engine: Reconciler, tokens: dict[str, str]
 ) -> None:
+    runs_before = engine.runs.list()[1]
     async with server.client() as client:
         refused = await client.post("/login", data={"token": "qft_wrong", "next": "/"})
         login = await client.post(
@@ -163,19 +224,20 @@ async def test_browser_login_sets_a_strict_session_cookie_that_only_reads(
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and tokens["olga"] not in cookie
     assert page.status_code == 200 and "olga" in page.text
     assert act.status_code == 403 and act.json()["error"]["code"] == "read_only_session"
-    assert engine.calls == []
+    assert engine.runs.list()[1] == runs_before  # nothing was deployed
     assert logout.status_code == 303
     assert after.status_code == 401
 
 
 async def test_anonymous_status_page_opens_reading_only(
-    api_repo, engine: RecordingEngine, settings: ServerSettings
+    api_repo: ConfigRepo, engine: Reconciler, settings: ServerSettings
 ) -> None:
     quicflow = api_repo.read("quicflow.yaml").replace(
         "settings:\n", "settings:\n  anonymous_status_page: true\n"
     )
     api_repo.commit({"quicflow.yaml": quicflow}, message="open the status page")
-    engine.reload()
+    await engine.refresh()
+    runs_before = engine.runs.list()[1]
     async with serving(create_app(engine, settings)) as live, live.client() as client:
         page = await client.get("/")
         projects = await client.get("/api/release/projects")
@@ -183,4 +245,4 @@ async def test_anonymous_status_page_opens_reading_only(
     assert page.status_code == 200 and "anonymous" in page.text
     assert [p["name"] for p in projects.json()["items"]] == ["app", "other"]
     assert act.status_code == 401
-    assert engine.calls == []
+    assert engine.runs.list()[1] == runs_before  # nothing was deployed

@@ -1,8 +1,9 @@
 """Cron schedules: the pure ``due_slots`` table, and exactly-once firing on a real database.
 
-Once per slot is checked across a restart (a new ``Scheduler`` on the same file) and
-across two schedulers on two connections to one SQLite file ticking at the same instant
-from two threads — the same locking two processes get. The clock is injected.
+Once per slot is checked across a restart (a new engine and ``Scheduler`` on the same
+files) and across two engines with their schedulers on one data directory, ticking at
+the same instant from two threads — the same locking two processes get. The clock is
+injected; a fired slot is a real run of the real engine, whose detail names the slot.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from api.recording import RecordingEngine
-from api.servers import LiveServer
+from api.servers import LiveServer, real_engine
 from gitrepos import ConfigRepo
 from starlette.applications import Starlette
 
-from reconciler.runs import Trigger
-from reconciler.store.database import Database
+from reconciler.engine.reconciling import Reconciler
+from reconciler.runs import RunState, Trigger
+from reconciler.store.sqlite import SQLiteDatabase as Database
 from reconciler.trigger.scheduling import RUN_ONCE, SKIP, Scheduler, due_slots
 
 
@@ -92,12 +93,16 @@ class Clock:
         return self.now
 
 
-def fired(engine: RecordingEngine, schedule: str) -> list[str]:
-    return [
-        c.kwargs["detail"]["slot"]
-        for c in engine.calls_named("deploy")
-        if c.kwargs["detail"]["schedule"] == schedule
-    ]
+def fired(engine: Reconciler, schedule: str) -> list[str]:
+    """The slots of ``schedule`` that started a run, oldest first."""
+    runs, _ = engine.runs.list(trigger=Trigger.SCHEDULE, limit=100)
+    return [r.detail["slot"] for r in reversed(runs) if r.detail["schedule"] == schedule]
+
+
+async def tick(scheduler: Scheduler, engine: Reconciler) -> None:
+    """One tick, then let the runs it started finish (a deploy refuses while one runs)."""
+    await scheduler.tick(engine)
+    await engine.wait_idle()
 
 
 NIGHTLY = "app.nightly"  # 0 2 * * * Asia/Shanghai = 18:00 UTC, missed: run_once
@@ -105,27 +110,32 @@ HOURLY = "app.hourly-skip"  # 30 * * * * UTC, missed: skip
 
 
 async def test_a_slot_fires_once_and_not_again_after_a_restart(
-    engine: RecordingEngine, database: Database, tmp_path: Path
+    engine: Reconciler,
+    database: Database,
+    api_repo: ConfigRepo,
+    data_dir: Path,
+    age_identity: tuple[str, str],
 ) -> None:
     clock = Clock("2025-03-01T12:00:00")
     scheduler = Scheduler(database, clock=clock)
-    await scheduler.tick(engine)  # first sight: baseline, nothing fires
-    assert engine.calls == []
+    await tick(scheduler, engine)  # first sight: baseline, nothing fires
+    assert engine.runs.list()[1] == 0
     clock.now = utc("2025-03-01T18:00:05")
-    await scheduler.tick(engine)
-    await scheduler.tick(engine)
+    await tick(scheduler, engine)
+    await tick(scheduler, engine)
     assert fired(engine, NIGHTLY) == ["2025-03-01T18:00:00Z"]
-    (call,) = [c for c in engine.calls_named("deploy") if c.kwargs["detail"]["schedule"] == NIGHTLY]
-    assert call.args == ("app", "dev", None) and call.kwargs["trigger"] is Trigger.SCHEDULE
+    (run,) = engine.runs.list(trigger=Trigger.SCHEDULE)[0]
+    assert (run.project, run.env, run.version) == ("app", "dev", "1.0.0")  # the desired one
+    assert run.trigger is Trigger.SCHEDULE and run.state is RunState.SUCCEEDED
 
-    restarted_db = Database(database.path)  # a restarted process: new connection, same file
-    try:
-        restarted = Scheduler(restarted_db, clock=clock)
-        await restarted.tick(engine)
-        assert fired(engine, NIGHTLY) == ["2025-03-01T18:00:00Z"]
+    # A restarted process: a new engine and scheduler, new connections to the same files.
+    async with real_engine(api_repo.path, data_dir, age_identity[0]) as again:
+        restarted = Scheduler(again.db, clock=clock)
+        await tick(restarted, again)
+        assert fired(again, NIGHTLY) == ["2025-03-01T18:00:00Z"]
         clock.now = utc("2025-03-02T18:00:01")
-        await restarted.tick(engine)
-        assert fired(engine, NIGHTLY) == ["2025-03-01T18:00:00Z", "2025-03-02T18:00:00Z"]
+        await tick(restarted, again)
+        assert fired(again, NIGHTLY) == ["2025-03-01T18:00:00Z", "2025-03-02T18:00:00Z"]
         state = restarted.store.get(NIGHTLY)
         assert state is not None
         assert (state.last_run, state.next_run, state.last_status) == (
@@ -133,49 +143,74 @@ async def test_a_slot_fires_once_and_not_again_after_a_restart(
             "2025-03-03T18:00:00Z",
             "success",
         )
-    finally:
-        restarted_db.close()
+        assert state.last_run_id == again.runs.list(trigger=Trigger.SCHEDULE)[0][0].id
 
 
 def test_two_schedulers_on_one_database_fire_each_slot_once(
-    api_repo: ConfigRepo, tmp_path: Path
+    api_repo: ConfigRepo, data_dir: Path, age_identity: tuple[str, str]
 ) -> None:
-    path = tmp_path / "shared" / "quicflow.db"
-    databases = [Database(path), Database(path)]
-    engines = [RecordingEngine(db, api_repo.path) for db in databases]
+    """Two engines, as two processes would run them, on one repo and data directory."""
     clock = Clock("2025-03-01T12:00:00")
-    schedulers = [Scheduler(db, clock=clock) for db in databases]
-    try:
-        for _ in range(15):
-            barrier = threading.Barrier(2)
 
-            def tick(i: int, barrier: threading.Barrier = barrier) -> None:
-                barrier.wait()
-                asyncio.run(schedulers[i].tick(engines[i]))
+    def advance() -> None:
+        clock.now += timedelta(minutes=30)
 
-            threads = [threading.Thread(target=tick, args=(i,)) for i in range(2)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            clock.now += timedelta(minutes=30)
-        slots = sorted(fired(engines[0], HOURLY) + fired(engines[1], HOURLY))
-        assert len(slots) == len(set(slots)) == 7  # 12:30 … 18:30, each by exactly one scheduler
-        nightly = fired(engines[0], NIGHTLY) + fired(engines[1], NIGHTLY)
-        assert nightly == ["2025-03-01T18:00:00Z"]
-    finally:
-        for db in databases:
-            db.close()
+    first_open = threading.Event()
+    opened = threading.Barrier(2, timeout=30)
+    ticked = threading.Barrier(2, action=advance, timeout=30)
+    by_scheduler: list[list[str]] = [[], []]
+    seen: list[tuple[list[str], list[str], set[RunState]]] = []
+
+    async def process(i: int) -> None:
+        if i == 1:
+            # One after the other: two connections switching a new file to WAL at once can
+            # fail with "database is locked" — a start-up race of its own, not the one here.
+            first_open.wait(30)
+        async with real_engine(api_repo.path, data_dir, age_identity[0]) as engine:
+            first_open.set()
+            scheduler = Scheduler(engine.db, clock=clock)
+            opened.wait()
+            for _ in range(15):  # both leave the barrier together: they tick at the same instant
+                for schedule, slot in await scheduler.tick(engine):
+                    if schedule == HOURLY:
+                        by_scheduler[i].append(slot.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                await engine.wait_idle()
+                ticked.wait()
+            states = {r.state for r in engine.runs.list(limit=100)[0]}
+            seen.append((fired(engine, HOURLY), fired(engine, NIGHTLY), states))
+
+    def thread(i: int) -> None:
+        try:
+            asyncio.run(process(i))
+        except BaseException:
+            first_open.set()
+            opened.abort()
+            ticked.abort()
+            raise
+
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(2)]
+    for each in threads:
+        each.start()
+    for each in threads:
+        each.join()
+    assert len(seen) == 2, "an engine's thread failed (its traceback is above)"
+    # One database: both engines see every run.
+    (hourly, nightly, states), other = seen
+    assert other == seen[0]
+    assert len(hourly) == len(set(hourly)) == 7  # 12:30 … 18:30, each by exactly one scheduler
+    assert sorted(by_scheduler[0] + by_scheduler[1]) == sorted(hourly)
+    assert nightly == ["2025-03-01T18:00:00Z"]
+    assert states == {RunState.SUCCEEDED}
 
 
 async def test_missed_slots_run_once_or_are_skipped_by_policy(
-    engine: RecordingEngine, database: Database
+    engine: Reconciler, database: Database
 ) -> None:
     clock = Clock("2025-03-01T12:00:00")
     scheduler = Scheduler(database, clock=clock)
-    await scheduler.tick(engine)
+    await tick(scheduler, engine)
     clock.now = utc("2025-03-04T09:45:00")  # three days of downtime
-    await scheduler.tick(engine)
+    await tick(scheduler, engine)
     assert fired(engine, NIGHTLY) == [
         "2025-03-03T18:00:00Z"
     ]  # run_once: only the newest missed slot
@@ -183,34 +218,36 @@ async def test_missed_slots_run_once_or_are_skipped_by_policy(
     skipped = scheduler.store.get(HOURLY)
     assert skipped is not None and skipped.last_status == "skipped" and skipped.last_run == ""
     clock.now = utc("2025-03-04T10:30:10")
-    await scheduler.tick(engine)
+    await tick(scheduler, engine)
     assert fired(engine, HOURLY) == ["2025-03-04T10:30:00Z"]  # … then on time again
+    (hourly,) = engine.runs.list("app", "prod")[0]
+    assert hourly.state is RunState.SUCCEEDED
 
 
 async def test_a_changed_cron_starts_again_without_firing(
-    api_repo: ConfigRepo, engine: RecordingEngine, database: Database
+    api_repo: ConfigRepo, engine: Reconciler, database: Database
 ) -> None:
     clock = Clock("2025-03-01T12:00:00")
     scheduler = Scheduler(database, clock=clock)
-    await scheduler.tick(engine)
+    await tick(scheduler, engine)
     project = api_repo.read("projects/app/project.yaml").replace(
         'cron: "0 2 * * *"', 'cron: "0 9 * * *"'
     )
     api_repo.commit({"projects/app/project.yaml": project}, message="nightly at 09:00")
-    engine.reload()
+    await engine.refresh()
     clock.now = utc("2025-03-02T12:00:00")
-    await scheduler.tick(engine)
+    await tick(scheduler, engine)
     assert fired(engine, NIGHTLY) == []
     clock.now = utc("2025-03-03T01:00:00")  # 09:00 in Shanghai
-    await scheduler.tick(engine)
+    await tick(scheduler, engine)
     assert fired(engine, NIGHTLY) == ["2025-03-03T01:00:00Z"]
 
 
 async def test_schedules_api_shows_next_and_last_run(
-    server: LiveServer, app: Starlette, engine: RecordingEngine, tokens: dict[str, str]
+    server: LiveServer, app: Starlette, engine: Reconciler, tokens: dict[str, str]
 ) -> None:
     scheduler: Scheduler = app.state.scheduler
-    await scheduler.tick(engine)
+    await tick(scheduler, engine)
     async with server.client(tokens["vic"]) as viewer, server.client(tokens["nora"]) as outsider:
         items = (await viewer.get("/api/release/schedules")).json()["items"]
         other = (await outsider.get("/api/release/schedules")).json()["items"]

@@ -1,27 +1,31 @@
 """The status page in headless Chromium (Debian ``chromium``, driven by Playwright).
 
-A server with the example config repo (``examples/config-repo`` committed to a real Git
-repo) and a few runs: the test logs in through the form, sees the grid of projects ×
-environments, opens a running run, follows its live log while new lines are written,
+A server with the real engine on the example config repo (``examples/config-repo``
+committed to a real Git repo) and a few runs: the test logs in through the form, sees
+the grid of projects × environments, opens a running run, follows its live log while new lines are written,
 and saves screenshots to ``tests/artifacts/`` (``status-page.png`` and a phone-sized
 ``status-page-phone.png``). Playwright's own browser downloads are never used: the
 system Chromium is launched by path. Skipped, with the reason, when either is missing.
+
+The example's targets are agents and containers that this test does not run, so its
+runs are stored through the engine's real ``RunStore`` and ``LogStore`` in the states to
+render, not driven: what is tested here is how the page shows stored runs and a live log.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from api.recording import RecordingEngine
-from api.servers import LiveServer, serving
+from api.servers import LiveServer, real_engine, serving
 from gitrepos import ROOT, ConfigRepo
 
 from reconciler.api.app import ServerSettings, create_app
-from reconciler.runs import RunState, StepStatus
-from reconciler.store.database import Database
+from reconciler.engine.reconciling import Reconciler
+from reconciler.runs import Run, RunState, Step, StepStatus, Trigger
 
 pytestmark = pytest.mark.integration
 
@@ -46,36 +50,70 @@ if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
 
 
 @pytest.fixture
-def example_engine(example_repo: ConfigRepo, tmp_path: Path) -> RecordingEngine:
-    return RecordingEngine(Database(tmp_path / "example-data" / "quicflow.db"), example_repo.path)
+async def example_engine(
+    example_repo: ConfigRepo, tmp_path: Path, age_identity: tuple[str, str]
+) -> AsyncIterator[Reconciler]:
+    async with real_engine(example_repo.path, tmp_path / "example-data", age_identity[0]) as engine:
+        yield engine
 
 
 @pytest.fixture
-async def example_server(example_engine: RecordingEngine) -> AsyncIterator[LiveServer]:
+async def example_server(example_engine: Reconciler) -> AsyncIterator[LiveServer]:
     app = create_app(
         example_engine, ServerSettings(database=example_engine.db, run_scheduler=False)
     )
-    try:
-        async with serving(app) as live:
-            yield live
-    finally:
-        example_engine.db.close()
+    async with serving(app) as live:
+        yield live
+
+
+def stored_run(
+    engine: Reconciler,
+    project: str,
+    env: str,
+    version: str,
+    state: RunState = RunState.RUNNING,
+    steps: tuple[tuple[str, StepStatus], ...] = (),
+) -> Run:
+    """A run (and its steps) written to the engine's RunStore as the engine records them."""
+    assert engine.desired is not None
+    environment = engine.desired.environment(project, env)
+    assert environment is not None
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    run = Run(
+        id=f"r-{project}-{env}",
+        project=project,
+        env=env,
+        version=version,
+        config_commit=engine.desired.commit,
+        config_hash=environment.config_hash,
+        trigger=Trigger.MANUAL,
+        state=state,
+        strategy=environment.strategy.type.value,
+        created_at=now,
+        started_at=now,
+    )
+    engine.runs.create(run)
+    for key, status in steps:
+        engine.runs.put_step(Step(run.id, key, status, started_at=now, attempts=1))
+    return run
 
 
 async def test_status_page_grid_run_and_live_log(
-    example_server: LiveServer, example_engine: RecordingEngine
+    example_server: LiveServer, example_engine: Reconciler
 ) -> None:
     engine = example_engine
     token = example_server.app.state.tokens.create("alice")
-    engine.add_run("shop", "dev", "2.8.0-rc.1", state=RunState.SUCCEEDED)
-    engine.add_run(
+    stored_run(engine, "shop", "dev", "2.8.0-rc.1", state=RunState.SUCCEEDED)
+    stored_run(
+        engine,
         "shop",
         "prod",
         "2.7.1",
         state=RunState.WAITING_APPROVAL,
         steps=(("stage:build", StepStatus.SUCCEEDED), ("stage:release", StepStatus.WAITING)),
     )
-    run = engine.add_run(
+    run = stored_run(
+        engine,
         "catalog",
         "staging",
         "1.9.0",

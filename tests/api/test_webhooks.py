@@ -1,25 +1,27 @@
 """Webhooks over real HTTP (uvicorn): real signed deliveries from GitHub, GitLab and Gitee.
 
-Each case asserts the answer, the trigger record it left and whether ``engine.deploy``
-was called — a refused or skipped delivery must never start a run.
+Each case asserts the answer, the trigger record it left and the runs the real engine
+started — a refused or skipped delivery must never start a run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from typing import Any
 
 import pytest
+from api import driving
 from api.configs import CONFIG_HOOK_SECRET, HOOK_SECRET
-from api.recording import RecordingEngine
 from api.servers import LiveServer
+from gitrepos import ConfigRepo
 from starlette.applications import Starlette
 
-from reconciler import errors
-from reconciler.api.webhooks import TriggerRecord
-from reconciler.runs import Trigger
+from reconciler.engine.reconciling import Reconciler
+from reconciler.runs import Run, RunState, Trigger
 from reconciler.trigger import signatures
 
 SHA = "1481a2de7b2a7d02428ad93446ab166be7793fbb"
@@ -103,14 +105,21 @@ def gitee_headers(
     }
 
 
-def records(app: Starlette, trigger_id: str) -> list[TriggerRecord]:
+def records(app: Starlette, trigger_id: str) -> list[Any]:
+    """The trigger records of ``trigger_id``, newest first."""
     found, _ = app.state.records.list(trigger_id=trigger_id)
     return found
 
 
-def only_record(app: Starlette, trigger_id: str) -> TriggerRecord:
+def only_record(app: Starlette, trigger_id: str) -> Any:
     (record,) = records(app, trigger_id)
     return record
+
+
+def webhook_runs(engine: Reconciler) -> list[Run]:
+    """The runs webhooks started, oldest first."""
+    found, _ = engine.runs.list(trigger=Trigger.WEBHOOK, limit=100)
+    return list(reversed(found))
 
 
 async def post(server: LiveServer, path: str, body: bytes, headers: dict[str, str]) -> Any:
@@ -125,14 +134,17 @@ HOOK = "/api/release/webhooks/{}/trigger"
 
 
 async def test_github_push_to_main_deploys_the_commit(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push()
     answer = await post(server, HOOK.format("app.gh"), body, github_headers(body, delivery="d-1"))
     assert answer.status_code == 202, answer.text
-    (call,) = engine.calls_named("deploy")
-    assert call.args == ("app", "dev", SHA)
-    assert call.kwargs["actor"] is None and call.kwargs["trigger"] is Trigger.WEBHOOK
+    (run,) = webhook_runs(engine)
+    assert (run.project, run.env, run.version) == ("app", "dev", SHA)
+    assert run.actor == "" and run.trigger is Trigger.WEBHOOK  # started by the system
+    assert run.detail["delivery_id"] == "d-1" and run.detail["commit"] == SHA
+    await engine.wait_idle()
+    assert driving.current(engine, run).state is RunState.SUCCEEDED
     record = only_record(app, "app.gh")
     assert (record.status, record.branch, record.commit, record.committer, record.kind) == (
         "success",
@@ -146,30 +158,30 @@ async def test_github_push_to_main_deploys_the_commit(
 
 
 async def test_github_wrong_signature_is_refused_and_recorded(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push()
     headers = github_headers(body, secret="not-the-secret")
     answer = await post(server, HOOK.format("app.gh"), body, headers)
     assert answer.status_code == 401
     assert answer.json()["error"]["field"] == "X-Hub-Signature-256"
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
     record = only_record(app, "app.gh")
     assert record.status == "failed" and "signature does not match" in record.reason
 
 
 async def test_github_body_changed_after_signing_is_refused(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push()
     headers = github_headers(body)
     answer = await post(server, HOOK.format("app.gh"), github_push(sha="f" * 40), headers)
     assert answer.status_code == 401
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
 
 
 async def test_github_missing_signature_header_is_named(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push()
     headers = github_headers(body)
@@ -181,12 +193,12 @@ async def test_github_missing_signature_header_is_named(
         "message": "header is missing",
         "field": "X-Hub-Signature-256",
     }
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
     assert only_record(app, "app.gh").status == "failed"
 
 
 async def test_replayed_delivery_is_acknowledged_but_acted_on_once(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push()
     headers = github_headers(body, delivery="same-delivery")
@@ -195,69 +207,69 @@ async def test_replayed_delivery_is_acknowledged_but_acted_on_once(
     assert first.status_code == 202
     assert again.status_code == 200
     assert again.json()["status"] == "skipped" and "duplicate delivery" in again.json()["reason"]
-    assert len(engine.calls_named("deploy")) == 1
+    assert len(webhook_runs(engine)) == 1
     newest, oldest = records(app, "app.gh")
     assert (oldest.status, newest.status) == ("success", "skipped")
 
 
 async def test_oversized_body_is_refused_before_verifying(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = b'{"ref": "refs/heads/main", "pad": "' + b"x" * (1 << 20) + b'"}'
     answer = await post(server, HOOK.format("app.gh"), body, github_headers(body))
     assert answer.status_code == 413
     assert answer.json()["error"]["code"] == "body_too_large"
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
     assert "larger than 1048576 bytes" in only_record(app, "app.gh").reason
 
 
 async def test_push_to_a_branch_outside_the_filter_is_skipped(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push("refs/heads/feature/login")
     answer = await post(server, HOOK.format("app.gh"), body, github_headers(body))
     assert answer.status_code == 200
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
     record = only_record(app, "app.gh")
     assert record.status == "skipped" and record.branch == "feature/login"
     assert "matches none of main, release/*" in record.reason
 
 
 async def test_branch_globs_match_one_path_segment(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     for ref in ("refs/heads/release/1.2", "refs/heads/release/1.2/hotfix"):
         body = github_push(ref)
         await post(server, HOOK.format("app.gh"), body, github_headers(body))
-    assert [c.args[2] for c in engine.calls_named("deploy")] == [SHA]
+    assert [r.version for r in webhook_runs(engine)] == [SHA]
     assert [r.status for r in records(app, "app.gh")] == ["skipped", "success"]
 
 
 async def test_github_tag_deploys_the_tag_name(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push("refs/tags/v2.0.1")
     answer = await post(server, HOOK.format("app.gh"), body, github_headers(body))
     assert answer.status_code == 202
-    (call,) = engine.calls_named("deploy")
-    assert call.args == ("app", "dev", "v2.0.1")
+    (run,) = webhook_runs(engine)
+    assert (run.project, run.env, run.version) == ("app", "dev", "v2.0.1")
     record = only_record(app, "app.gh")
     assert (record.kind, record.tag, record.branch) == ("tag", "v2.0.1", "")
 
 
 async def test_tag_on_a_push_only_trigger_is_skipped(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = gitee_push("refs/tags/v2.0.1")
     headers = gitee_headers() | {"X-Gitee-Event": "Tag Push Hook"}
     answer = await post(server, HOOK.format("app.ge"), body, headers)
     assert answer.status_code == 200
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
     assert "tag events are not enabled" in only_record(app, "app.ge").reason
 
 
 async def test_ping_and_deleted_branches_are_skipped(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     ping = b'{"zen": "Keep it logically awesome."}'
     assert (
@@ -267,58 +279,68 @@ async def test_ping_and_deleted_branches_are_skipped(
     assert (
         await post(server, HOOK.format("app.gh"), deleted, github_headers(deleted))
     ).status_code == 200
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
     newest, oldest = records(app, "app.gh")
     assert "'ping' is not a branch or tag push" in oldest.reason
     assert "was deleted" in newest.reason
 
 
-async def test_build_action_is_skipped_by_an_engine_without_a_builder(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+async def test_a_build_webhook_for_a_project_that_does_not_build_is_refused_and_recorded(
+    server: LiveServer, app: Starlette, engine: Reconciler, tokens: dict[str, str]
 ) -> None:
-    # The real engine builds (tests/builder/test_engine_builds.py); this one has no Builder.
+    """The real engine has a Builder; project ``app`` enables no build → 422, a failed record."""
     body = github_push("refs/tags/v3")
     answer = await post(server, HOOK.format("app.gh-build"), body, github_headers(body))
-    assert answer.status_code == 200
-    assert engine.calls == []
-    record = only_record(app, "app.gh-build")
-    assert (record.status, record.reason) == ("skipped", "this engine has no image builder")
+    assert answer.status_code == 422, answer.text
+    assert "no enabled build settings" in answer.json()["error"]["message"]
+    async with server.client(tokens["alice"]) as client:
+        listed = await client.get(
+            "/api/release/triggers/records", params={"trigger": "app.gh-build"}
+        )
+    (record,) = listed.json()["items"]
+    assert record["status"] == "failed" and "no enabled build settings" in record["reason"]
+    assert engine.builder.store.list("app", 10) == []
+    assert engine.runs.list()[1] == 0
 
 
 async def test_disabled_and_unknown_triggers(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push()
     disabled = await post(server, HOOK.format("app.gh-off"), body, github_headers(body))
     assert disabled.status_code == 200 and disabled.json()["reason"] == "trigger is disabled"
     unknown = await post(server, HOOK.format("app.nope"), body, github_headers(body))
     assert unknown.status_code == 404
-    assert engine.calls == []
+    assert engine.runs.list()[1] == 0
     assert records(app, "app.nope") == []
 
 
 async def test_a_refused_action_is_recorded_and_may_be_redelivered(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
+    busy = await driving.running(engine, "dev")  # a deploy of app/dev is in progress
     body = github_push()
     headers = github_headers(body, delivery="retry-me")
-    engine.fail_with = errors.PermanentError("a run of app/dev is already in progress")
     refused = await post(server, HOOK.format("app.gh"), body, headers)
     assert refused.status_code == 422
-    assert only_record(app, "app.gh").reason == "a run of app/dev is already in progress"
-    engine.fail_with = None
+    assert (
+        only_record(app, "app.gh").reason == "a run is in progress for app/dev; cancel it or wait"
+    )
+    assert webhook_runs(engine) == []
+    await engine.cancel(busy.id, driving.admin(engine))
     retried = await post(server, HOOK.format("app.gh"), body, headers)
     assert retried.status_code == 202
-    assert len(engine.calls_named("deploy")) == 2
+    (run,) = webhook_runs(engine)
+    assert run.id == retried.json()["run_id"] and run.detail["delivery_id"] == "retry-me"
+    assert engine.runs.list("app", "dev")[1] == 2  # the cancelled one and the redelivered one
 
 
 # -- GitLab ------------------------------------------------------------------------------
 
 
-async def test_gitlab_push_and_tag(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
-) -> None:
+async def test_gitlab_push_and_tag(server: LiveServer, app: Starlette, engine: Reconciler) -> None:
     push = await post(server, HOOK.format("app.gl"), gitlab_push(), gitlab_headers())
+    await engine.wait_idle()  # the push's run ends first: a deploy refuses while one runs
     tag = await post(
         server,
         HOOK.format("app.gl"),
@@ -326,7 +348,7 @@ async def test_gitlab_push_and_tag(
         gitlab_headers(event="Tag Push Hook"),
     )
     assert (push.status_code, tag.status_code) == (202, 202)
-    assert [c.args for c in engine.calls_named("deploy")] == [
+    assert [(r.project, r.env, r.version) for r in webhook_runs(engine)] == [
         ("app", "dev", SHA),
         ("app", "dev", "v1.4.0"),
     ]
@@ -344,31 +366,31 @@ async def test_gitlab_push_and_tag(
     ids=["wrong-token", "missing-token"],
 )
 async def test_gitlab_bad_token(
-    server: LiveServer, app: Starlette, engine: RecordingEngine, headers: dict[str, str], field: str
+    server: LiveServer, app: Starlette, engine: Reconciler, headers: dict[str, str], field: str
 ) -> None:
     answer = await post(server, HOOK.format("app.gl"), gitlab_push(), headers)
     assert answer.status_code == 401 and answer.json()["error"]["field"] == field
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
     assert only_record(app, "app.gl").status == "failed"
 
 
 async def test_gitlab_replay_by_idempotency_key(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     headers = gitlab_headers(key="gl-key-1")
     await post(server, HOOK.format("app.gl"), gitlab_push(), headers)
     again = await post(server, HOOK.format("app.gl"), gitlab_push(), headers)
     assert again.json()["status"] == "skipped"
-    assert len(engine.calls_named("deploy")) == 1
+    assert len(webhook_runs(engine)) == 1
 
 
 async def test_provider_mismatch_is_refused(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     body = github_push()
     answer = await post(server, HOOK.format("app.gl"), body, github_headers(body))
     assert answer.status_code == 401 and answer.json()["error"]["field"] == "X-Gitlab-Token"
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
 
 
 # -- Gitee -------------------------------------------------------------------------------
@@ -376,30 +398,31 @@ async def test_provider_mismatch_is_refused(
 
 @pytest.mark.parametrize("password", [False, True], ids=["signature", "password"])
 async def test_gitee_push(
-    server: LiveServer, app: Starlette, engine: RecordingEngine, password: bool
+    server: LiveServer, app: Starlette, engine: Reconciler, password: bool
 ) -> None:
     answer = await post(
         server, HOOK.format("app.ge"), gitee_push(), gitee_headers(password=password)
     )
     assert answer.status_code == 202, answer.text
-    assert engine.calls_named("deploy")[0].args == ("app", "dev", SHA)
+    (run,) = webhook_runs(engine)
+    assert (run.project, run.env, run.version) == ("app", "dev", SHA)
     assert only_record(app, "app.ge").committer == "红薯 <git@oschina.cn>"
 
 
 async def test_gitee_stale_timestamp_is_refused(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     stale = int(time.time() * 1000) - 10 * 60 * 1000
     answer = await post(server, HOOK.format("app.ge"), gitee_push(), gitee_headers(stale))
     assert answer.status_code == 401
     assert answer.json()["error"]["field"] == "X-Gitee-Timestamp"
-    assert engine.calls_named("deploy") == []
+    assert webhook_runs(engine) == []
     record = only_record(app, "app.ge")
     assert record.status == "failed" and "away from now" in record.reason
 
 
 async def test_gitee_wrong_token_and_exact_replay(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
     wrong = await post(server, HOOK.format("app.ge"), gitee_push(), gitee_headers(secret="nope"))
     assert wrong.status_code == 401 and wrong.json()["error"]["field"] == "X-Gitee-Token"
@@ -407,7 +430,7 @@ async def test_gitee_wrong_token_and_exact_replay(
     first = await post(server, HOOK.format("app.ge"), gitee_push(), headers)
     replay = await post(server, HOOK.format("app.ge"), gitee_push(), headers)
     assert (first.status_code, replay.status_code) == (202, 200)
-    assert len(engine.calls_named("deploy")) == 1
+    assert len(webhook_runs(engine)) == 1
     assert [r.status for r in records(app, "app.ge")] == ["skipped", "success", "failed"]
 
 
@@ -415,26 +438,53 @@ async def test_gitee_wrong_token_and_exact_replay(
 
 
 async def test_config_webhook_reconciles_on_the_desired_branch_only(
-    server: LiveServer, app: Starlette, engine: RecordingEngine
+    server: LiveServer,
+    app: Starlette,
+    engine: Reconciler,
+    api_repo: ConfigRepo,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    main = github_push()
-    other = github_push("refs/heads/experiment")
-    url = "/api/release/webhooks/config"
-    assert (
-        await post(server, url, main, github_headers(main, secret=CONFIG_HOOK_SECRET))
-    ).status_code == 202
-    assert (
-        await post(server, url, other, github_headers(other, secret=CONFIG_HOOK_SECRET))
-    ).status_code == 200
-    bad = await post(server, url, main, github_headers(main))  # signed with a project's secret
-    assert bad.status_code == 401
-    (call,) = engine.calls
-    assert call.name == "reconcile_now" and "refs/heads/main" in call.args[0]
+    """The engine's own loop runs (60 s poll): only a signed push to main makes it pass early."""
+    caplog.set_level(logging.INFO)
+    dev = "projects/app/environments/dev.yaml"
+
+    def dev_runs_of(version: str) -> list[Run]:
+        return [r for r in engine.runs.list("app", "dev")[0] if r.version == version]
+
+    stop = asyncio.Event()
+    loop = asyncio.create_task(engine.run_forever(stop))
+    try:
+        await driving.until(lambda: dev_runs_of("1.0.0") != [], "the first pass")
+        await engine.wait_idle()
+        api_repo.commit({dev: api_repo.read(dev).replace("1.0.0", "1.0.1")})
+        main = github_push()
+        other = github_push("refs/heads/experiment")
+        url = "/api/release/webhooks/config"
+        assert (
+            await post(server, url, main, github_headers(main, secret=CONFIG_HOOK_SECRET))
+        ).status_code == 202
+        await driving.until(lambda: dev_runs_of("1.0.1") != [], "a pass after the push")
+        await engine.wait_idle()
+        api_repo.commit({dev: api_repo.read(dev).replace("1.0.1", "1.0.2")})
+        assert (
+            await post(server, url, other, github_headers(other, secret=CONFIG_HOOK_SECRET))
+        ).status_code == 200
+        bad = await post(server, url, main, github_headers(main))  # signed with a project's secret
+        assert bad.status_code == 401
+        await asyncio.sleep(0.3)
+        assert dev_runs_of("1.0.2") == []  # neither woke the loop
+    finally:
+        stop.set()
+        await loop
+    (release,) = dev_runs_of("1.0.1")
+    assert release.trigger is Trigger.POLL and release.state is RunState.SUCCEEDED
     assert [r.status for r in records(app, "config")] == ["failed", "skipped", "success"]
+    (requested,) = [m for m in caplog.messages if m.startswith("reconcile requested")]
+    assert "refs/heads/main" in requested
 
 
 async def test_trigger_records_are_listed_per_project_member(
-    server: LiveServer, app: Starlette, engine: RecordingEngine, tokens: dict[str, str]
+    server: LiveServer, app: Starlette, engine: Reconciler, tokens: dict[str, str]
 ) -> None:
     body = github_push()
     await post(server, HOOK.format("app.gh"), body, github_headers(body))

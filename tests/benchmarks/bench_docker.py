@@ -55,7 +55,7 @@ from reconciler.gitops.repository import GitRepository  # noqa: E402
 from reconciler.hub.server import Hub  # noqa: E402
 from reconciler.log.store import LogStore  # noqa: E402
 from reconciler.runs import RunState  # noqa: E402
-from reconciler.store.database import Database  # noqa: E402
+from reconciler.store.sqlite import SQLiteDatabase as Database  # noqa: E402
 from reconciler.targets.resolving import Executors  # noqa: E402
 
 

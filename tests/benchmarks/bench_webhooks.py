@@ -75,7 +75,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 import httpx  # noqa: E402
 from gitrepos import ConfigRepo  # noqa: E402
 
-from reconciler.api.auth import TokenStore  # noqa: E402
+from reconciler.auth.tokens import TokenStore  # noqa: E402
 from reconciler.credential import age, documents, sops  # noqa: E402
 from reconciler.store.database import Database  # noqa: E402
 from reconciler.trigger import signatures  # noqa: E402

@@ -87,7 +87,7 @@ class FullApp:
                 if reconciler.desired is None:
                     raise RuntimeError(f"the config repo is invalid: {problems}")
                 credentials = await asyncio.to_thread(
-                    reconciler._credential_manager,  # noqa: SLF001 - as quicflow serve does
+                    reconciler.credentials.manager,  # as quicflow serve does
                     reconciler.desired,
                 )
                 app = create_app(

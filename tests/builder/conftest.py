@@ -12,7 +12,7 @@ from gitrepos import ConfigRepo
 from reconciler.builder import docker_cli
 from reconciler.builder.building import Builder
 from reconciler.log.store import LogStore
-from reconciler.store.database import Database
+from reconciler.store.sqlite import SQLiteDatabase as Database
 
 
 @pytest.fixture(scope="session")

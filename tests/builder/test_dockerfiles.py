@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.builder import docker_cli, dockerfiles
+from reconciler.rules import images
 
 DOCKERFILE = """\
 # ARG COMMENTED
@@ -25,12 +26,12 @@ def test_declared_args_and_stages() -> None:
 def test_image_templates() -> None:
     values = {"version": "1.2", "commit": "a" * 40, "short_commit": "aaaaaaa"}
     assert (
-        dockerfiles.render_image("r:5000/x/{{ version }}-{{short_commit}}", values)
+        images.render_image("r:5000/x/{{ version }}-{{short_commit}}", values)
         == "r:5000/x/1.2-aaaaaaa"
     )
     with pytest.raises(ValueError, match="unknown placeholder"):
-        dockerfiles.render_image("r/x:{{ branch }}", values)
-    assert dockerfiles.tag_safe("feature/x+1") == "feature-x-1"
+        images.render_image("r/x:{{ branch }}", values)
+    assert images.tag_safe("feature/x+1") == "feature-x-1"
 
 
 @pytest.mark.parametrize(
@@ -43,8 +44,8 @@ def test_image_templates() -> None:
     ],
 )
 def test_registry_and_repository(image: str, registry: str, repository: str) -> None:
-    assert dockerfiles.registry_of(image) == registry
-    assert dockerfiles.repository_of(image) == repository
+    assert images.registry_of(image) == registry
+    assert images.repository_of(image) == repository
 
 
 def test_build_argv_has_inline_cache_only_with_buildkit() -> None:

@@ -26,7 +26,7 @@ from gitrepos import ConfigRepo, git
 from releasing import USERS, free_ports
 
 from reconciler.api.app import ServerSettings, create_app
-from reconciler.api.auth import TokenStore
+from reconciler.auth.tokens import TokenStore
 from reconciler.builder.records import BuildStatus
 from reconciler.credential import age, documents, sops
 from reconciler.engine.reconciling import Reconciler
@@ -119,7 +119,7 @@ async def test_a_signed_tag_webhook_builds_the_tag_on_the_engine_s_builder(world
     engine = world.engine
     await engine.refresh()
     assert engine.desired is not None, engine.problems
-    credentials = engine._credential_manager(engine.desired)  # noqa: SLF001
+    credentials = engine.credentials.manager(engine.desired)
     app = create_app(
         engine, ServerSettings(database=engine.db, credentials=credentials, run_scheduler=False)
     )

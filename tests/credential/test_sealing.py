@@ -10,7 +10,7 @@ import pytest
 
 from reconciler import errors
 from reconciler.credential import model, sealing
-from reconciler.credential.database import Database
+from reconciler.store.database import Database
 
 KEY_A = secrets.token_bytes(32)
 KEY_B = secrets.token_bytes(32)
@@ -72,8 +72,8 @@ def test_round_trip_and_database_holds_no_plaintext(tmp_path: Path) -> None:
     for credential_id, token in tokens.items():
         assert store.get(credential_id).token == token
     store.database.close()
-    raw = (tmp_path / "credentials.db").read_bytes()
-    wal = tmp_path / "credentials.db-wal"
+    raw = (tmp_path / "quicflow.db").read_bytes()
+    wal = tmp_path / "quicflow.db-wal"
     raw += wal.read_bytes() if wal.exists() else b""
     assert not any(t.encode() in raw for t in tokens.values())
     reopened = _open(tmp_path, KEY_A)

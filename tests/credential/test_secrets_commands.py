@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from reconciler.credential import model, sealing, sops
 from reconciler.credential.commands import secrets_group
-from reconciler.credential.database import Database
+from reconciler.store.database import Database
 
 
 @pytest.fixture

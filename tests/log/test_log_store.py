@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler.log.store import LogStore
-from reconciler.store.database import Database
+from reconciler.store.sqlite import SQLiteDatabase as Database
 
 
 def _line(text: str) -> tuple[str, str, str, str]:

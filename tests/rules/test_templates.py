@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.alert import templates
 from reconciler.events import Event, EventType
 from reconciler.log.masking import Masker
+from reconciler.rules import templates
 
 SECRET = "tok_9f8e7d6c5b4a"
 

@@ -1,4 +1,4 @@
-"""Engine commands of the CLI: ``apply``, ``approve``, ``reject``, ``promote``, ``rollback``.
+"""CLI commands that drive the engine: ``apply``, ``approve``, ``reject``, ``promote``, ``rollback``.
 
 ``apply`` runs the same reconciler as ``serve``, for one pass in the foreground: it
 runs what may run now, leaves runs that wait for an approval or a release window
@@ -40,7 +40,7 @@ async def open_credentials(reconciler: Reconciler) -> CredentialManager | None:
     if desired is None:
         return None
     try:
-        return await asyncio.to_thread(reconciler._credential_manager, desired)  # noqa: SLF001
+        return await asyncio.to_thread(reconciler.credentials.manager, desired)
     except QuicFlowError as exc:
         _log.warning(
             "credentials unavailable (%s): webhooks and signed callbacks are disabled", exc

@@ -1,0 +1,343 @@
+"""What the JSON API and the status page show: engine and model values as plain dicts.
+
+One builder per thing shown (``environment_view``, ``project_view``, ``overview``,
+``run_view``, ``history_view``, ``agents_view``, ``webhook_view``) and the list envelope
+(``page``), shared by ``routes`` and ``pages`` so both show the same facts.
+
+What this module must not do: see HTTP (no Request, no Response: callers pass the
+caller's ``Principal`` and the values to show) or show a secret (webhook secrets are
+shown by credential name only). Reading the engine's stores is all the I/O it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from reconciler.api import auth
+from reconciler.engine.control import EngineControl
+from reconciler.gitops import model
+from reconciler.gitops.planning import Action, DeployedRecord, Plan
+from reconciler.log.store import LogLine
+from reconciler.runs import Run, RunState, Step
+
+
+def _last_run(run: Run | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {
+        "id": run.id,
+        "state": run.state.value,
+        "version": run.version,
+        "trigger": run.trigger.value,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at or None,
+    }
+
+
+def environment_view(
+    env: model.Environment, record: DeployedRecord | None, action: Action | None, last: Run | None
+) -> dict[str, Any]:
+    """One environment: desired vs deployed, drift and the last run."""
+    deployed = record.version if record else None
+    reason = action.reason.value if action else None
+    return {
+        "project": env.project,
+        "name": env.name,
+        "tier": env.tier,
+        "protected": env.protected,
+        "desired_version": env.version,
+        "deployed_version": deployed,
+        "in_sync": action is not None and not action.kind.is_change and reason == "unchanged",
+        "drift": reason,
+        "plan_action": action.kind.value if action else None,
+        "plan_detail": action.detail if action else "",
+        "strategy": env.strategy.type.value,
+        "deploy_type": env.deploy.type.value,
+        "targets": [t.label for t in env.targets],
+        "pinned": bool(record and record.pin),
+        "last_failure": (
+            {
+                "version": record.last_failure.version,
+                "outcome": record.last_failure.outcome,
+                "run_id": record.last_failure.run_id,
+            }
+            if record and record.last_failure
+            else None
+        ),
+        "deployed_at": record.finished_at if record else None,
+        "config_commit": record.config_commit if record else None,
+        "last_run": _last_run(last),
+    }
+
+
+def project_view(
+    engine: EngineControl,
+    project: model.Project,
+    principal: auth.Principal,
+    deployed: dict[tuple[str, str], DeployedRecord],
+    plan: Plan | None,
+) -> dict[str, Any]:
+    """One project with all its environments."""
+    actions = {(a.project, a.env): a for a in plan.actions} if plan else {}
+    envs = [
+        environment_view(
+            env,
+            deployed.get((project.name, name)),
+            actions.get((project.name, name)),
+            engine.runs.latest(project.name, name),
+        )
+        for name, env in sorted(project.environments.items(), key=lambda kv: _env_order(kv[1]))
+    ]
+    role = project.role_of(principal.user.username) if principal.user else None
+    return {
+        "name": project.name,
+        "description": project.description,
+        "role": role,
+        "environments": envs,
+    }
+
+
+TIER_ORDER = {
+    "development": 0,
+    "dev": 0,
+    "test": 1,
+    "testing": 1,
+    "staging": 2,
+    "production": 4,
+    "prod": 4,
+}
+
+
+def _env_order(env: model.Environment) -> tuple[int, str]:
+    # Environments read left to right as a release travels: dev → staging → prod.
+    return (TIER_ORDER.get(env.tier, 3), env.name)
+
+
+def safe_plan(engine: EngineControl) -> Plan | None:
+    """The current plan, or None when planning fails (views then show no drift)."""
+    try:
+        return engine.plan()
+    except Exception:  # noqa: BLE001 - the page still shows desired/deployed without a plan
+        return None
+
+
+def overview(engine: EngineControl, principal: auth.Principal) -> list[dict[str, Any]]:
+    """Every project the caller may see, with environments (the grid)."""
+    desired = engine.desired
+    if desired is None:
+        return []
+    deployed = engine.deployed()
+    plan = safe_plan(engine)
+    return [
+        project_view(engine, p, principal, deployed, plan)
+        for _, p in sorted(desired.projects.items())
+        if auth.visible(principal, p)
+    ]
+
+
+def run_view(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
+    """A run with its steps grouped as stages → tasks, plus the strategy's progress.
+
+    Step keys name their kind: ``stage:NAME``, ``task:STAGE/TASK``; every other step
+    (``deploy:web-1``, ``canary:34``, ``batch:2``…) is a strategy/target step and counts
+    towards ``progress``.
+    """
+    stages: dict[str, dict[str, Any]] = {}
+    other: list[dict[str, Any]] = []
+    for step in steps:
+        kind, _, name = step.key.partition(":")
+        item = step.as_dict()
+        item["name"] = name
+        if kind == "stage":
+            stages.setdefault(name, {"name": name, "tasks": []}).update(item)
+        elif kind == "task":
+            stage, _, task = name.partition("/")
+            item["name"] = task or name
+            stages.setdefault(
+                stage, {"name": stage, "key": f"stage:{stage}", "status": "pending", "tasks": []}
+            )["tasks"].append(item)
+        else:
+            item["kind"] = kind
+            other.append(item)
+    done = sum(1 for s in other if s["status"] in ("succeeded", "skipped"))
+    view = run.as_dict()
+    view.update(
+        {
+            "stages": list(stages.values()),
+            "steps": other,
+            "final": run.state.is_final,
+            "waiting": run.state.is_waiting,
+            "progress": {
+                "done": done,
+                "total": len(other),
+                "percent": round(100 * done / len(other))
+                if other
+                else (100 if run.state is RunState.SUCCEEDED else 0),
+            },
+        }
+    )
+    return view
+
+
+def history_view(engine: EngineControl, project: str, env: str, limit: int) -> list[dict[str, Any]]:
+    """State commits of one environment, newest first, with the config commit applied."""
+    out = []
+    for entry in engine.history.entries(project, env, limit):
+        record = entry.record
+        out.append(
+            {
+                "project": project,
+                "environment": env,
+                "state_commit": entry.commit.id,
+                "time": entry.commit.time,
+                "summary": entry.commit.summary,
+                "version": record.version if record else None,
+                "outcome": record.outcome if record else None,
+                "config_commit": record.config_commit if record else None,
+                "run_id": record.run_id if record else None,
+                "strategy": record.strategy if record else None,
+                "pinned": bool(record and record.pin),
+                "last_failure": (
+                    None
+                    if not record or not record.last_failure
+                    else {
+                        "version": record.last_failure.version,
+                        "outcome": record.last_failure.outcome,
+                        "run_id": record.last_failure.run_id,
+                    }
+                ),
+            }
+        )
+    return out
+
+
+def agents_view(engine: EngineControl) -> list[dict[str, Any]]:
+    """Connected agents when the engine has a hub; process command lines are not shown."""
+    hub = getattr(engine, "hub", None)
+    if hub is None:
+        return []
+    out = []
+    for info in sorted(hub.agents(), key=lambda a: a.name):
+        status = info.status
+        out.append(
+            {
+                "name": info.name,
+                "labels": dict(info.labels),
+                "hostname": info.hostname,
+                "os": info.os,
+                "agent_version": info.agent_version,
+                "address": info.address,
+                "connected_since": info.connected_since,
+                "last_heartbeat": info.last_heartbeat,
+                "processes": len(status.processes) if status else None,
+                "containers": len(status.containers) if status else None,
+            }
+        )
+    return out
+
+
+def webhook_view(hook: model.WebhookTrigger) -> dict[str, Any]:
+    """A declared webhook trigger and the URL to point the provider at."""
+    # The secret is a credential *name*; its value never leaves the credential manager.
+    return {
+        "id": hook.id,
+        "project": hook.project,
+        "name": hook.name,
+        "source": hook.source,
+        "action": hook.action,
+        "branches": list(hook.branches),
+        "events": list(hook.events),
+        "target_env": hook.target_env,
+        "enabled": hook.enabled,
+        "url": f"{auth.API_PREFIX}/webhooks/{hook.id}/trigger",
+    }
+
+
+def page(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
+    """One page of a list, as every list endpoint answers it."""
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+def caller_view(principal: auth.Principal, desired: model.DesiredState | None) -> dict[str, Any]:
+    """Who is asking, and their role in each project that gives them one."""
+    user = principal.user
+    roles = {}
+    if desired is not None and user is not None:
+        roles = {
+            name: p.role_of(user.username)
+            for name, p in sorted(desired.projects.items())
+            if p.role_of(user.username)
+        }
+    return {
+        "username": principal.name,
+        "anonymous": principal.is_anonymous,
+        "via": principal.via,
+        "display_name": user.display_name if user else "",
+        "is_admin": bool(user and user.is_admin),
+        "roles": roles,
+    }
+
+
+def members_view(project: model.Project, users: Mapping[str, model.User]) -> list[dict[str, Any]]:
+    """A project's members (from Git) with the users' names."""
+    items = []
+    for member in project.members:
+        user = users.get(member.user)
+        items.append(
+            {
+                "user": member.user,
+                "role": member.role,
+                "added_by": member.added_by,
+                "display_name": user.display_name if user else "",
+                "is_admin": bool(user and user.is_admin),
+            }
+        )
+    return items
+
+
+def histories_view(
+    engine: EngineControl,
+    projects: Iterable[model.Project],
+    limit: int,
+    project: str | None = None,
+    env: str | None = None,
+) -> list[dict[str, Any]]:
+    """State commits of the environments of ``projects`` (or only ``project``/``env``), newest first."""
+    items = []
+    for p in projects:
+        if project and p.name != project:
+            continue
+        for name in sorted(p.environments):
+            if env and name != env:
+                continue
+            items += history_view(engine, p.name, name, limit)
+    items.sort(key=lambda e: (e["time"], e["state_commit"]), reverse=True)
+    return items
+
+
+def log_view(
+    engine: EngineControl, run_id: str, lines: list[LogLine], after: int
+) -> dict[str, Any]:
+    """A slice of a run's stored (masked) log lines, and where to go on from."""
+    return {
+        "run_id": run_id,
+        "lines": [line.as_dict() for line in lines],
+        "last_seq": lines[-1].seq if lines else after,
+        "closed": engine.logs.is_closed(run_id),
+    }
+
+
+def log_text(engine: EngineControl, run_id: str, contains: str | None) -> str:
+    """A run's whole stored (masked) log as plain text, one line per log line."""
+    out: list[str] = []
+    after = 0
+    while True:
+        lines = engine.logs.read(run_id, after, 5000, contains)
+        if not lines:
+            break
+        for line in lines:
+            source = f" [{line.source}]" if line.source else ""
+            out.append(f"{line.at}{source} {line.channel}: {line.line}\n")
+        after = lines[-1].seq
+    return "".join(out)

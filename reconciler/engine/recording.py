@@ -1,0 +1,87 @@
+"""Recording runs that ended in the Git history (the state ref and its notes), batched.
+
+Each run that ended — succeeded, failed, rolled back or cancelled — becomes one state
+commit. Runs that end while a batch is being written join the next batch: one state
+commit each, but one ref update and one note write per batch, so many environments
+finishing at once do not queue for the ref one by one. A failed write is logged, never
+raised: the run has ended either way, and the next pass plans from what Git says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from reconciler.engine.running import Outcome
+from reconciler.errors import QuicFlowError
+from reconciler.gitops import model, planning
+from reconciler.gitops.history import History, RunOutcome
+from reconciler.runs import Run, RunState
+
+_log = logging.getLogger(__name__)
+
+#: The run states the history records (interrupted runs are replaced, waiting runs go on).
+RECORDED = frozenset(
+    {RunState.SUCCEEDED, RunState.FAILED, RunState.ROLLED_BACK, RunState.CANCELLED}
+)
+
+
+def outcome_of(run: Run, env: model.Environment, outcome: Outcome) -> RunOutcome:
+    """What history records of ``run``, which ended with ``outcome``."""
+    pin = None
+    if run.detail.get("pin") and outcome.state is RunState.SUCCEEDED:
+        pin = planning.Pin(
+            run.version,
+            str(run.detail["pin_desired_version"]),
+            str(run.detail["pin_desired_hash"]),
+        )
+    digest = run.detail.get("image_digest")
+    return RunOutcome(
+        run_id=run.id,
+        project=run.project,
+        env=run.env,
+        config_commit=run.config_commit,
+        version=run.version,
+        config_hash=run.config_hash,
+        outcome=outcome.state.value,
+        strategy=run.strategy,
+        trigger=run.trigger.value,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        targets=outcome.touched or tuple(t.label for t in env.targets),
+        previous_version=run.previous_version,
+        error=outcome.error,
+        forced=run.forced,
+        pin=pin,
+        image_digest=str(digest) if digest else None,
+    )
+
+
+class HistoryWriter:
+    """Writes ended runs to ``history`` in batches; ``record`` returns once its run is written."""
+
+    def __init__(self, history: History):
+        self.history = history
+        self._pending: list[tuple[RunOutcome, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, run: Run, env: model.Environment, outcome: Outcome) -> None:
+        """Record ``run`` (ended with ``outcome``) in the next batch and wait for it."""
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((outcome_of(run, env, outcome), done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        await done
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self.history.record_runs, [outcome for outcome, _ in batch])
+            except QuicFlowError as exc:
+                ids = ", ".join(outcome.run_id for outcome, _ in batch)
+                _log.error("could not record run(s) %s in Git: %s", ids, exc)
+            finally:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)

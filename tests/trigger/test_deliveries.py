@@ -1,0 +1,266 @@
+"""One webhook delivery through ``WebhookDeliveries``, without HTTP.
+
+Headers are a plain dict, the body bytes, and the records, credentials and engine are
+in-memory fakes beside a real config repo: what the trigger decides, records and asks
+of the engine is checked here; ``tests/api/test_webhooks.py`` checks the same path over
+real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gitrepos import ConfigRepo
+
+from reconciler import errors
+from reconciler.credential import age, documents, sops
+from reconciler.gitops import model
+from reconciler.gitops.loading import Loader
+from reconciler.gitops.repository import GitRepository
+from reconciler.runs import Trigger
+from reconciler.trigger import deliveries, signatures
+
+SECRET = "app-hook-secret-5f1d0c"
+SHA = "1481a2de7b2a7d02428ad93446ab166be7793fbb"
+NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+
+FILES = {
+    "quicflow.yaml": "users:\n  - {username: alice, email: alice@example.com, is_admin: true}\n",
+    "projects/app/project.yaml": """\
+members:
+  - {user: alice, role: owner}
+deploy:
+  type: script
+  script: {run: "true"}
+triggers:
+  webhooks:
+    - {name: gh, source: github, secret: app-hook, branches: [main], events: [push], action: deploy, target_env: dev}
+""",
+    "projects/app/environments/dev.yaml": 'version: "1.0.0"\ntargets:\n  - {local: dev-1}\n',
+}
+
+
+@dataclass
+class Records:
+    """The trigger records in memory."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    claimed: set[tuple[str, str]] = field(default_factory=set)
+
+    def add(
+        self, at: datetime, trigger_id: str, status: str, reason: str = "", **fields: str
+    ) -> int:
+        self.rows.append({"trigger_id": trigger_id, "status": status, "reason": reason, **fields})
+        return len(self.rows)
+
+    def claim_and_add(
+        self,
+        at: datetime,
+        trigger_id: str,
+        claim: str,
+        status: str,
+        reason: str = "",
+        **fields: str,
+    ) -> tuple[str, int]:
+        if not self.claim_delivery(trigger_id, claim, at):
+            status, reason = deliveries.SKIPPED, f"duplicate delivery {claim}: already handled"
+        return reason, self.add(at, trigger_id, status, reason, **fields)
+
+    def claim_delivery(self, trigger_id: str, delivery_id: str, at: datetime) -> bool:
+        fresh = (trigger_id, delivery_id) not in self.claimed
+        self.claimed.add((trigger_id, delivery_id))
+        return fresh
+
+    def release_delivery(self, trigger_id: str, delivery_id: str) -> None:
+        self.claimed.discard((trigger_id, delivery_id))
+
+
+class Credential:
+    def __init__(self, value: str):
+        self._value = value
+
+    def value(self) -> str:
+        return self._value
+
+
+@dataclass
+class Credentials:
+    """A credential manager holding the one webhook secret; counts the (audited) reads."""
+
+    reads: int = 0
+
+    def get(self, name: str, project: str | None, purpose: str, address: str) -> Credential:
+        self.reads += 1
+        if name != "app-hook":
+            raise KeyError(name)
+        return Credential(SECRET)
+
+
+@dataclass
+class Run:
+    id: str
+
+
+class Engine:
+    """What the delivery path asks of the engine: the desired state and ``deploy``."""
+
+    def __init__(self, desired: model.DesiredState):
+        self.desired = desired
+        self.deploys: list[tuple[Any, ...]] = []
+        self.fail_with: Exception | None = None
+
+    async def deploy(self, project: str, env: str, version: str | None, **options: Any) -> Run:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.deploys.append((project, env, version, options["trigger"], options["actor"]))
+        return Run(f"run-{len(self.deploys)}")
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    # The loader checks that the trigger's secret names a credential the project may use.
+    _, recipient = age.generate_identity()
+    tree = sops.encrypt_tree(
+        {"credentials": {"app-hook": {"type": "access_token", "token": SECRET}}},
+        [recipient],
+        documents.RULES,
+    )
+    repo = ConfigRepo(tmp_path / "config")
+    repo.commit({**FILES, "projects/app/credentials.sops.yaml": sops.dump_yaml(tree)})
+    return Engine(Loader(GitRepository.open(str(repo.path))).load().raise_for_problems())
+
+
+@pytest.fixture
+def records() -> Records:
+    return Records()
+
+
+@pytest.fixture
+def credentials() -> Credentials:
+    return Credentials()
+
+
+@pytest.fixture
+def handler(
+    engine: Engine, records: Records, credentials: Credentials
+) -> deliveries.WebhookDeliveries:
+    return deliveries.WebhookDeliveries(engine, records, credentials, body_limit=1024)  # type: ignore[arg-type]
+
+
+def push(ref: str = "refs/heads/main") -> bytes:
+    return json.dumps(
+        {
+            "ref": ref,
+            "after": SHA,
+            "deleted": False,
+            "head_commit": {"id": SHA, "committer": {"name": "Ada", "email": "ada@example.com"}},
+            "repository": {"clone_url": "https://github.com/octo/app.git"},
+        }
+    ).encode()
+
+
+def headers(body: bytes, delivery: str | None = None, secret: str = SECRET) -> dict[str, str]:
+    # Names as a client spells them: the path must not depend on a case-insensitive mapping.
+    return {
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-Hub-Signature-256": signatures.github_signature(body, secret),
+    }
+
+
+async def test_a_push_deploys_the_commit_once(
+    handler: deliveries.WebhookDeliveries, engine: Engine, records: Records
+) -> None:
+    body = push()
+    sent = headers(body, "d-1")
+    result = await handler.handle("app.gh", sent, body, "192.0.2.7", NOW)
+    assert result == deliveries.DeliveryResult(
+        202, deliveries.SUCCESS, "run run-1 started", 1, run_id="run-1"
+    )
+    assert result.accepted
+    assert engine.deploys == [("app", "dev", SHA, Trigger.WEBHOOK, None)]
+    assert records.rows[0]["status"] == deliveries.SUCCESS
+    assert records.rows[0]["source_ip"] == "192.0.2.7"
+    assert records.rows[0]["committer"] == "Ada <ada@example.com>"
+
+    again = await handler.handle("app.gh", sent, body, "192.0.2.7", NOW)
+    assert (again.status, again.code) == (200, deliveries.SKIPPED)
+    assert again.message == "duplicate delivery d-1: already handled"
+    assert len(engine.deploys) == 1
+
+
+async def test_a_filtered_push_is_skipped_and_claimed(
+    handler: deliveries.WebhookDeliveries, engine: Engine, records: Records
+) -> None:
+    body = push("refs/heads/feature/x")
+    result = await handler.handle("app.gh", headers(body, "d-2"), body, "192.0.2.7", NOW)
+    assert (result.status, result.code) == (200, deliveries.SKIPPED)
+    assert result.message == "branch 'feature/x' matches none of main"
+    assert result.record_id == 1
+    assert ("app.gh", "d-2") in records.claimed
+    assert engine.deploys == []
+
+
+async def test_refusals_name_their_cause_and_start_nothing(
+    handler: deliveries.WebhookDeliveries, engine: Engine, records: Records
+) -> None:
+    body = push()
+    unknown = await handler.handle("app.nope", headers(body), body, "192.0.2.7", NOW)
+    assert (unknown.status, unknown.code) == (404, "not_found")
+    assert records.rows == []  # nothing to attribute it to
+
+    too_large = await handler.handle("app.gh", headers(body), None, "192.0.2.7", NOW)
+    assert (too_large.status, too_large.code) == (413, "body_too_large")
+    assert too_large.message == "body larger than 1024 bytes"
+
+    forged = await handler.handle("app.gh", headers(body, secret="wrong"), body, "192.0.2.7", NOW)
+    assert (forged.status, forged.code, forged.field) == (
+        401,
+        "webhook_rejected",
+        signatures.GITHUB_SIGNATURE,
+    )
+    assert not forged.accepted
+    assert records.rows[-1]["event"] == "push"
+    assert [row["status"] for row in records.rows] == [deliveries.FAILED, deliveries.FAILED]
+    assert engine.deploys == []
+
+
+async def test_a_refused_action_releases_the_claim_for_redelivery(
+    handler: deliveries.WebhookDeliveries, engine: Engine
+) -> None:
+    body = push()
+    sent = headers(body, "d-3")
+    engine.fail_with = errors.PermanentError("dev is frozen")
+    refused = await handler.handle("app.gh", sent, body, "192.0.2.7", NOW)
+    assert (refused.status, refused.code, refused.message) == (
+        422,
+        "action_refused",
+        "dev is frozen",
+    )
+
+    engine.fail_with = None
+    redelivered = await handler.handle("app.gh", sent, body, "192.0.2.7", NOW)
+    assert (redelivered.status, redelivered.run_id) == (202, "run-1")
+
+
+async def test_the_secret_is_read_once_for_many_deliveries(
+    handler: deliveries.WebhookDeliveries, credentials: Credentials
+) -> None:
+    body = push("refs/heads/other")
+    for _ in range(5):
+        await handler.handle("app.gh", headers(body), body, "192.0.2.7", NOW)
+    assert credentials.reads == 1
+
+
+async def test_the_config_webhook_needs_one_configured(
+    handler: deliveries.WebhookDeliveries,
+) -> None:
+    body = push()
+    result = await handler.handle_config(headers(body), body, "192.0.2.7", NOW)
+    assert (result.status, result.code) == (404, "not_found")
