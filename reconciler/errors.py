@@ -4,7 +4,6 @@
 - ``TemporaryError(delay)``: try again after at least ``delay`` seconds (network, busy
   target); a pipeline task's ``retries`` wait that long before the next attempt.
 - ``PermanentError``: retrying will not help; fail the step and say why.
-- ``ApprovalRequired``: the run must wait for a person.
 - ``PermissionDenied``: the actor's role does not allow the action.
 
 User-facing messages name the file, field, header or target at fault.  This module is a
@@ -59,10 +58,6 @@ class TemporaryError(QuicFlowError):
 
 class PermanentError(QuicFlowError):
     """A failure that retrying will not fix."""
-
-
-class ApprovalRequired(QuicFlowError):
-    """The run reached a gate that needs a person's approval."""
 
 
 class PermissionDenied(QuicFlowError):

@@ -8,7 +8,7 @@ triggers. Lists page with ``limit``/``offset`` and answer ``{"items", "total", "
 "offset"}``; errors answer ``{"error": {"code", "message", "field"?}}``.
 
 Engine refusals map onto status codes: unknown run/project/environment (``KeyError``)
-→ 404, ``PermissionDenied`` → 403, ``ApprovalRequired`` / ``PermanentError`` → 409,
+→ 404, ``PermissionDenied`` → 403, ``PermanentError`` → 409,
 ``TemporaryError`` → 503 with ``Retry-After``.
 
 What is shown comes from ``views`` (shared with the status page, so both show the same
@@ -104,7 +104,7 @@ async def engine_call(call: Awaitable[T]) -> T:
             str(error),
             headers={"Retry-After": str(max(1, math.ceil(error.delay)))},
         ) from None
-    except (errors.ApprovalRequired, errors.PermanentError, errors.ConfigError) as error:
+    except (errors.PermanentError, errors.ConfigError) as error:
         raise auth.ApiError(409, "conflict", str(error)) from None
 
 

@@ -386,9 +386,7 @@ def _failure_status(error: Exception) -> tuple[int, str]:
     """The status and code a failed action maps onto: retry later, refused, or a bug."""
     if isinstance(error, errors.TemporaryError):
         return 503, "try_again"
-    if isinstance(
-        error, errors.PermanentError | errors.ApprovalRequired | errors.PermissionDenied | KeyError
-    ):
+    if isinstance(error, errors.PermanentError | errors.PermissionDenied | KeyError):
         return 422, "action_refused"
     return 500, "action_failed"
 
