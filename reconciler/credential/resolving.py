@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Protocol
 
 from reconciler.credential import age
@@ -22,6 +21,7 @@ from reconciler.credential.manager import CredentialManager
 from reconciler.errors import PermanentError, QuicFlowError
 from reconciler.gitops import model
 from reconciler.log.masking import Masker
+from reconciler.store.database import Database
 
 
 class Blobs(Protocol):
@@ -54,9 +54,10 @@ def secret_refs(env: model.Environment) -> dict[str, model.SecretRef]:
 class CredentialResolver:
     """The credentials of the desired state in force, loaded once per commit."""
 
-    def __init__(self, repo: Blobs, data_dir: Path, environ: Mapping[str, str] | None = None):
+    def __init__(self, repo: Blobs, database: Database, environ: Mapping[str, str] | None = None):
         self.repo = repo
-        self.data_dir = Path(data_dir)
+        # The engine's own store: the credential tables live in it, so no second connection.
+        self.database = database
         self.environ = environ
         self._manager: CredentialManager | None = None
         self._commit: str | None = None
@@ -66,7 +67,7 @@ class CredentialResolver:
         """The manager holding ``desired``'s credentials files (blocking: call in a thread)."""
         with self._lock:
             if self._manager is None:
-                self._manager = CredentialManager.open(self.data_dir, self.environ)
+                self._manager = CredentialManager.using(self.database, self.environ)
             if self._commit != desired.commit:
                 sources = [c.source for c in desired.credentials.values()]
                 sources += [
@@ -101,6 +102,6 @@ class CredentialResolver:
         return values, Masker(manager.secret_values(env.project))
 
     def close(self) -> None:
-        """Close the manager's store, if it was opened."""
+        """Release the manager (the store stays open: it is the engine's)."""
         if self._manager is not None:
             self._manager.close()

@@ -96,7 +96,7 @@ class Reconciler:
         self.now = now
         self.sleep = sleep
         self.hub: Any = None  # the QUIC hub, when one runs in this process
-        self.credentials = CredentialResolver(repo, self.data_dir, environ)
+        self.credentials = CredentialResolver(repo, self.db, environ)
         self.source = refreshing.DesiredStateSource(repo, self.history, push)
         self._planner = planning.Planner()
         self._wake = asyncio.Event()
