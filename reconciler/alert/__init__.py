@@ -9,10 +9,11 @@ What happens to an event, stage by stage, one module each:
 - ``payloads`` (pure) builds the versioned webhook JSON and the Feishu custom-bot body;
 - ``signing`` (pure) signs them (``X-QuicFlow-Signature-256``, Feishu ``timestamp`` +
   ``sign``);
-- ``retries`` (pure) holds the retry policy (exponential backoff with jitter) and the
-  verdict on a receiver's reply;
-- ``records`` and ``outbox`` keep alert records, pending notifications and one delivery
-  record per attempt in the operational store, so a restart loses nothing;
+- ``retries`` (pure) gives the verdict on a receiver's reply (retry, or give up);
+- the values — alert records, outbox items, delivery attempts, the retry policy
+  (exponential backoff with jitter) — live in the leaf module ``reconciler.notifications``
+  and are kept by ``reconciler.store.alerts`` and ``reconciler.store.outbox``, so a
+  restart loses nothing;
 - ``delivering`` is the only module that does outbound HTTP (httpx);
 - ``notifier`` ties them to the event bus and answers the alert API.
 

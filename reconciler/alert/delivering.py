@@ -20,7 +20,15 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from reconciler.alert import retries, signing
-from reconciler.alert.outbox import Attempt, AttemptStatus, Item, Message, State
+from reconciler.notifications import (
+    DEFAULT_TIMEOUT,
+    Attempt,
+    AttemptStatus,
+    Item,
+    Message,
+    RetryPolicy,
+    State,
+)
 from reconciler.store.outbox import Outbox
 
 _log = logging.getLogger(__name__)
@@ -130,8 +138,8 @@ class Deliverer:
     def _forget(self, item_id: int, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(item_id, None)
 
-    def _lease(self, policy: retries.RetryPolicy | None = None) -> float:
-        return (policy.timeout if policy else retries.DEFAULT_TIMEOUT * 6) + self._lease_margin
+    def _lease(self, policy: RetryPolicy | None = None) -> float:
+        return (policy.timeout if policy else DEFAULT_TIMEOUT * 6) + self._lease_margin
 
     async def _deliver(self, item: Item) -> None:
         policy = item.message.policy

@@ -29,14 +29,23 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from reconciler.alert import payloads, records, rules
+from reconciler.alert import payloads, rules
 from reconciler.alert.delivering import Client, Deliverer
-from reconciler.alert.outbox import DeliveryRecord, Item, Message, State, iso_time
-from reconciler.alert.retries import RetryPolicy
 from reconciler.engine.bus import EventBus
 from reconciler.events import Event
 from reconciler.gitops.model import AlertRule, Callback, DesiredState
 from reconciler.log.masking import Masker
+from reconciler.notifications import (
+    AlertKey,
+    AlertRecord,
+    DeliveryRecord,
+    Item,
+    Message,
+    NewAlert,
+    RetryPolicy,
+    State,
+    iso_time,
+)
 from reconciler.rules import templates
 from reconciler.store import alerts
 from reconciler.store.database import Database
@@ -183,7 +192,7 @@ class Notifier:
         self, desired: DesiredState, rule: AlertRule, event: Event, masker: Masker, now: float
     ) -> bool:
         rid = rules.rule_id(rule)
-        key = rules.AlertKey(rid, event.project, event.env, event.version)
+        key = AlertKey(rid, event.project, event.env, event.version)
         label = rules.RULE_LABELS.get(rule.event, rule.event.replace("_", " "))
         title = masker.mask(f"{label}: {_where(event.project, event.env, event.version)}")
         with self.database.transaction() as conn:
@@ -203,7 +212,7 @@ class Notifier:
             message = templates.render(templates.DEFAULT_ALERT_TEMPLATE, variables, masker=masker)
             record_id = self.alerts.insert(
                 conn,
-                records.NewAlert(
+                NewAlert(
                     rule=rid,
                     rule_event=rule.event,
                     event=event.type.value,
@@ -326,7 +335,7 @@ class Notifier:
         *,
         project: str | None = None,
         rule: str | None = None,
-    ) -> list[records.AlertRecord]:
+    ) -> list[AlertRecord]:
         """Alert records, newest first (``GET /api/release/alerts/history``)."""
         return self.alerts.history(limit, offset, project=project, rule=rule)
 
@@ -467,7 +476,7 @@ def _event_key(event: Event, callback: Callback) -> str:
 def _digest_variables(
     digest: rules.Digest,
     rule: AlertRule | None,
-    listed: list[records.AlertRecord],
+    listed: list[AlertRecord],
     public_url: str | None,
 ) -> dict[str, Any]:
     rule_event = rule.event if rule else (listed[0].rule_event if listed else "")

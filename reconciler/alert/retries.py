@@ -1,69 +1,16 @@
-"""Retry policy of a callback and the verdict on a receiver's reply. Pure: no I/O.
+"""The verdict on a receiver's reply: delivered, worth another attempt, or refused. Pure.
 
-Backoff is exponential with "equal jitter", as ``reconciler.rules.backoff`` computes it
-(the engine's task retries use the same rule).
+The retry policy itself (attempts, backoff, timeout) is a stored value:
+``reconciler.notifications.RetryPolicy``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from reconciler.rules import backoff
-
-# The schema's defaults (also applied by reconciler.gitops.building).
-DEFAULT_ATTEMPTS = 3
-DEFAULT_BACKOFF = 2.0
-DEFAULT_MAX_BACKOFF = 60.0
-DEFAULT_TIMEOUT = 10.0
 
 # 4xx replies that say "not now" rather than "never": worth another attempt.
 _RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often and how patiently one callback is tried (seconds)."""
-
-    attempts: int = DEFAULT_ATTEMPTS
-    backoff: float = DEFAULT_BACKOFF
-    max_backoff: float = DEFAULT_MAX_BACKOFF
-    timeout: float = DEFAULT_TIMEOUT
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any] | None) -> RetryPolicy:
-        """The policy of a callback's ``retry`` block (missing keys take the defaults)."""
-        raw = raw or {}
-
-        def number(key: str, default: float) -> float:
-            value = raw.get(key)
-            return default if value is None else float(value)
-
-        return cls(
-            attempts=max(1, int(raw.get("attempts") or DEFAULT_ATTEMPTS)),
-            backoff=number("backoff", DEFAULT_BACKOFF),
-            max_backoff=number("max_backoff", DEFAULT_MAX_BACKOFF),
-            timeout=number("timeout", DEFAULT_TIMEOUT),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (stored with each outbox item)."""
-        return {
-            "attempts": self.attempts,
-            "backoff": self.backoff,
-            "max_backoff": self.max_backoff,
-            "timeout": self.timeout,
-        }
-
-    def bounds(self, attempt: int) -> tuple[float, float]:
-        """The (lowest, highest) wait after failed attempt number ``attempt``."""
-        return backoff.bounds(attempt, self.backoff, self.max_backoff)
-
-    def delay(self, attempt: int, jitter: float) -> float:
-        """The wait after failed attempt ``attempt``; ``jitter`` is a draw from [0, 1)."""
-        return backoff.delay(attempt, self.backoff, self.max_backoff, jitter)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from reconciler.events import Event, EventType
 from reconciler.gitops.model import AlertRule, DesiredState
+from reconciler.notifications import Fold, Waiting
 
 #: Window used for folding (and digests) when a rule sets none: the seed's 10 minutes.
 DEFAULT_WINDOW = 600.0
@@ -89,25 +90,6 @@ def matching_rules(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AlertKey:
-    """What makes two alerts "the same": rule, project, environment, version."""
-
-    rule: str
-    project: str
-    env: str
-    version: str
-
-
-@dataclass(frozen=True, slots=True)
-class Fold:
-    """An alert as folding sees it: when it opened, how often it happened, by which runs."""
-
-    first_at: float
-    count: int = 1
-    run_ids: frozenset[str] = frozenset()
-
-
 class FoldOutcome(StrEnum):
     """What an occurrence did to the alert it belongs to."""
 
@@ -130,15 +112,6 @@ def fold(previous: Fold | None, run_id: str, at: float, window: float) -> tuple[
         return previous, FoldOutcome.SAME_RUN
     runs = previous.run_ids | {run_id} if run_id else previous.run_ids
     return Fold(previous.first_at, previous.count + 1, runs), FoldOutcome.REPEAT
-
-
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    """An alert waiting for its digest: its record id, rule id and creation time."""
-
-    record: int
-    rule: str
-    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

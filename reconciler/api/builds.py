@@ -23,7 +23,7 @@ from reconciler import streaming
 from reconciler.api import auth, routes
 from reconciler.auth import permissions
 from reconciler.builder.building import Builder, BuildError, BuildRequest
-from reconciler.builder.records import BuildRecord
+from reconciler.builds import BuildRecord
 from reconciler.engine.control import EngineControl
 from reconciler.gitops import model
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.builder import docker_cli, dockerfiles
-from reconciler.builder.records import BuildRecord, BuildStatus, ImageArtifact
+from reconciler.builds import BuildRecord, BuildStatus, ImageArtifact
 from reconciler.errors import QuicFlowError
 from reconciler.gitops import model
 from reconciler.gitops.repository import GitRepository

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconciler import builds
 from reconciler.drivers import DeployContext, Health, StepFailed, check, health, render, run_switch
 from reconciler.durations import parse_duration
 from reconciler.gitops import model
@@ -195,7 +196,7 @@ class ContainerDriver:
         builtins = ctx.variables(None, version)
         digest = builtins.get("QUICFLOW_IMAGE_DIGEST", "")
         if digest and version == ctx.version:
-            return f"{images.repository_of(image)}@{digest}"
+            return f"{builds.repository_of(image)}@{digest}"
         return image
 
     def _registry_env(self, ctx: DeployContext, target: TargetRef, image: str) -> dict[str, str]:
@@ -292,7 +293,7 @@ class ContainerDriver:
             "QUICFLOW_DOCKER": self.docker_cli,
             "QUICFLOW_CONTAINER": self.container_name(ctx, target, color),
             "QUICFLOW_IMAGE_REF": image,
-            "QUICFLOW_IMAGE_REPO": images.repository_of(image),
+            "QUICFLOW_IMAGE_REPO": builds.repository_of(image),
             "QUICFLOW_ENV_NAMES": "\n".join(for_container),
             "QUICFLOW_RUN_ARGS": "\n".join(self.run_args(ctx, target, version, color)),
             "QUICFLOW_RUN_COMMAND": "\n".join(str(w) for w in self.spec.get("command") or []),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.builder.building import Builder, BuildRequest
-from reconciler.builder.records import BuildRecord, BuildStatus
+from reconciler.builds import BuildRecord, BuildStatus
 from reconciler.credential.resolving import CredentialResolver
 from reconciler.errors import QuicFlowError
 from reconciler.gitops import model, reverting

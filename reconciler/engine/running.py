@@ -22,8 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler import backoff
 from reconciler.builder.building import Builder, BuildError
-from reconciler.builder.records import BuildStatus
+from reconciler.builds import BuildStatus
 from reconciler.credential.resolving import name_of
 from reconciler.drivers import StepFailed, for_deploy
 from reconciler.engine import image_builds, strategies
@@ -35,7 +36,7 @@ from reconciler.events import Event, EventType
 from reconciler.gitops import model
 from reconciler.log.masking import Masker
 from reconciler.log.store import LogStore
-from reconciler.rules import backoff, expressions
+from reconciler.rules import expressions
 from reconciler.runs import Decision, Run, RunState, StepStatus
 from reconciler.store.runs import RunStore
 from reconciler.targets.commands import CommandResult, TargetRef

@@ -1,7 +1,7 @@
 """Pure rules shared by the config checker and the parts that act on them.
 
 ``when:`` expressions, strategy batches, release windows, branch/tag globs, the
-sandboxed notification templates and the backoff between retries. Below ``gitops/``
+sandboxed notification templates. Below ``gitops/``
 and ``engine/`` in the layers: the checker validates with the same rules the engine
 and the notifier apply, so ``quicflow validate`` rejects what a run would refuse.
 Pure: no I/O, no clock reads (time comes in as a parameter), no randomness (draws come

@@ -36,11 +36,3 @@ def registry_of(image: str) -> str:
     if sep and ("." in first or ":" in first or first == "localhost"):
         return first
     return "docker.io"
-
-
-def repository_of(image: str) -> str:
-    """An image reference without its tag or digest (``host:5000/a/b:1`` → ``host:5000/a/b``)."""
-    name = image.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    return name[:colon] if colon > slash else name

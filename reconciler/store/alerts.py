@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from reconciler.alert import records, rules
+from reconciler import notifications
 from reconciler.store import database, paging, rows
 
 _RECORDS = paging.Query("alert_records", order=("id DESC",))
@@ -24,8 +24,8 @@ class AlertLog:
         self.database = database
 
     def latest(
-        self, key: rules.AlertKey, conn: database.Connection | None = None
-    ) -> records.AlertRecord | None:
+        self, key: notifications.AlertKey, conn: database.Connection | None = None
+    ) -> notifications.AlertRecord | None:
         """The newest record of ``key`` (the open alert, if its window has not passed)."""
         query = (
             _RECORDS.equal("rule", key.rule)
@@ -39,7 +39,7 @@ class AlertLog:
             row = conn.execute(*query.select(1)).fetchone()
         return _record(row) if row else None
 
-    def insert(self, conn: database.Connection, alert: records.NewAlert, now: float) -> int:
+    def insert(self, conn: database.Connection, alert: notifications.NewAlert, now: float) -> int:
         """Record a new alert (count 1) inside the caller's transaction; return its id."""
         row = conn.execute(
             "INSERT INTO alert_records (rule, rule_event, event, mode, project, env, version,"
@@ -66,7 +66,12 @@ class AlertLog:
         return int(row["id"])
 
     def fold_into(
-        self, conn: database.Connection, record_id: int, fold: rules.Fold, error: str, now: float
+        self,
+        conn: database.Connection,
+        record_id: int,
+        fold: notifications.Fold,
+        error: str,
+        now: float,
     ) -> None:
         """Store a repeat: the new count and runs, and the latest error."""
         conn.execute(
@@ -84,7 +89,7 @@ class AlertLog:
             [(now, int(notified), i) for i in ids],
         )
 
-    def waiting(self) -> list[rules.Waiting]:
+    def waiting(self) -> list[notifications.Waiting]:
         """Digest alerts not yet sent."""
         found = (
             paging.Query("alert_records", order=("id",), columns=("id", "rule", "created_at"))
@@ -92,9 +97,9 @@ class AlertLog:
             .where("sent_at IS NULL")
             .rows(self.database)
         )
-        return [rules.Waiting(r["id"], r["rule"], r["created_at"]) for r in found]
+        return [notifications.Waiting(r["id"], r["rule"], r["created_at"]) for r in found]
 
-    def get_many(self, ids: Sequence[int]) -> list[records.AlertRecord]:
+    def get_many(self, ids: Sequence[int]) -> list[notifications.AlertRecord]:
         """The records ``ids``, in that order."""
         if not ids:
             return []
@@ -108,15 +113,15 @@ class AlertLog:
         *,
         project: str | None = None,
         rule: str | None = None,
-    ) -> list[records.AlertRecord]:
+    ) -> list[notifications.AlertRecord]:
         """Records, newest first, optionally of one project or rule."""
         query = _RECORDS.equal("project", project).equal("rule", rule)
         return [_record(r) for r in query.rows(self.database, limit, offset)]
 
 
-def _record(row: database.Row) -> records.AlertRecord:
+def _record(row: database.Row) -> notifications.AlertRecord:
     return rows.into(
-        records.AlertRecord,
+        notifications.AlertRecord,
         row,
         run_ids=tuple(json.loads(row["run_ids"])),
         notified=bool(row["notified"]),

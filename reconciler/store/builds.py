@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
-from reconciler.builder import records
+from reconciler import builds
 from reconciler.store import database, paging, rows
 
 _BUILDS = paging.Query("builds", order=("started_at DESC", "seq DESC"))
@@ -22,7 +22,7 @@ class BuildStore:
     def __init__(self, db: database.Database):
         self.db = db
 
-    def insert(self, record: records.BuildRecord) -> None:
+    def insert(self, record: builds.BuildRecord) -> None:
         """Store a new build record."""
         self.db.execute(
             "INSERT INTO builds (id, project, version, commit_id, status, image, digest, duration,"
@@ -32,7 +32,7 @@ class BuildStore:
             _row(record),
         )
 
-    def save(self, record: records.BuildRecord) -> None:
+    def save(self, record: builds.BuildRecord) -> None:
         """Replace a build record with its new state."""
         self.db.execute(
             "UPDATE builds SET project = ?, version = ?, commit_id = ?, status = ?, image = ?,"
@@ -41,16 +41,16 @@ class BuildStore:
             (*_row(record)[1:], record.id),
         )
 
-    def get(self, build_id: str) -> records.BuildRecord | None:
+    def get(self, build_id: str) -> builds.BuildRecord | None:
         """The build record ``build_id``, or None."""
         row = _BUILDS.equal("id", build_id).first(self.db)
         return _record(row) if row else None
 
-    def list(self, project: str | None = None, limit: int = 50) -> list[records.BuildRecord]:
+    def list(self, project: str | None = None, limit: int = 50) -> list[builds.BuildRecord]:
         """The latest builds (of a project), newest first."""
         return [_record(r) for r in _BUILDS.equal("project", project).rows(self.db, limit)]
 
-    def add_artifact(self, artifact: records.ImageArtifact) -> None:
+    def add_artifact(self, artifact: builds.ImageArtifact) -> None:
         """Record the image a build pushed (replacing what that build recorded before)."""
         self.db.execute(
             "INSERT INTO image_artifacts (build_id, project, version, image, digest, size, created,"
@@ -69,25 +69,25 @@ class BuildStore:
             ),
         )
 
-    def artifact(self, build_id: str) -> records.ImageArtifact | None:
+    def artifact(self, build_id: str) -> builds.ImageArtifact | None:
         """The artifact of a build, or None."""
         row = _ARTIFACTS.equal("build_id", build_id).first(self.db)
         return _artifact(row) if row else None
 
     def latest_artifact(
         self, project: str, version: str | None = None
-    ) -> records.ImageArtifact | None:
+    ) -> builds.ImageArtifact | None:
         """The newest artifact of a project (of one version), or None."""
         row = _ARTIFACTS.equal("project", project).equal("version", version).first(self.db)
         return _artifact(row) if row else None
 
-    def interrupted(self) -> builtins.list[records.BuildRecord]:
+    def interrupted(self) -> builtins.list[builds.BuildRecord]:
         """Builds still marked running (their process died): to be marked failed at start."""
-        query = _BUILDS.equal("status", records.BuildStatus.RUNNING.value)
+        query = _BUILDS.equal("status", builds.BuildStatus.RUNNING.value)
         return [_record(r) for r in query.rows(self.db)]
 
 
-def _row(r: records.BuildRecord) -> tuple[Any, ...]:
+def _row(r: builds.BuildRecord) -> tuple[Any, ...]:
     return (
         r.id,
         r.project,
@@ -105,14 +105,14 @@ def _row(r: records.BuildRecord) -> tuple[Any, ...]:
     )
 
 
-def _record(row: database.Row) -> records.BuildRecord:
+def _record(row: database.Row) -> builds.BuildRecord:
     return rows.into(
-        records.BuildRecord,
+        builds.BuildRecord,
         row,
-        status=records.BuildStatus(row["status"]),
+        status=builds.BuildStatus(row["status"]),
         commit=row["commit_id"],
     )
 
 
-def _artifact(row: database.Row) -> records.ImageArtifact:
-    return rows.into(records.ImageArtifact, row)
+def _artifact(row: database.Row) -> builds.ImageArtifact:
+    return rows.into(builds.ImageArtifact, row)

@@ -2,7 +2,7 @@
 ``alert_deliveries`` (one row per attempt).
 
 What the rows mean — exactly once per key, leases, masked bodies — is told in
-``reconciler.alert.outbox``, which holds the values stored here.
+``reconciler.notifications``, which holds the values stored here.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from reconciler.alert import outbox, retries
+from reconciler import notifications
 from reconciler.store import database, paging, rows
 
 _ITEMS = paging.Query("alert_outbox", order=("id DESC",))
 _DELIVERIES = paging.Query("alert_deliveries", order=("id DESC",))
 _DUE = paging.Query("alert_outbox", order=("next_attempt_at", "id")).equal(
-    "state", outbox.State.PENDING.value
+    "state", notifications.State.PENDING.value
 )
 
 
@@ -29,7 +29,7 @@ class Outbox:
     # ------------------------------------------------------------------ writing
 
     def enqueue(
-        self, message: outbox.Message, now: float, conn: database.Connection | None = None
+        self, message: notifications.Message, now: float, conn: database.Connection | None = None
     ) -> bool:
         """Add ``message`` unless its key is already known; True when it was added.
 
@@ -62,7 +62,7 @@ class Outbox:
 
     def claim(
         self, now: float, lease: float, exclude: Sequence[int] = (), limit: int = 100
-    ) -> list[outbox.Item]:
+    ) -> list[notifications.Item]:
         """Lease the pending items due by ``now`` (oldest first) to this process."""
         query = _DUE.compare("next_attempt_at", "<=", now).compare("lease_until", "<=", now)
         with self.database.transaction() as conn:
@@ -77,12 +77,12 @@ class Outbox:
 
     def record(
         self,
-        item: outbox.Item,
+        item: notifications.Item,
         attempt_number: int,
-        attempt: outbox.Attempt,
+        attempt: notifications.Attempt,
         now: float,
         *,
-        state: outbox.State,
+        state: notifications.State,
         next_attempt_at: float | None = None,
         lease_until: float = 0.0,
     ) -> None:
@@ -113,7 +113,7 @@ class Outbox:
                     attempt_number,
                     next_attempt_at if next_attempt_at is not None else now,
                     lease_until,
-                    None if state is outbox.State.PENDING else now,
+                    None if state is notifications.State.PENDING else now,
                     attempt.error,
                     item.id,
                 ),
@@ -152,14 +152,14 @@ class Outbox:
             .count(self.database)
         )
 
-    def get(self, key: str) -> outbox.Item | None:
+    def get(self, key: str) -> notifications.Item | None:
         """The item with idempotency key ``key``."""
         row = _ITEMS.equal("key", key).first(self.database)
         return _item(row) if row else None
 
     def items(
-        self, state: outbox.State | None = None, limit: int = 100, offset: int = 0
-    ) -> list[outbox.Item]:
+        self, state: notifications.State | None = None, limit: int = 100, offset: int = 0
+    ) -> list[notifications.Item]:
         """Items, newest first, optionally only those in ``state``."""
         query = _ITEMS.equal("state", state.value if state else None)
         return [_item(r) for r in query.rows(self.database, limit, offset)]
@@ -172,25 +172,25 @@ class Outbox:
         callback: str | None = None,
         key: str | None = None,
         project: str | None = None,
-    ) -> list[outbox.DeliveryRecord]:
+    ) -> list[notifications.DeliveryRecord]:
         """Delivery records, newest first, filtered by callback, key or project."""
         query = _DELIVERIES.equal("callback", callback).equal("key", key).equal("scope", project)
         return [
             rows.into(
-                outbox.DeliveryRecord,
+                notifications.DeliveryRecord,
                 r,
                 project=r["scope"] or None,
-                status=outbox.AttemptStatus(r["status"]),
+                status=notifications.AttemptStatus(r["status"]),
             )
             for r in query.rows(self.database, limit, offset)
         ]
 
 
-def _item(row: database.Row) -> outbox.Item:
-    policy = retries.RetryPolicy(**json.loads(row["policy"]))
+def _item(row: database.Row) -> notifications.Item:
+    policy = notifications.RetryPolicy(**json.loads(row["policy"]))
     return rows.into(
-        outbox.Item,
+        notifications.Item,
         row,
-        message=rows.into(outbox.Message, row, policy=policy),
-        state=outbox.State(row["state"]),
+        message=rows.into(notifications.Message, row, policy=policy),
+        state=notifications.State(row["state"]),
     )

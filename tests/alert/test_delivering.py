@@ -11,8 +11,7 @@ import pytest
 from alert.receivers import FEISHU_SECRET, WEBHOOK_SECRET, Receiver, SleepRecorder
 
 from reconciler.alert.delivering import Deliverer
-from reconciler.alert.outbox import AttemptStatus, Message, State
-from reconciler.alert.retries import RetryPolicy
+from reconciler.notifications import AttemptStatus, Message, RetryPolicy, State
 from reconciler.store.database import Database
 from reconciler.store.outbox import Outbox
 

@@ -22,11 +22,11 @@ from alert.receivers import (
 from gitrepos import ConfigRepo
 
 from reconciler.alert.notifier import Notifier
-from reconciler.alert.outbox import AttemptStatus, State
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine.bus import EventBus
 from reconciler.events import Event, EventType
 from reconciler.gitops.model import AlertRule
+from reconciler.notifications import AttemptStatus, State
 from reconciler.store.sqlite import SQLiteDatabase as Database
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler.alert.outbox import Attempt, AttemptStatus, Message, State
-from reconciler.alert.retries import RetryPolicy
+from reconciler.notifications import Attempt, AttemptStatus, Message, RetryPolicy, State
 from reconciler.store.outbox import Outbox
 from reconciler.store.sqlite import SQLiteDatabase as Database
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from reconciler.alert.retries import RetryPolicy, judge_reply
+from reconciler.alert.retries import judge_reply
+from reconciler.notifications import RetryPolicy
 
 
 def test_backoff_doubles_and_is_capped_and_jitter_stays_within_bounds() -> None:

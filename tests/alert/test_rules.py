@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler import notifications
 from reconciler.alert import rules
 from reconciler.events import Event, EventType
 from reconciler.gitops.model import AlertRule
@@ -89,7 +90,7 @@ def test_five_repeats_inside_the_window_fold_into_one_with_count_five() -> None:
     for i in range(2, 6):
         fold, outcome = rules.fold(fold, f"r{i}", 1000.0 + i * 10, 600.0)
         assert outcome is rules.FoldOutcome.REPEAT
-    assert fold == rules.Fold(1000.0, 5, frozenset({"r1", "r2", "r3", "r4", "r5"}))
+    assert fold == notifications.Fold(1000.0, 5, frozenset({"r1", "r2", "r3", "r4", "r5"}))
 
 
 def test_two_events_of_one_run_count_once() -> None:
@@ -104,11 +105,11 @@ def test_a_repeat_after_the_window_opens_a_new_alert() -> None:
     fold, _ = rules.fold(fold, "r2", 599.0, 600.0)
     fresh, outcome = rules.fold(fold, "r3", 600.0, 600.0)
     assert outcome is rules.FoldOutcome.NEW
-    assert fresh == rules.Fold(600.0, 1, frozenset({"r3"}))
+    assert fresh == notifications.Fold(600.0, 1, frozenset({"r3"}))
 
 
 def test_twenty_waiting_alerts_make_one_digest_when_the_window_closes() -> None:
-    waiting = [rules.Waiting(i, "build-failed-digest", 1000.0 + i) for i in range(1, 21)]
+    waiting = [notifications.Waiting(i, "build-failed-digest", 1000.0 + i) for i in range(1, 21)]
     windows = {"build-failed-digest": 600.0}
     assert rules.due_digests(waiting, windows, 1599.0) == ()
     assert rules.next_digest_at(waiting, windows) == 1601.0
@@ -118,10 +119,10 @@ def test_twenty_waiting_alerts_make_one_digest_when_the_window_closes() -> None:
 
 def test_alerts_after_the_window_closed_wait_for_the_next_digest() -> None:
     waiting = [
-        rules.Waiting(1, "d", 0.0),
-        rules.Waiting(2, "d", 50.0),
-        rules.Waiting(3, "d", 70.0),
-        rules.Waiting(4, "e", 0.0),
+        notifications.Waiting(1, "d", 0.0),
+        notifications.Waiting(2, "d", 50.0),
+        notifications.Waiting(3, "d", 70.0),
+        notifications.Waiting(4, "e", 0.0),
     ]
     due = rules.due_digests(waiting, {"d": 60.0, "e": 600.0}, 80.0)
     assert due == (rules.Digest("d", 0.0, 60.0, (1, 2)),)

@@ -16,7 +16,7 @@ from gitrepos import ConfigRepo
 
 from reconciler.builder import docker_cli
 from reconciler.builder.building import Builder, BuildRequest
-from reconciler.builder.records import BuildStatus
+from reconciler.builds import BuildStatus
 from reconciler.gitops import model
 
 pytestmark = pytest.mark.integration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler import builds
 from reconciler.builder import docker_cli, dockerfiles
 from reconciler.rules import images
 
@@ -45,7 +46,7 @@ def test_image_templates() -> None:
 )
 def test_registry_and_repository(image: str, registry: str, repository: str) -> None:
     assert images.registry_of(image) == registry
-    assert images.repository_of(image) == repository
+    assert builds.repository_of(image) == repository
 
 
 def test_build_argv_has_inline_cache_only_with_buildkit() -> None:

@@ -27,7 +27,7 @@ from releasing import USERS, free_ports
 
 from reconciler.api.app import ServerSettings, create_app
 from reconciler.auth.tokens import TokenStore
-from reconciler.builder.records import BuildStatus
+from reconciler.builds import BuildStatus
 from reconciler.credential import age, documents, sops
 from reconciler.engine.reconciling import Reconciler
 from reconciler.gitops.repository import GitRepository

@@ -22,7 +22,7 @@ from gitrepos import ConfigRepo
 from hub.conftest import Fleet
 from releasing import USERS, free_ports
 
-from reconciler.builder.records import BuildStatus
+from reconciler.builds import BuildStatus
 from reconciler.credential import age, documents, sops
 from reconciler.engine import image_builds
 from reconciler.engine.agents import HubExecutor

@@ -12,7 +12,7 @@ import pytest
 from gitrepos import ConfigRepo, git
 from releasing import USERS
 
-from reconciler.builder.records import BuildRecord, BuildStatus
+from reconciler.builds import BuildRecord, BuildStatus
 from reconciler.engine import image_builds
 from reconciler.gitops import model
 from reconciler.gitops.loading import Loader

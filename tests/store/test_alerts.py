@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from reconciler.alert import records, rules
+from reconciler import notifications
 from reconciler.store import alerts, database
 
 
-def _alert(rule: str, project: str = "shop", mode: str = "immediate") -> records.NewAlert:
-    return records.NewAlert(
+def _alert(rule: str, project: str = "shop", mode: str = "immediate") -> notifications.NewAlert:
+    return notifications.NewAlert(
         rule, "run_failed", "run_failed", mode, project, "prod", "1.0", "high", "t", "m", "", "r-1"
     )
 
 
 def test_latest_fold_and_mark_sent_inside_one_transaction(db: database.Database) -> None:
     log = alerts.AlertLog(db)
-    key = rules.AlertKey("rule-1", "shop", "prod", "1.0")
+    key = notifications.AlertKey("rule-1", "shop", "prod", "1.0")
     with db.transaction() as conn:
         assert log.latest(key, conn) is None
         first = log.insert(conn, _alert("rule-1"), 10.0)
         latest = log.latest(key, conn)
         assert latest is not None and latest.id == first
-        log.fold_into(conn, first, rules.Fold(10.0, 2, frozenset({"r-1", "r-2"})), "", 11.0)
+        log.fold_into(conn, first, notifications.Fold(10.0, 2, frozenset({"r-1", "r-2"})), "", 11.0)
         log.mark_sent(conn, [first], True, 12.0)
     record = log.latest(key)
     assert record is not None

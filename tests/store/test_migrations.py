@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from store.old_layout import COMPONENT_SCHEMAS, CREDENTIALS_SCHEMA, SCHEMA_VERSIONS
 
-from reconciler.alert import outbox as outbox_values
+from reconciler import notifications as outbox_values
 from reconciler.auth import tokens
 from reconciler.credential import auditing, manager, model, sealing
 from reconciler.log.store import LogStore

@@ -1,5 +1,7 @@
 """Build records and image artifacts: the values ``reconciler.store.builds`` keeps.
 
+A leaf of the import graph (standard library only), below the store and the builder.
+
 A build record follows one build from ``running`` to ``success``, ``failed`` or
 ``cancelled``; an image artifact is what a successful build leaves behind (the pushed
 reference and its registry digest), which deploys and rollbacks name by digest.
@@ -62,10 +64,16 @@ class ImageArtifact:
     @property
     def pinned(self) -> str:
         """The reference pinned by digest (``repo@sha256:…``), what deploys pull."""
-        from reconciler.rules.images import repository_of
-
         return f"{repository_of(self.image)}@{self.digest}"
 
     def as_dict(self) -> dict[str, Any]:
         """The artifact as JSON-ready data."""
         return {**asdict(self), "pinned": self.pinned}
+
+
+def repository_of(image: str) -> str:
+    """An image reference without its tag or digest (``host:5000/a/b:1`` → ``host:5000/a/b``)."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
