@@ -18,6 +18,7 @@ class EventType(StrEnum):
     RUN_FAILED = "run_failed"
     RUN_CANCELLED = "run_cancelled"
     RUN_WAITING = "run_waiting"
+    RUN_SUPERSEDED = "run_superseded"  # a waiting run Git moved on from
     STAGE_STARTED = "stage_started"
     STAGE_SUCCEEDED = "stage_succeeded"
     STAGE_FAILED = "stage_failed"

@@ -19,7 +19,7 @@ from reconciler.engine.control import EngineControl
 from reconciler.gitops import model
 from reconciler.gitops.planning import Action, DeployedRecord, Plan
 from reconciler.log.store import LogLine
-from reconciler.runs import Run, RunState, Step
+from reconciler.runs import Run, RunState, Step, StepKind
 
 
 def _last_run(run: Run | None) -> dict[str, Any] | None:
@@ -139,9 +139,10 @@ def overview(engine: EngineControl, principal: auth.Principal) -> list[dict[str,
 def run_view(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
     """A run with its steps grouped as stages → tasks, plus the strategy's progress.
 
-    Step keys name their kind: ``stage:NAME``, ``task:STAGE/TASK``; every other step
-    (``deploy:web-1``, ``canary:34``, ``batch:2``…) is a strategy/target step and counts
-    towards ``progress``.
+    Step keys are typed (``reconciler.runs.StepKey``): ``stage:NAME``,
+    ``task:STAGE/TASK``; every other step (``deploy:web-1``, ``analysis:1``, ``batch:2``…)
+    is a strategy/target step. ``progress`` counts targets deployed out of the targets
+    the rollout covers (gates, checks and pauses are steps, not progress).
     """
     stages: dict[str, dict[str, Any]] = {}
     other: list[dict[str, Any]] = []
@@ -160,7 +161,9 @@ def run_view(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
         else:
             item["kind"] = kind
             other.append(item)
-    done = sum(1 for s in other if s["status"] in ("succeeded", "skipped"))
+    deploys = [s for s in other if s["kind"] == StepKind.DEPLOY.value]
+    done = sum(1 for s in deploys if s["status"] in ("succeeded", "skipped"))
+    total = max(len(run.detail.get("targets") or ()), len(deploys))
     view = run.as_dict()
     view.update(
         {
@@ -170,9 +173,9 @@ def run_view(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
             "waiting": run.state.is_waiting,
             "progress": {
                 "done": done,
-                "total": len(other),
-                "percent": round(100 * done / len(other))
-                if other
+                "total": total,
+                "percent": round(100 * done / total)
+                if total
                 else (100 if run.state is RunState.SUCCEEDED else 0),
             },
         }

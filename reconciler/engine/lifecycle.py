@@ -31,22 +31,10 @@ from reconciler.events import Event, EventType
 from reconciler.gitops import model
 from reconciler.log.store import LogStore
 from reconciler.rules import windows
-from reconciler.runs import Run, RunState, Trigger
+from reconciler.runs import Run, RunState, StepKind, Trigger, carried_over
 from reconciler.store.runs import RunStore
 
 _log = logging.getLogger(__name__)
-
-#: Steps a run replacing an interrupted one takes over when they had finished.
-CARRIED_STEPS = (
-    "stage:",
-    "task:",
-    "deploy:",
-    "verify:",
-    "analysis:",
-    "switch",
-    "batch:",
-    "approval:",
-)
 
 
 class RunLifecycle:
@@ -154,7 +142,8 @@ class RunLifecycle:
             strategy=env.strategy.type.value,
             created_at=iso(now),
             forced=force,
-            detail={**(detail or {}), "owner": self.owner},
+            # What Git asked for when the run was created: a waiting run follows Git.
+            detail={**(detail or {}), "owner": self.owner, "git_version": env.version},
         )
         if (
             current is not None
@@ -170,18 +159,43 @@ class RunLifecycle:
             return None
         return self._start(run, env)
 
-    def _supersede(self, waiting: Run, version: str) -> None:
-        self.runs.update(
+    def _supersede(self, waiting: Run, version: str, why: str = "") -> None:
+        run = self.runs.update(
             waiting,
             state=RunState.SUPERSEDED,
             finished_at=iso(self.now()),
-            error=f"superseded by a newer desired state ({version})",
+            error=why or f"superseded by a newer desired state ({version})",
         )
+        self.logs.append(run.id, [(iso(self.now()), "engine", "system", run.error)])
+        self.logs.close_stream(run.id)
+        self.publish(run, EventType.RUN_SUPERSEDED, error=run.error)
+
+    def _git_moved_on(self, run: Run, env: model.Environment | None) -> str:
+        """Why Git no longer asks for what the waiting ``run`` would roll out ('' if it does)."""
+        if env is None:
+            return f"superseded: {run.project}/{run.env} is no longer in the config repo"
+        asked = str(run.detail.get("git_version") or run.version)
+        if env.version != asked:
+            return (
+                f"superseded: Git now asks for {env.version} (this run was for {asked}); "
+                "a promotion or approval would have rolled out a version Git no longer wants"
+            )
+        if env.config_hash != run.config_hash:
+            return "superseded: the environment's configuration changed in Git"
+        return ""
 
     def _carry_done_steps(self, interrupted: Run, run: Run) -> None:
-        """Create ``run`` with the finished steps of the ``interrupted`` run it replaces."""
+        """Create ``run`` with what still holds of the ``interrupted`` run it replaces.
+
+        The steps ``runs.carried_over`` keeps (never a deploy a rollback undid) and every
+        decision people took on its gates, so an approval or a promotion given before
+        the crash is not asked for again.
+        """
         self.runs.create(run)
-        self.runs.copy_done_steps(interrupted.id, run.id, CARRIED_STEPS)
+        steps, decisions = carried_over(
+            self.runs.steps(interrupted.id), self.runs.decisions(interrupted.id)
+        )
+        self.runs.carry_over(interrupted.id, run.id, steps, decisions)
 
     def _wait_for_window(self, run: Run, env: model.Environment, now: dt.datetime) -> None:
         opening = windows.next_opening(env.release_windows, now)
@@ -199,9 +213,19 @@ class RunLifecycle:
     def resume(self, run: Run) -> asyncio.Task[Run] | None:
         """Start a waiting run whose gate is open now (None while it must wait)."""
         desired = self.desired()
-        env = desired.environment(run.project, run.env) if desired else None
-        if env is None:
+        if desired is None:
             return None
+        env = desired.environment(run.project, run.env)
+        moved_on = self._git_moved_on(run, env)
+        if moved_on:
+            # Waiting runs follow Git: a revert or a newer version while a run waits for a
+            # person (or a window) ends it, so a late approval never deploys what Git left;
+            # what it deployed already (a canary waiting for its promote) is undone.
+            if env is not None and self._deployed_something(run):
+                return self._start(run, env, abort=moved_on)
+            self._supersede(run, env.version if env else "", moved_on)
+            return None
+        assert env is not None
         if (
             run.state is RunState.WAITING_WINDOW
             and env.release_windows
@@ -219,8 +243,11 @@ class RunLifecycle:
 
     # -- executing -------------------------------------------------------------------
 
-    def _start(self, run: Run, env: model.Environment) -> asyncio.Task[Run]:
-        task = asyncio.get_running_loop().create_task(self._execute(run, env))
+    def _deployed_something(self, run: Run) -> bool:
+        return any(s.key.startswith(f"{StepKind.DEPLOY.value}:") for s in self.runs.steps(run.id))
+
+    def _start(self, run: Run, env: model.Environment, abort: str = "") -> asyncio.Task[Run]:
+        task = asyncio.get_running_loop().create_task(self._execute(run, env, abort))
         self.tasks[run.key] = task
         task.add_done_callback(lambda _t, key=run.key: self._ended(key))
         return task
@@ -234,7 +261,7 @@ class RunLifecycle:
             if self._on_ended is not None:
                 self._on_ended()
 
-    async def _execute(self, run: Run, env: model.Environment) -> Run:
+    async def _execute(self, run: Run, env: model.Environment, abort: str = "") -> Run:
         async with self._slots:
             desired = self.desired()
             assert desired is not None
@@ -254,7 +281,8 @@ class RunLifecycle:
                     run, env, Outcome(RunState.FAILED, str(exc), "deploy_failed")
                 )
             try:
-                outcome = await RunExecutor(ctx, self._seed(run, env)).execute()
+                executor = RunExecutor(ctx, self._seed(run, env))
+                outcome = await (executor.abort(abort) if abort else executor.execute())
             except asyncio.CancelledError:
                 await asyncio.shield(
                     self._finish(run, env, Outcome(RunState.CANCELLED, "cancelled"))
@@ -303,6 +331,7 @@ class RunLifecycle:
         kind = {
             RunState.SUCCEEDED: EventType.RUN_SUCCEEDED,
             RunState.CANCELLED: EventType.RUN_CANCELLED,
+            RunState.SUPERSEDED: EventType.RUN_SUPERSEDED,
         }.get(outcome.state, EventType.RUN_FAILED)
         self.publish(run, kind, error=outcome.error)
         if outcome.state in recording.RECORDED:

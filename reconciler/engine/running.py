@@ -29,15 +29,15 @@ from reconciler.credential.resolving import name_of
 from reconciler.drivers import StepFailed, for_deploy
 from reconciler.engine import image_builds, strategies
 from reconciler.engine.bus import EventBus
-from reconciler.engine.steps import Steps
-from reconciler.engine.strategies import Rollout, RolloutFailed, Waiting
+from reconciler.engine.steps import Rejected, Steps, Waiting
+from reconciler.engine.strategies import Rollout, RolloutFailed
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.events import Event, EventType
 from reconciler.gitops import model
 from reconciler.log.masking import Masker
 from reconciler.log.store import LogStore
 from reconciler.rules import expressions
-from reconciler.runs import Decision, Run, RunState, StepStatus
+from reconciler.runs import Decision, Run, RunState, StepKey, StepKind, StepStatus
 from reconciler.store.runs import RunStore
 from reconciler.targets.commands import CommandResult, TargetRef
 from reconciler.targets.resolving import Executors, resolve
@@ -291,6 +291,9 @@ class RunExecutor:
                     **wait.detail,
                 },
             )
+        except Rejected as rejection:
+            self.ctx.log("engine", f"run rejected: {rejection}")
+            return await self._undo(str(rejection), "rejected")
         except RolloutFailed as failure:
             return await self._failed(str(failure), failure.event, timed_out=failure.timed_out)
         except StepFailed as failure:
@@ -332,15 +335,15 @@ class RunExecutor:
         return expressions.is_true(expressions.compile_expression(text), self._context())
 
     async def _stage(self, stage: model.Stage) -> None:
-        key = f"stage:{stage.name}"
+        key = StepKey.stage(stage.name)
         if self.steps.is_done(key):
             return
         if not self._when(stage.when):
             self.steps.mark(key, StepStatus.SKIPPED, {"reason": f"when: {stage.when}"})
             return
         if stage.approval is not None and stage.approval.applies_to(self.ctx.env.name):
-            gate = f"approval:{stage.name}"
-            decided = self.gates.decided(gate)
+            gate = StepKey.approval(stage.name)
+            decided = self.gates.decided(str(gate))
             if decided is None:
                 if self.steps.get(gate) is None:
                     self.steps.mark(gate, StepStatus.WAITING, {"roles": list(stage.approval.roles)})
@@ -352,15 +355,15 @@ class RunExecutor:
                 self._check_approval_timeout(gate, stage.approval)
                 raise Waiting(
                     "waiting_approval",
-                    gate,
+                    str(gate),
                     f"stage {stage.name!r} waits for approval by "
                     f"{' or '.join(stage.approval.roles)}",
-                    {"gate": gate, "approval_timeout": stage.approval.timeout},
+                    {"gate": str(gate), "approval_timeout": stage.approval.timeout},
                 )
             if decided is False:
-                decision = self.ctx.store.decision(self.ctx.run.id, gate)
+                decision = self.ctx.store.decision(self.ctx.run.id, str(gate))
                 self.steps.mark(gate, StepStatus.FAILED, error="rejected")
-                raise PermanentError(
+                raise Rejected(
                     f"stage {stage.name!r} rejected by {decision.user if decision else '?'}"
                 )
             self.steps.mark(gate, StepStatus.SUCCEEDED)
@@ -376,12 +379,13 @@ class RunExecutor:
             first = waiting[0] if waiting else errors[0]
             if not waiting:
                 self.steps.mark(key, StepStatus.FAILED, error=str(first))
-                self.ctx.emit(EventType.STAGE_FAILED, stage=stage.name, error=str(first))
+                if not isinstance(first, Rejected):
+                    self.ctx.emit(EventType.STAGE_FAILED, stage=stage.name, error=str(first))
             raise first
         self.steps.mark(key, StepStatus.SUCCEEDED)
         self.ctx.emit(EventType.STAGE_SUCCEEDED, stage=stage.name)
 
-    def _check_approval_timeout(self, gate: str, approval: model.Approval) -> None:
+    def _check_approval_timeout(self, gate: StepKey, approval: model.Approval) -> None:
         if approval.timeout is None:
             return
         step = self.steps.get(gate)
@@ -391,11 +395,11 @@ class RunExecutor:
         if self.ctx.now() - started > dt.timedelta(seconds=approval.timeout):
             self.steps.mark(gate, StepStatus.FAILED, error="approval timed out")
             raise PermanentError(
-                f"approval of {gate.split(':', 1)[1]!r} timed out after {approval.timeout:.0f}s"
+                f"approval of {gate.name!r} timed out after {approval.timeout:.0f}s"
             )
 
     async def _task(self, stage: model.Stage, task: model.Task) -> None:
-        key = f"task:{stage.name}/{task.name}"
+        key = StepKey.task(stage.name, task.name)
         if self.steps.is_done(key):
             return
         if not self._when(task.when):
@@ -409,7 +413,7 @@ class RunExecutor:
                 await self._build_task(key, task)
             else:
                 await self._script_task(key, stage, task)
-        except Waiting:
+        except (Waiting, Rejected):
             raise
         except (RolloutFailed, StepFailed, PermanentError) as exc:
             timed_out = getattr(exc, "timed_out", False)
@@ -422,55 +426,66 @@ class RunExecutor:
             raise
         self.ctx.emit(EventType.TASK_SUCCEEDED, stage=stage.name, task=task.name)
 
-    async def _script_task(self, key: str, stage: model.Stage, task: model.Task) -> None:
+    async def _script_task(self, key: StepKey, stage: model.Stage, task: model.Task) -> None:
         ctx = self.ctx.for_task(task)
-        on_targets = task.on == "targets"
-        places: list[TargetRef | None] = list(self.targets) if on_targets else [None]
+        if task.on != "targets":
+            await self.steps.once(key, lambda: self._attempts(ctx, task, None))
+            return
+
+        async def on_every_target() -> dict[str, Any]:
+            # One step per target: a resumed run skips the targets it already did.
+            for target in self.targets:
+                share = StepKey.on_target(stage.name, task.name, target.name)
+                await self.steps.once(share, lambda t=target: self._attempts(ctx, task, t))
+            return {"targets": [t.name for t in self.targets]}
+
+        await self.steps.once(key, on_every_target)
+
+    async def _attempts(
+        self, ctx: RunContext, task: model.Task, place: TargetRef | None
+    ) -> dict[str, Any]:
+        """Run a script task once on ``place`` (None: the reconciler), with its retries."""
+        target = place or TargetRef(
+            "reconciler",
+            "local",
+            "127.0.0.1",
+            None,
+            str(ctx.data_dir / "work" / ctx.env.project / ctx.env.name),
+        )
 
         async def attempt() -> dict[str, Any]:
-            for place in places:
-                target = place or TargetRef(
-                    "reconciler",
-                    "local",
-                    "127.0.0.1",
-                    None,
-                    str(ctx.data_dir / "work" / ctx.env.project / ctx.env.name),
+            env = ctx.variables(place, ctx.version)
+            result = await ctx.execute(
+                target, task.run or "", key=task.name, env=env, timeout=task.timeout
+            )
+            if not result.ok:
+                what = f"task {task.name!r}"
+                raise StepFailed(
+                    target.name,
+                    f"{what} timed out"
+                    if result.timed_out
+                    else f"{what} exited {result.exit_code}",
+                    timed_out=result.timed_out,
                 )
-                env = ctx.variables(place, ctx.version)
-                result = await ctx.execute(
-                    target, task.run or "", key=task.name, env=env, timeout=task.timeout
-                )
-                if not result.ok:
-                    what = f"task {task.name!r}"
-                    raise StepFailed(
-                        target.name,
-                        f"{what} timed out"
-                        if result.timed_out
-                        else f"{what} exited {result.exit_code}",
-                        timed_out=result.timed_out,
-                    )
-            return {"targets": [p.name for p in places if p] or ["reconciler"]}
+            return {"targets": [target.name]}
 
-        async def with_retries() -> dict[str, Any]:
-            for n in range(1, task.retries + 2):
-                try:
-                    return await attempt()
-                except StepFailed as failure:
-                    if n > task.retries:
-                        raise
-                    wait = retry_wait(n, failure, ctx.jitter())
-                except TemporaryError as failure:
-                    if n > task.retries:
-                        # Out of attempts: the step fails like any other, with the reason.
-                        raise PermanentError(f"task {task.name!r}: {failure}") from failure
-                    wait = retry_wait(n, failure, ctx.jitter())
-                ctx.log(f"reconciler/{task.name}", f"attempt {n} failed; retrying in {wait:.1f}s")
-                await ctx.sleep(wait)
-            raise AssertionError("unreachable")
+        for n in range(1, task.retries + 2):
+            try:
+                return await attempt()
+            except StepFailed as failure:
+                if n > task.retries:
+                    raise
+                wait = retry_wait(n, failure, ctx.jitter())
+            except TemporaryError as failure:
+                if n > task.retries:
+                    # Out of attempts: the step fails like any other, with the reason.
+                    raise PermanentError(f"task {task.name!r}: {failure}") from failure
+                wait = retry_wait(n, failure, ctx.jitter())
+            ctx.log(f"{target.name}/{task.name}", f"attempt {n} failed; retrying in {wait:.1f}s")
+            await ctx.sleep(wait)
+        raise AssertionError("unreachable")
 
-        await self.steps.once(key, with_retries)
-
-    async def _build_task(self, key: str, task: model.Task) -> None:
+    async def _build_task(self, key: StepKey, task: model.Task) -> None:
         ctx = self.ctx
         builder = ctx.builder
         project = ctx.desired.projects[ctx.env.project]
@@ -504,14 +519,28 @@ class RunExecutor:
         # Later tasks (the container driver) read the digest from the run's detail.
         ctx.run = replace(ctx.run, detail={**ctx.run.detail, **self.built})
 
-    async def _deploy_task(self, key: str, task: model.Task) -> None:
+    async def _deploy_task(self, key: StepKey, task: model.Task) -> None:
+        if not self.targets:
+            raise PermanentError(f"{self.ctx.env.key} has no targets")
+        rollout = self.rollout = self._rollout_for(task)
+        # What the rollout covers, for the run's progress (live, and kept in its detail).
+        rollout.result["targets"] = [t.name for t in self.targets]
+        self.ctx.run = self.ctx.store.update(
+            self.ctx.run, detail={**self.ctx.run.detail, "targets": rollout.result["targets"]}
+        )
+
+        async def go() -> dict[str, Any]:
+            return await strategies.run(rollout)
+
+        result = await self.steps.once(key, go)
+        rollout.result.update(result)
+
+    def _rollout_for(self, task: model.Task) -> Rollout:
         ctx = self.ctx.for_task(task)
         deploy = task.deploy or ctx.env.deploy
         project = ctx.desired.projects[ctx.env.project]
         driver = for_deploy(deploy, ctx.env.strategy, project.repo.url if project.repo else None)
-        if not self.targets:
-            raise PermanentError(f"{ctx.env.key} has no targets")
-        self.rollout = Rollout(
+        return Rollout(
             ctx=ctx,
             driver=driver,
             targets=list(self.targets),
@@ -523,13 +552,18 @@ class RunExecutor:
             emit=lambda kind, **kw: ctx.emit(kind, task=task.name, **kw),
             result=dict(self.seed),
         )
-        rollout = self.rollout
 
-        async def go() -> dict[str, Any]:
-            return await strategies.run(rollout)
-
-        result = await self.steps.once(key, go)
-        rollout.result.update(result)
+    def _deployed_targets(self) -> list[TargetRef]:
+        """Targets a deploy step of this run started on — carried over from a crash included."""
+        started = set()
+        for step in self.steps.all():
+            try:
+                key = StepKey.parse(step.key)
+            except ValueError:
+                continue
+            if key.kind is StepKind.DEPLOY:
+                started.add(key.name)
+        return [t for t in self.targets if t.name in started]
 
     # -- failure ---------------------------------------------------------------------
 
@@ -546,7 +580,39 @@ class RunExecutor:
         )
         if event != "deploy_failed":
             ctx.emit(EventType.DEPLOY_FAILED, error=error)
+        return await self._undo(error, event)
+
+    async def abort(self, reason: str) -> Outcome:
+        """End a waiting run Git moved on from: undo what it deployed; it ends superseded.
+
+        A canary waiting for its promote when Git reverts its version must not stay
+        half-deployed: its canary targets go back to the previous version. Only a failed
+        undo leaves the run ``failed`` (an operator must look).
+        """
+        self.ctx.log("engine", reason)
+        outcome = await self._undo(reason, "", announce=False)
+        if outcome.state is RunState.FAILED and "failed on" in outcome.error:
+            return outcome
+        return replace(outcome, state=RunState.SUPERSEDED)
+
+    def _pipeline_rollout(self) -> Rollout | None:
+        """The rollout of this run, also when it failed before reaching its deploy task
+        (a gate after a crash, say) but deploys carried over from the run it resumes
+        changed targets."""
         rollout = self.rollout
+        deployed = self._deployed_targets()
+        if rollout is None and deployed:
+            stages = self.ctx.env.pipeline.stages
+            task = next((t for s in stages for t in s.tasks if t.uses == "deploy"), None)
+            rollout = self.rollout = self._rollout_for(task) if task else None
+        if rollout is not None:
+            rollout.touched.extend(t for t in deployed if t not in rollout.touched)
+        return rollout
+
+    async def _undo(self, error: str, event: str, announce: bool = True) -> Outcome:
+        """Put the targets this run changed back as they were (auto-rollback)."""
+        ctx = self.ctx
+        rollout = self._pipeline_rollout()
         touched = self._touched()
         if rollout is None or not rollout.touched:
             return Outcome(RunState.FAILED, error, event, touched=touched)
@@ -571,7 +637,7 @@ class RunExecutor:
         for target in rollout.touched:
             try:
                 await self.steps.once(
-                    f"rollback:{target.name}", lambda t=target: _rollback(rollout, t, previous)
+                    StepKey.rollback(target.name), lambda t=target: _rollback(rollout, t, previous)
                 )
                 restored.append(target.name)
             except StepFailed as exc:
@@ -583,9 +649,10 @@ class RunExecutor:
                 event,
                 touched=touched,
             )
-        ctx.emit(
-            EventType.ROLLED_BACK, error=error, data={"restored": restored, "version": previous}
-        )
+        if announce:
+            ctx.emit(
+                EventType.ROLLED_BACK, error=error, data={"restored": restored, "version": previous}
+            )
         ctx.log("engine", f"rolled back {', '.join(restored)} to {previous}")
         return Outcome(RunState.ROLLED_BACK, error, event, {"restored": restored}, touched=touched)
 
@@ -593,7 +660,8 @@ class RunExecutor:
         for target in rollout.touched:
             try:
                 await self.steps.once(
-                    f"retire:{target.name}@{color}", lambda t=target: _retire_one(rollout, t, color)
+                    StepKey.retire(target.name, color),
+                    lambda t=target: _retire_one(rollout, t, color),
                 )
             except StepFailed as exc:
                 self.ctx.log("engine", f"could not retire {color} on {target.name}: {exc}")

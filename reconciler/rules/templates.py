@@ -51,6 +51,7 @@ STATUS: Mapping[EventType, str] = {
     EventType.RUN_FAILED: "failed",
     EventType.RUN_CANCELLED: "cancelled",
     EventType.RUN_WAITING: "waiting",
+    EventType.RUN_SUPERSEDED: "superseded",
     EventType.STAGE_STARTED: "stage started",
     EventType.STAGE_SUCCEEDED: "stage succeeded",
     EventType.STAGE_FAILED: "stage failed",
@@ -77,6 +78,7 @@ _RUN_STATE: Mapping[EventType, str] = {
     EventType.RUN_FAILED: "failed",
     EventType.RUN_CANCELLED: "cancelled",
     EventType.RUN_WAITING: "waiting_approval",
+    EventType.RUN_SUPERSEDED: "superseded",
     EventType.APPROVAL_REQUESTED: "waiting_approval",
     EventType.ROLLED_BACK: "rolled_back",
 }

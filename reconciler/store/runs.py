@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +14,14 @@ from reconciler.store import database, paging, rows
 _RUNS = paging.Query("runs", order=("seq DESC",))
 _STEPS = paging.Query("steps", order=("ord",))
 _DECISIONS = paging.Query("decisions")
+_PUT_STEP = (
+    "INSERT INTO steps (run_id, key, status, started_at, finished_at, attempts, result, error, ord)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+    " (SELECT COALESCE(MAX(ord), 0) + 1 FROM steps WHERE run_id = ?))"
+    " ON CONFLICT (run_id, key) DO UPDATE SET status = excluded.status,"
+    " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+    " attempts = excluded.attempts, result = excluded.result, error = excluded.error"
+)
 
 _RUN_COLUMNS = (
     "id",
@@ -109,37 +117,39 @@ class RunStore:
 
     def put_step(self, step: Step) -> Step:
         """Insert or update a step in one statement; a step keeps its first position."""
-        self.db.write(
-            "INSERT INTO steps (run_id, key, status, started_at, finished_at, attempts, result, error, ord)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
-            " (SELECT COALESCE(MAX(ord), 0) + 1 FROM steps WHERE run_id = ?))"
-            " ON CONFLICT (run_id, key) DO UPDATE SET status = excluded.status,"
-            " started_at = excluded.started_at, finished_at = excluded.finished_at,"
-            " attempts = excluded.attempts, result = excluded.result, error = excluded.error",
-            (
-                step.run_id,
-                step.key,
-                step.status.value,
-                step.started_at,
-                step.finished_at,
-                step.attempts,
-                json.dumps(dict(step.result), sort_keys=True),
-                step.error,
-                step.run_id,
-            ),
-        )
+        self.db.write(_PUT_STEP, _step_values(step))
         return step
 
-    def copy_done_steps(self, from_run: str, to_run: str, prefixes: Sequence[str]) -> int:
-        """Carry finished steps (keys starting with ``prefixes``) of an interrupted run into its successor."""
+    def carry_over(
+        self, from_run: str, to_run: str, steps: Iterable[Step], decisions: Iterable[Decision]
+    ) -> int:
+        """Carry ``steps`` and ``decisions`` of an interrupted run into its successor.
+
+        Which still hold is the caller's rule (``reconciler.runs.carried_over``);
+        decisions keep who decided and when. One transaction: all or nothing.
+        """
         copied = 0
-        for step in self.steps(from_run):
-            if step.status.is_done and any(step.key.startswith(p) for p in prefixes):
-                self.put_step(
-                    replace(step, run_id=to_run, result={**step.result, "resumed_from": from_run})
+        with self.db.transaction() as conn:
+            for step in steps:
+                carried = replace(
+                    step, run_id=to_run, result={**step.result, "resumed_from": from_run}
                 )
+                conn.execute(_PUT_STEP, _step_values(carried))
                 copied += 1
+            for d in decisions:
+                conn.execute(
+                    'INSERT INTO decisions (run_id, gate, approved, "user", at, comment)'
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, gate) DO NOTHING",
+                    (to_run, d.gate, int(d.approved), d.user, d.at, d.comment),
+                )
         return copied
+
+    def decisions(self, run_id: str) -> builtins.list[Decision]:
+        """Every decision taken on the gates of ``run_id``."""
+        return [
+            rows.into(Decision, r, approved=bool(r["approved"]))
+            for r in _DECISIONS.equal("run_id", run_id).rows(self.db)
+        ]
 
     # -- decisions -----------------------------------------------------------------
 
@@ -200,3 +210,17 @@ def _run(row: database.Row) -> Run:
 
 def _step(row: database.Row) -> Step:
     return rows.into(Step, row, status=StepStatus(row["status"]), result=json.loads(row["result"]))
+
+
+def _step_values(step: Step) -> tuple[Any, ...]:
+    return (
+        step.run_id,
+        step.key,
+        step.status.value,
+        step.started_at,
+        step.finished_at,
+        step.attempts,
+        json.dumps(dict(step.result), sort_keys=True),
+        step.error,
+        step.run_id,
+    )

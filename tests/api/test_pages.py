@@ -65,14 +65,6 @@ async def test_run_and_log_pages_render_without_javascript(
     assert agents.status_code == 200 and "web-1" in agents.text and "No agent hub" in agents.text
 
 
-PROGRESS_COUNTS_GATES = (
-    "the run view (reconciler/api/views.py run_view) counts every recorded step that is not a "
-    "stage or task towards progress, the passed approval gate 'approval:release' included: a "
-    "run deploying its first and only target shows 1/2 (50%) instead of 0/1"
-)
-
-
-@pytest.mark.xfail(reason=PROGRESS_COUNTS_GATES, strict=True)
 async def test_run_page_progress_counts_targets(
     server: LiveServer, engine: Reconciler, tokens: dict[str, str]
 ) -> None:

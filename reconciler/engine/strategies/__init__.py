@@ -2,7 +2,8 @@
 
 A strategy decides when and where each driver step runs; the step math comes from
 ``reconciler.rules.batches``. Every driver call is a keyed step (``deploy:web-1``,
-``verify:web-1``, ``switch``…), so a replayed run skips what it already did.
+``verify:web-1``, ``switch``…, typed as ``reconciler.runs.StepKey``), so a replayed
+run skips what it already did.
 ``Rollout`` carries what the strategies share and remembers which targets were
 touched, so a failed run rolls back exactly those.
 """
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from reconciler.drivers import DeployContext, Driver, StepFailed
 from reconciler.engine.steps import Steps
 from reconciler.gitops import model
+from reconciler.runs import StepKey
 from reconciler.targets.commands import TargetRef
 
 
@@ -30,17 +32,6 @@ class RolloutFailed(Exception):
         self.event = event
         self.timed_out = timed_out
         super().__init__("; ".join(f"{t}: {m}" for t, m in sorted(failures.items())))
-
-
-class Waiting(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """The run must pause: for an approval, a manual promotion or a release window."""
-
-    def __init__(self, state: str, gate: str, reason: str, detail: dict[str, Any] | None = None):
-        super().__init__(reason)
-        self.state = state
-        self.gate = gate
-        self.reason = reason
-        self.detail = detail or {}
 
 
 class Gates(Protocol):
@@ -74,13 +65,15 @@ class Rollout:
 
     async def deploy_and_verify(self, group: Sequence[TargetRef], label: str = "") -> None:
         """Deploy to ``group`` concurrently, then verify each; raise RolloutFailed on any failure."""
-        suffix = f"@{self.color}" if self.color else ""
 
         async def one(target: TargetRef) -> None:
             if target not in self.touched:
                 self.touched.append(target)
-            await self.steps.once(f"deploy:{target.name}{suffix}", lambda: self._deploy(target))
-            await self.steps.once(f"verify:{target.name}{suffix}", lambda: self._verify(target))
+            deploy = StepKey.deploy(target.name, self.color)
+            await self.steps.once(deploy, lambda: self._deploy(target))
+            await self.steps.once(
+                StepKey.verify(target.name, self.color), lambda: self._verify(target)
+            )
 
         outcomes = await asyncio.gather(*(one(t) for t in group), return_exceptions=True)
         failures: dict[str, str] = {}

@@ -8,6 +8,7 @@ switched unless every target of the new color is healthy; the old color stays fo
 from __future__ import annotations
 
 from reconciler.engine.strategies import Rollout
+from reconciler.runs import StepKey
 
 
 def other(color: str | None) -> str:
@@ -20,7 +21,7 @@ async def run(rollout: Rollout) -> None:
     rollout.result["color"] = rollout.color
     await rollout.deploy_and_verify(rollout.targets, f"{rollout.color} color")
     color = rollout.color
-    await rollout.steps.once("switch", lambda: _switch(rollout, color))
+    await rollout.steps.once(StepKey.switch(), lambda: _switch(rollout, color))
     rollout.result["switched"] = True
     if live:
         rollout.result["retire_color"] = live

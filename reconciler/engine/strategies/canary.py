@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reconciler.engine.strategies import Rollout, RolloutFailed, Waiting
+from reconciler.engine.steps import Rejected, Waiting
+from reconciler.engine.strategies import Rollout, RolloutFailed
 from reconciler.rules import batches
+from reconciler.runs import StepKey, StepKind, StepStatus
 
 
 async def run(rollout: Rollout) -> None:
@@ -27,7 +29,8 @@ async def run(rollout: Rollout) -> None:
                 exc.failures, event="canary_failed", timed_out=exc.timed_out
             ) from None
         await rollout.steps.once(
-            f"analysis:{number}", lambda s=step: _analyse(rollout, s.targets, analysis)
+            StepKey.numbered(StepKind.ANALYSIS, number),
+            lambda s=step: _analyse(rollout, s.targets, analysis),
         )
         rollout.emit(
             "canary_step",
@@ -36,24 +39,27 @@ async def run(rollout: Rollout) -> None:
         rollout.result["canary_step"] = number
         if number == len(steps):
             return
-        gate = f"promote:{number}"
+        gate = StepKey.numbered(StepKind.PROMOTE, number)
         if params.get("promotion") == "manual":
-            decided = rollout.gates.decided(gate)
+            if rollout.steps.is_done(gate):
+                continue
+            decided = rollout.gates.decided(str(gate))
             if decided is None:
+                if rollout.steps.get(gate) is None:
+                    rollout.steps.mark(gate, StepStatus.WAITING, {"percent": step.percent})
                 raise Waiting(
                     "waiting_approval",
-                    gate,
+                    str(gate),
                     f"canary at {step.percent}%: waiting for a manual promote",
                     {"canary_step": number, "percent": step.percent},
                 )
             if decided is False:
-                raise RolloutFailed(
-                    {t: "promotion rejected" for t in step.targets}, event="canary_failed"
-                )
+                rollout.steps.mark(gate, StepStatus.FAILED, error="promotion rejected")
+                raise Rejected(f"canary promotion at {step.percent}% rejected")
+            rollout.steps.mark(gate, StepStatus.SUCCEEDED)
         elif params.get("pause"):
-            await rollout.steps.once(
-                f"pause:{number}", lambda: _pause(rollout, float(params["pause"]))
-            )
+            pause = StepKey.numbered(StepKind.PAUSE, number)
+            await rollout.steps.pause(pause, float(params["pause"]), rollout.sleep)
 
 
 async def _analyse(rollout: Rollout, names: tuple[str, ...], analysis: Any) -> dict[str, Any]:
@@ -74,8 +80,3 @@ async def _analyse(rollout: Rollout, names: tuple[str, ...], analysis: Any) -> d
         if i + 1 < checks:
             await rollout.sleep(interval)
     return {"checks": checks, "failed_checks": failed_checks}
-
-
-async def _pause(rollout: Rollout, seconds: float) -> dict[str, Any]:
-    await rollout.sleep(seconds)
-    return {"paused": seconds}

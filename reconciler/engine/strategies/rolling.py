@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reconciler.engine.strategies import Rollout
 from reconciler.rules import batches
-from reconciler.runs import StepStatus
+from reconciler.runs import StepKey, StepKind, StepStatus
 
 
 async def run(rollout: Rollout) -> None:
@@ -17,7 +17,11 @@ async def run(rollout: Rollout) -> None:
     rollout.result["batches"] = [list(b) for b in plan]
     for index, batch in enumerate(plan):
         await rollout.deploy_and_verify(rollout.by_name(batch), f"batch {index + 1}")
-        rollout.steps.mark(f"batch:{index + 1}", StepStatus.SUCCEEDED, {"targets": list(batch)})
+        number = index + 1
+        rollout.steps.mark(
+            StepKey.numbered(StepKind.BATCH, number), StepStatus.SUCCEEDED, {"targets": list(batch)}
+        )
         pause = float(params.get("pause") or 0)
-        if pause and index + 1 < len(plan):
-            await rollout.sleep(pause)
+        if pause and number < len(plan):
+            key = StepKey.numbered(StepKind.PAUSE, f"batch-{number}")
+            await rollout.steps.pause(key, pause, rollout.sleep)
