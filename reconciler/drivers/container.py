@@ -157,6 +157,7 @@ class ContainerDriver:
         self.ports = dict(strategy.params.get("ports") or {}) if blue_green else {}
         self.switch_script = strategy.params.get("switch") if blue_green else None
         self.stop_timeout = int(parse_duration(self.spec.get("stop_timeout"), 10.0) or 0)
+        self.starts = health.StartPeriods()
 
     # -- names and values ---------------------------------------------------------
 
@@ -315,6 +316,7 @@ class ContainerDriver:
             target, DEPLOY, key="container", env=env, timeout=self.deploy_config.timeout
         )
         check(result, target, f"container {env['QUICFLOW_CONTAINER']}")
+        self.starts.deployed(target, color)
 
     async def verify(self, ctx: DeployContext, target: TargetRef, color: str | None) -> Health:
         """The container runs, and every configured health check passes."""
@@ -328,7 +330,13 @@ class ContainerDriver:
             return await self._inspect(ctx, target, name, docker_health=True)
 
         return await health.check(
-            ctx, target, self.deploy_config.health, port, color, docker=docker_health
+            ctx,
+            target,
+            self.deploy_config.health,
+            port,
+            color,
+            docker=docker_health,
+            starts=self.starts,
         )
 
     async def _inspect(

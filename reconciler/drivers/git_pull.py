@@ -1,7 +1,9 @@
 """The ``git_pull`` deploy type: fetch the version into a directory on the target, then restart.
 
 The fetch script is fixed; repository, ref and directory reach it as environment
-variables, so no config value is ever interpreted by the shell.
+variables, so no config value is ever interpreted by the shell. A relative
+``directory`` is relative to the target's work dir; ``restart`` runs inside the
+checkout, with ``QUICFLOW_GIT_DIR`` set to its absolute path.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ cd "$QUICFLOW_GIT_DIR"
 git fetch -q --depth 1 "$QUICFLOW_GIT_REPO" "$QUICFLOW_GIT_REF"
 git -c advice.detachedHead=false checkout -q --force FETCH_HEAD
 git rev-parse HEAD
+"""
+# Put before the operator's ``restart`` script. It starts where FETCH started (the
+# target's work dir, on every executor), so a relative directory names the same checkout.
+RESTART_PROLOGUE = """\
+cd -- "$QUICFLOW_GIT_DIR" || exit 97
+QUICFLOW_GIT_DIR="$(pwd -P)"; export QUICFLOW_GIT_DIR
 """
 
 
@@ -67,13 +75,13 @@ class GitPullDriver:
         if self.spec.get("restart"):
             result = await ctx.execute(
                 target,
-                self.spec["restart"],
+                RESTART_PROLOGUE + self.spec["restart"],
                 key="restart",
                 env=env,
                 timeout=self.deploy_config.timeout,
-                cwd=env["QUICFLOW_GIT_DIR"],
             )
             check(result, target, "restart script")
+        self._scripts.starts.deployed(target, color)  # verify goes through the script driver
 
     async def verify(self, ctx: DeployContext, target: TargetRef, color: str | None) -> Health:
         return await self._scripts.verify(ctx, target, color)

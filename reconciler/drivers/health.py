@@ -3,6 +3,12 @@ and (for containers) the container's own Docker HEALTHCHECK status.
 
 All configured checks must pass; each is retried ``retries`` times ``interval`` apart
 before the target counts as unhealthy. HTTP goes through httpx.
+
+``start_period`` follows Docker's HEALTHCHECK: for that long after a deploy, failed
+checks do not count against ``retries`` (the app may still be starting); the first
+check that passes ends the start period, so later checks of the same deploy (canary
+analysis) count every failure. ``StartPeriods`` remembers, per target and color, when
+the start period began and whether it has ended.
 """
 
 from __future__ import annotations
@@ -16,8 +22,43 @@ from typing import Any
 import httpx
 
 from reconciler.drivers import DeployContext, Health
-from reconciler.durations import parse_duration
+from reconciler.durations import format_duration, parse_duration
 from reconciler.targets.commands import TargetRef
+
+Clock = Callable[[], float]
+# With interval 0, checks in the start period would follow each other without a pause.
+START_PERIOD_MIN_INTERVAL = 0.1
+
+
+class StartPeriods:
+    """When each (target, color) began its start period; forgotten once a check passes.
+
+    A target this driver did not deploy (a run resumed after a crash, whose deploy step
+    was done before it) starts its period at its first check: the safe side, since the
+    time of that deploy is not known here.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic):
+        self.clock = clock
+        self._since: dict[tuple[str, str | None], float] = {}
+        self._passed: set[tuple[str, str | None]] = set()
+
+    def deployed(self, target: TargetRef, color: str | None) -> None:
+        key = (target.name, color)
+        self._since[key] = self.clock()
+        self._passed.discard(key)
+
+    def since(self, target: TargetRef, color: str | None) -> float | None:
+        """When the start period began, or None once a check has passed since the deploy."""
+        key = (target.name, color)
+        if key in self._passed:
+            return None
+        return self._since.setdefault(key, self.clock())
+
+    def passed(self, target: TargetRef, color: str | None) -> None:
+        key = (target.name, color)
+        self._since.pop(key, None)
+        self._passed.add(key)
 
 
 async def check(
@@ -27,24 +68,42 @@ async def check(
     port: int | None = None,
     color: str | None = None,
     docker: Callable[[], Awaitable[Health]] | None = None,
+    starts: StartPeriods | None = None,
 ) -> Health:
     """Run every configured check against ``target`` (``port`` overrides for blue-green colors).
 
     ``docker`` reads the container's HEALTHCHECK status; only the container driver has one.
+    ``starts`` tells when the target's start period began (None: no start period).
     """
     if not spec or not any(k in spec for k in ("http", "tcp", "command", "docker")):
         return Health(True, "no health check configured")
     retries = int(spec.get("retries", 3))
     interval = parse_duration(spec.get("interval"), 1.0) or 0.0
     timeout = parse_duration(spec.get("timeout"), 2.0) or 2.0
+    start_period = parse_duration(spec.get("start_period"), 0.0) or 0.0
+    since = starts.since(target, color) if starts is not None and start_period else None
+    clock = starts.clock if starts is not None else time.monotonic
+    grace_until = since + start_period if since is not None else None
     last = Health(False, "not checked")
-    for attempt in range(retries):
+    attempts = failures = 0
+    while True:
+        probed_at = clock()
         last = await _once(ctx, target, spec, port, timeout, color, docker)
+        attempts += 1
         if last.ok:
+            if starts is not None:
+                starts.passed(target, color)
             return last
-        if attempt + 1 < retries:
-            await asyncio.sleep(interval)
-    return Health(False, f"{last.detail} (after {retries} attempts)")
+        in_start_period = grace_until is not None and probed_at < grace_until
+        if not in_start_period:
+            failures += 1
+            if failures >= retries:
+                break
+        await asyncio.sleep(
+            max(interval, START_PERIOD_MIN_INTERVAL) if in_start_period else interval
+        )
+    within = f" and a {format_duration(start_period)} start period" if grace_until else ""
+    return Health(False, f"{last.detail} (after {attempts} attempts{within})")
 
 
 async def _once(

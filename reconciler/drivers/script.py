@@ -3,11 +3,13 @@
 deploy runs ``deploy.script.run`` with ``QUICFLOW_VERSION`` set; rollback runs
 ``deploy.script.rollback`` (or ``run`` again) with the version to restore; blue-green
 passes ``QUICFLOW_COLOR`` and ``QUICFLOW_PORT`` and runs the strategy's ``switch``
-script on every target.
+script on every target. Scripts run in the target's work dir, or in ``workdir``
+(relative to it unless absolute).
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Sequence
 
 from reconciler.drivers import DeployContext, Health, check, health, run_switch
@@ -21,6 +23,7 @@ class ScriptDriver:
     def __init__(self, deploy: model.DeployConfig, strategy: model.Strategy):
         self.deploy_config = deploy
         self.spec = deploy.spec
+        self.starts = health.StartPeriods()
         self.ports = (
             dict(strategy.params.get("ports") or {})
             if strategy.type is model.StrategyType.BLUE_GREEN
@@ -31,6 +34,14 @@ class ScriptDriver:
             if strategy.type is model.StrategyType.BLUE_GREEN
             else None
         )
+
+    def _workdir(self, target: TargetRef) -> str | None:
+        """``script.workdir``; a relative one is relative to the target's work dir."""
+        workdir = self.spec.get("workdir")
+        if not workdir:
+            return None
+        # An absolute workdir stays as it is (posixpath.join keeps the absolute part).
+        return posixpath.join(target.work_dir, workdir) if target.work_dir else workdir
 
     def _env(
         self, ctx: DeployContext, target: TargetRef, version: str, color: str | None
@@ -49,13 +60,16 @@ class ScriptDriver:
             key="deploy",
             env=self._env(ctx, target, version, color),
             timeout=self.deploy_config.timeout,
-            cwd=self.spec.get("workdir"),
+            cwd=self._workdir(target),
         )
         check(result, target, "deploy script")
+        self.starts.deployed(target, color)
 
     async def verify(self, ctx: DeployContext, target: TargetRef, color: str | None) -> Health:
         port = self.ports.get(color) if color else None
-        return await health.check(ctx, target, self.deploy_config.health, port, color)
+        return await health.check(
+            ctx, target, self.deploy_config.health, port, color, starts=self.starts
+        )
 
     async def switch(self, ctx: DeployContext, targets: Sequence[TargetRef], color: str) -> None:
         await run_switch(
@@ -70,7 +84,11 @@ class ScriptDriver:
         script = self.spec.get("retire")
         if script:
             result = await ctx.execute(
-                target, script, key="retire", env=self._env(ctx, target, ctx.version, color)
+                target,
+                script,
+                key="retire",
+                env=self._env(ctx, target, ctx.version, color),
+                timeout=self.deploy_config.timeout,
             )
             check(result, target, "retire script")
 
@@ -86,6 +104,7 @@ class ScriptDriver:
             key="rollback",
             env=env,
             timeout=self.deploy_config.timeout,
-            cwd=self.spec.get("workdir"),
+            cwd=self._workdir(target),
         )
         check(result, target, "rollback script")
+        self.starts.deployed(target, color)

@@ -8,7 +8,8 @@ Merging (documented in the README): project → environment → task. For an env
 environment's ``overrides``; ``variables`` are the project's overlaid with the
 environment's; ``strategy`` is the project's default overlaid with the environment's.
 For a task, ``variables`` and ``deploy`` overlay the environment's. Mappings merge key
-by key; lists and scalars replace.
+by key; lists and scalars replace. ``${NAME}`` in a variable's value is expanded over
+the merged set (environment, task), never in a project's own unmerged set.
 """
 
 from __future__ import annotations
@@ -56,15 +57,28 @@ def guess_tier(env_name: str) -> str:
     return _TIERS.get(env_name.lower(), "dev")
 
 
-def variables(raw: Mapping[str, Any] | None) -> Mapping[str, model.Value]:
-    """Variables with secret references turned into SecretRef."""
+def variables(raw: Mapping[str, Any] | None, expand: bool = True) -> Mapping[str, model.Value]:
+    """Variables with ``${NAME}`` expanded and secret references turned into SecretRef.
+
+    ``raw`` is one merged set (an environment's, a task's); the checker has rejected
+    every reference that cannot be expanded. ``expand=False`` keeps a project's own,
+    not yet merged set as written.
+    """
+    merged = raw or {}
+    if expand:
+        merged = merging.expand_variables(merged, is_secret=is_secret_ref)
     out: dict[str, model.Value] = {}
-    for name, value in (raw or {}).items():
+    for name, value in merged.items():
         if isinstance(value, Mapping):
             out[name] = model.SecretRef(value["secret"], value.get("field"))
         else:
             out[name] = value
     return merging.freeze(out)
+
+
+def is_secret_ref(value: Any) -> bool:
+    """Whether a raw variable value is a secret reference (``{secret: …}``)."""
+    return isinstance(value, Mapping)
 
 
 def settings(raw: Mapping[str, Any] | None) -> model.Settings:
@@ -87,7 +101,23 @@ def settings(raw: Mapping[str, Any] | None) -> model.Settings:
         ),
         max_concurrent_builds=raw.get("builds", {}).get("max_concurrent", 2),
         config_webhook=merging.freeze(raw["config_webhook"]) if "config_webhook" in raw else None,
+        timeouts=step_timeouts(raw),
     )
+
+
+def step_timeouts(raw_settings: Mapping[str, Any] | None) -> model.StepTimeouts:
+    """The default step timeouts of ``settings.timeouts`` (the built-in ones where unset)."""
+    raw = (raw_settings or {}).get("timeouts", {})
+    return model.StepTimeouts(
+        task=_duration(raw.get("task"), model.DEFAULT_TASK_TIMEOUT),
+        deploy=_duration(raw.get("deploy"), model.DEFAULT_DEPLOY_TIMEOUT),
+        build=_duration(raw.get("build"), model.DEFAULT_BUILD_TIMEOUT),
+    )
+
+
+def _duration(value: Any, default: float) -> float:
+    seconds = parse_duration(value, default)
+    return default if seconds is None else seconds
 
 
 def users(raw: list[Mapping[str, Any]]) -> dict[str, model.User]:
@@ -157,17 +187,21 @@ def alert_rules(
     )
 
 
-def deploy(raw: Mapping[str, Any]) -> model.DeployConfig:
+def deploy(
+    raw: Mapping[str, Any], default_timeout: float = model.DEFAULT_DEPLOY_TIMEOUT
+) -> model.DeployConfig:
     kind = model.DeployType(raw.get("type", "script"))
     return model.DeployConfig(
         type=kind,
         spec=merging.freeze(raw.get(kind.value, {})),
         health=merging.freeze(raw.get("health", {})),
-        timeout=parse_duration(raw.get("timeout")),
+        timeout=_duration(raw.get("timeout"), default_timeout),
     )
 
 
-def build_config(raw: Mapping[str, Any] | None) -> model.BuildConfig:
+def build_config(
+    raw: Mapping[str, Any] | None, default_timeout: float = model.DEFAULT_BUILD_TIMEOUT
+) -> model.BuildConfig:
     raw = raw or {}
     return model.BuildConfig(
         enabled=raw.get("enabled", False),
@@ -178,7 +212,7 @@ def build_config(raw: Mapping[str, Any] | None) -> model.BuildConfig:
         target_image=raw.get("target_image"),
         registry_credential=raw.get("registry_credential"),
         cache=raw.get("cache", True),
-        timeout=parse_duration(raw.get("timeout")),
+        timeout=_duration(raw.get("timeout"), default_timeout),
     )
 
 
@@ -195,13 +229,17 @@ def strategy(raw: Mapping[str, Any] | None) -> model.Strategy:
     return model.Strategy(kind, merging.freeze(params), raw.get("auto_rollback", True))
 
 
+DEFAULT_TIMEOUTS = model.StepTimeouts()
 DEFAULT_PIPELINE: Mapping[str, Any] = {
     "stages": [{"name": "deploy", "tasks": [{"name": "deploy", "uses": "deploy"}]}]
 }
 
 
 def pipeline(
-    raw: Mapping[str, Any] | None, env_variables: Mapping[str, Any], env_deploy: Mapping[str, Any]
+    raw: Mapping[str, Any] | None,
+    env_variables: Mapping[str, Any],
+    env_deploy: Mapping[str, Any],
+    timeouts: model.StepTimeouts = DEFAULT_TIMEOUTS,
 ) -> model.Pipeline:
     """The pipeline with task variables and deploy merged over the environment's."""
     raw = raw or DEFAULT_PIPELINE
@@ -209,7 +247,11 @@ def pipeline(
     for s in raw["stages"]:
         tasks = []
         for t in s["tasks"]:
-            task_deploy = deploy(merging.merge(env_deploy, t["deploy"])) if "deploy" in t else None
+            task_deploy = (
+                deploy(merging.merge(env_deploy, t["deploy"]), timeouts.deploy)
+                if "deploy" in t
+                else None
+            )
             tasks.append(
                 model.Task(
                     name=t["name"],
@@ -217,7 +259,7 @@ def pipeline(
                     run=t.get("run"),
                     on=t.get("run_on", "reconciler"),
                     when=t.get("when"),
-                    timeout=parse_duration(t.get("timeout")),
+                    timeout=_duration(t.get("timeout"), timeouts.task),
                     retries=t.get("retries", 0),
                     variables=variables(merging.merge(env_variables, t.get("variables"))),
                     deploy=task_deploy,
@@ -270,7 +312,9 @@ def environment(
     project_raw: Mapping[str, Any],
     env_raw: Mapping[str, Any],
     source: model.Source,
+    timeouts: model.StepTimeouts = DEFAULT_TIMEOUTS,
 ) -> model.Environment:
+    """One environment; steps that name no timeout get ``timeouts`` (from settings)."""
     eff = effective_config(project_raw, env_raw)
     tier = env_raw.get("tier") or guess_tier(name)
     return model.Environment(
@@ -280,9 +324,9 @@ def environment(
         tier=tier,
         protected=env_raw.get("protected", tier == "prod"),
         strategy=strategy(eff["strategy"]),
-        deploy=deploy(eff["deploy"]),
-        build=build_config(eff["build"]),
-        pipeline=pipeline(eff["pipeline"], eff["variables"], eff["deploy"]),
+        deploy=deploy(eff["deploy"], timeouts.deploy),
+        build=build_config(eff["build"], timeouts.build),
+        pipeline=pipeline(eff["pipeline"], eff["variables"], eff["deploy"], timeouts),
         variables=variables(eff["variables"]),
         targets=targets(eff["targets"]),
         release_windows=tuple(
@@ -311,7 +355,7 @@ def project(
         repo=model.Repo(repo["url"], repo.get("branch", "main"), repo.get("credential"))
         if repo
         else None,
-        variables=variables(raw.get("variables")),
+        variables=variables(raw.get("variables"), expand=False),
         webhooks=tuple(
             model.WebhookTrigger(
                 project=name,

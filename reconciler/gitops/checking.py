@@ -4,8 +4,9 @@ Members name defined users; alert rules name defined callbacks; credential and a
 references resolve (a project may use its own credentials and global ones, never
 another project's); names are unique; cron expressions, time zones, branch globs,
 ``when:`` conditions and notification templates compile; strategy parameters are
-coherent. Each check yields a ``Finding`` (file, JSON path, message); the loader turns
-findings into located problems. Pure: works on parsed documents, does no I/O.
+coherent; every ``${NAME}`` in a variable's value expands in each merged set it is in.
+Each check yields a ``Finding`` (file, JSON path, message); the loader turns findings
+into located problems. Pure: works on parsed documents, does no I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from croniter import croniter
 
-from reconciler.gitops.building import effective_config
+from reconciler.gitops import merging, model
+from reconciler.gitops.building import effective_config, is_secret_ref, step_timeouts
 from reconciler.rules import batches, branches, expressions, templates, windows
 
 RESERVED_PREFIX = "QUICFLOW_"
@@ -41,6 +43,8 @@ class GlobalContext:
     agents: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     callbacks: frozenset[str] = frozenset()
     credentials: frozenset[str] = frozenset()
+    # Not a check: the loader hands the defaults of settings.timeouts to the builder.
+    timeouts: model.StepTimeouts = model.StepTimeouts()
 
 
 def check_global(
@@ -89,6 +93,7 @@ def global_context(doc: Mapping[str, Any], credentials: frozenset[str]) -> Globa
         agents={a["name"]: a.get("labels", {}) for a in doc.get("agents", [])},
         callbacks=frozenset(c["name"] for c in doc.get("callbacks", [])),
         credentials=credentials,
+        timeouts=step_timeouts(doc.get("settings")),
     )
 
 
@@ -145,6 +150,11 @@ def check_project(
     yield from _build(path, ("build",), doc.get("build"), cred)
     yield from _deploy(path, ("deploy",), doc.get("deploy"), cred)
     yield from _variables(path, ("variables",), doc.get("variables"), cred)
+    for reference in merging.reference_problems(doc.get("variables") or {}, is_secret_ref):
+        # The project's own set is checked for what no environment can change; the rest
+        # is checked on each environment's merged set below.
+        if not reference.kind.depends_on_merge:
+            yield Finding(path, ("variables", reference.variable), reference.message)
     if "strategy" in doc:
         yield from _strategy(path, ("strategy",), doc["strategy"])
 
@@ -205,7 +215,7 @@ def check_project(
         yield from _pipeline(path, ("pipeline",), doc["pipeline"], env_names, cred)
 
     # Environments, checked on their merged view so a missing block is caught wherever it is
-    for _, (env_path, env_doc) in sorted(envs.items()):
+    for env_name, (env_path, env_doc) in sorted(envs.items()):
         overrides = env_doc.get("overrides", {})
         yield from _deploy(env_path, ("overrides", "deploy"), overrides.get("deploy"), cred)
         yield from _build(env_path, ("overrides", "build"), overrides.get("build"), cred)
@@ -218,6 +228,7 @@ def check_project(
             yield from _strategy(env_path, ("strategy",), env_doc["strategy"])
         eff = effective_config(doc, env_doc)
         yield from _effective(env_path, path, eff, env_doc)
+        yield from _references(env_name, env_path, path, eff, env_doc)
         for i, target in enumerate(env_doc.get("targets", [])):
             yield from _target(env_path, ("targets", i), target, ctx)
         for i, w in enumerate(env_doc.get("release_windows", [])):
@@ -279,6 +290,60 @@ def _effective(
         yield Finding(bfile, bwhere, "build.enabled needs build.target_image")
     if kind in ("script", "git_pull", "container") and not eff["targets"]:
         yield Finding(env_path, ("targets",), f"deploy type {kind!r} needs at least one target")
+
+
+def _references(
+    env_name: str,
+    env_path: str,
+    project_path: str,
+    eff: Mapping[str, Any],
+    env_doc: Mapping[str, Any],
+) -> Iterator[Finding]:
+    """``${NAME}`` references, on the merged sets of one environment and of its tasks.
+
+    Each problem is reported on the variable whose value holds the reference, in the
+    file that defines it; a project-level one names the environment when another
+    level's variables decide it (an undefined name, a secret, a cycle).
+    """
+    own = env_doc.get("variables") or {}
+
+    def located(name: str) -> tuple[str, tuple[str | int, ...]]:
+        return (env_path if name in own else project_path), ("variables", name)
+
+    def with_env(file: str, problem: merging.ReferenceProblem) -> str:
+        if file == project_path and problem.kind.depends_on_merge:
+            return f"{problem.message} (in environment {env_name!r})"
+        return problem.message
+
+    reported = set()
+    for problem in merging.reference_problems(eff["variables"], is_secret_ref):
+        file, where = located(problem.variable)
+        reported.add((problem.variable, problem.message))
+        yield Finding(file, where, with_env(file, problem))
+
+    overrides = env_doc.get("overrides", {}).get("pipeline") or {}
+    tasks_file, base = (
+        (env_path, ("overrides", "pipeline"))
+        if "stages" in overrides
+        else (project_path, ("pipeline",))
+    )
+    for i, stage in enumerate(eff["pipeline"].get("stages", [])):
+        for j, task in enumerate(stage["tasks"]):
+            task_vars = task.get("variables") or {}
+            if not task_vars:
+                continue
+            merged = merging.merge(eff["variables"], task_vars)
+            for problem in merging.reference_problems(merged, is_secret_ref):
+                if problem.variable in task_vars:
+                    where = (*base, "stages", i, "tasks", j, "variables", problem.variable)
+                    yield Finding(tasks_file, where, with_env(tasks_file, problem))
+                elif (problem.variable, problem.message) not in reported:
+                    # Fine for the environment, broken by what the task overrides.
+                    file, where = located(problem.variable)
+                    context = f"with the variables of task {task['name']!r}"
+                    if file == project_path:
+                        context += f" in environment {env_name!r}"
+                    yield Finding(file, where, f"{problem.message} ({context})")
 
 
 def _target(

@@ -331,7 +331,9 @@ class Loader:
         if problems:
             return _ProjectResult(None, creds, tuple(problems))
         envs = {
-            n: building.environment(name, n, pdoc.data, data, model.Source(p, blobs[p]))
+            n: building.environment(
+                name, n, pdoc.data, data, model.Source(p, blobs[p]), ctx.timeouts
+            )
             for n, (p, data) in valid_envs.items()
         }
         project = building.project(

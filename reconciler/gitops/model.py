@@ -48,6 +48,21 @@ class SecretRef:
 
 Value: TypeAlias = str | int | float | bool | None | SecretRef
 
+# How long a step may run when its config names no timeout: a hung script, pull or
+# build never holds a run forever. Changed repository-wide by ``settings.timeouts``.
+DEFAULT_TASK_TIMEOUT = 30 * 60.0
+DEFAULT_DEPLOY_TIMEOUT = 30 * 60.0
+DEFAULT_BUILD_TIMEOUT = 60 * 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimeouts:
+    """The default timeouts (seconds) of ``run:`` tasks, deploy commands and image builds."""
+
+    task: float = DEFAULT_TASK_TIMEOUT
+    deploy: float = DEFAULT_DEPLOY_TIMEOUT
+    build: float = DEFAULT_BUILD_TIMEOUT
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -133,6 +148,7 @@ class Settings:
     features: Mapping[str, bool] = field(default_factory=_empty)
     max_concurrent_builds: int = 2
     config_webhook: Mapping[str, Any] | None = None
+    timeouts: StepTimeouts = StepTimeouts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,17 +179,21 @@ class BuildConfig:
     target_image: str | None = None
     registry_credential: str | None = None
     cache: bool = True
-    timeout: float | None = None
+    timeout: float = DEFAULT_BUILD_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
 class DeployConfig:
-    """How a release reaches targets: the driver type and its read-only settings."""
+    """How a release reaches targets: the driver type and its read-only settings.
+
+    ``timeout`` bounds each command a deploy step runs on a target (deploy, restart,
+    switch, retire, rollback); it is always set, to the default when the config is silent.
+    """
 
     type: DeployType
     spec: Mapping[str, Any] = field(default_factory=_empty)
     health: Mapping[str, Any] = field(default_factory=_empty)
-    timeout: float | None = None
+    timeout: float = DEFAULT_DEPLOY_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +215,7 @@ class Task:
     run: str | None = None
     on: str = "reconciler"
     when: str | None = None
-    timeout: float | None = None
+    timeout: float = DEFAULT_TASK_TIMEOUT  # of each attempt of a ``run:`` task
     retries: int = 0
     variables: Mapping[str, Value] = field(default_factory=_empty)
     deploy: DeployConfig | None = None
