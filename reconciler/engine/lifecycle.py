@@ -150,7 +150,8 @@ class RunLifecycle:
             and current.state is RunState.INTERRUPTED
             and (current.version, current.config_hash) == (version, env.config_hash)
         ):
-            run = replace(run, resumes=current.id)
+            lineage = str(current.detail.get("lineage") or current.id)
+            run = replace(run, resumes=current.id, detail={**run.detail, "lineage": lineage})
             self._carry_done_steps(current, run)
         else:
             self.runs.create(run)

@@ -29,7 +29,7 @@ from reconciler.credential.resolving import name_of
 from reconciler.drivers import StepFailed, for_deploy
 from reconciler.engine import image_builds, strategies
 from reconciler.engine.bus import EventBus
-from reconciler.engine.steps import Rejected, Steps, Waiting
+from reconciler.engine.steps import Rejected, Steps, Waiting, current_step
 from reconciler.engine.strategies import Rollout, RolloutFailed
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.events import Event, EventType
@@ -74,6 +74,7 @@ class RunContext:
     builder: Builder | None = None  # for ``uses: build`` tasks
     jitter: Callable[[], float] = random.random  # draws for the backoff between retries
     _buffers: dict[tuple[str, str], str] = field(default_factory=dict)
+    _calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -85,7 +86,9 @@ class RunContext:
 
     def for_task(self, task: model.Task) -> RunContext:
         """A view of this context whose variables are the task's (task level wins)."""
-        return replace(self, variables_override=task.variables, _buffers=self._buffers)
+        return replace(
+            self, variables_override=task.variables, _buffers=self._buffers, _calls=self._calls
+        )
 
     # -- variables ------------------------------------------------------------------
 
@@ -151,7 +154,7 @@ class RunContext:
         self.log(source, f"$ {key} on {target.name}")
         result = await executor.run(
             target,
-            f"{self.run.id}:{source}",
+            self.command_id(source),
             script,
             env,
             timeout,
@@ -167,6 +170,22 @@ class RunContext:
             )
             self.log(source, f"{key} on {target.name} {reason} after {result.duration:.2f}s")
         return result
+
+    def command_id(self, source: str) -> str:
+        """A name for the next command of ``source`` that a restarted engine gives it again.
+
+        ``lineage:step#attempt:target/key#n`` — the run a chain of resumed runs started
+        from, the step and attempt the command belongs to (``Steps.once``), and the how
+        manyth command of that target and key within it. A run that resumes an
+        interrupted one re-issues the command its predecessor was running with the same
+        name, so an executor with a journal (the agents, the local executor) hands back
+        its result, or adopts it while it still runs, instead of running it twice.
+        """
+        lineage = str(self.run.detail.get("lineage") or self.run.id)
+        step = current_step.get()
+        prefix = f"{lineage}:{step[0]}#{step[1]}:{source}" if step else f"{lineage}:{source}"
+        self._calls[prefix] = self._calls.get(prefix, 0) + 1
+        return f"{prefix}#{self._calls[prefix]}"
 
     def _output(self, source: str, channel: str, text: str) -> None:
         key = (source, channel)

@@ -10,6 +10,7 @@ run resumed in the middle of a pause waits only for the rest of it.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -20,6 +21,13 @@ from reconciler.runs import Step, StepKey, StepStatus
 from reconciler.store.runs import RunStore
 
 Clock = Callable[[], str]
+
+#: The step (key and attempt) the running coroutine works for: commands a step starts
+#: are named after it, so a restarted engine asks a target for the same command again
+#: (and gets its journalled result) instead of running it twice.
+current_step: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "current_step", default=None
+)
 
 
 class Waiting(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -71,6 +79,7 @@ class Steps:
         attempts = (existing.attempts if existing else 0) + 1
         step = Step(self.run_id, str(key), StepStatus.RUNNING, started, attempts=attempts)
         self.store.put_step(step)
+        token = current_step.set((str(key), attempts))
         try:
             result = dict(await fn() or {})
         except Waiting as wait:
@@ -87,6 +96,8 @@ class Steps:
                 )
             )
             raise
+        finally:
+            current_step.reset(token)
         self.store.put_step(
             replace(step, status=StepStatus.SUCCEEDED, finished_at=self.now(), result=result)
         )

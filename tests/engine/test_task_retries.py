@@ -75,7 +75,8 @@ class BusyOnce:
         on_output: OutputHandler,
         cwd: str | None = None,
     ) -> CommandResult:
-        if command_id.endswith(":reconciler/flaky") and self.left:
+        # Command ids are ``lineage:step#attempt:target/key#n`` (RunContext.command_id).
+        if command_id.rpartition("#")[0].endswith(":reconciler/flaky") and self.left:
             self.left -= 1
             raise TemporaryError("the target is busy", delay=BUSY)
         return await self.local.run(target, command_id, script, env, timeout, on_output, cwd)
