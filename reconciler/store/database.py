@@ -1,8 +1,10 @@
 """What the store's repositories may ask of a database: the interface every backend implements.
 
-``Database`` is a small base class; ``reconciler.store.sqlite.SQLiteDatabase`` is the
-one implementation today (a PostgreSQL one is meant to be a second subclass). A
-repository uses only what is declared here:
+``Database`` is a small base class with two implementations:
+``reconciler.store.sqlite.SQLiteDatabase`` (the embedded default, a file in the data
+dir) and ``reconciler.store.postgresql.PostgreSQLDatabase`` (shared by replicas;
+chosen by a ``postgresql://`` DSN in ``QUICFLOW_STORE``). A repository uses only what
+is declared here:
 
 - ``transaction()``: a context manager yielding a ``Connection`` (``execute`` and
   ``executemany`` returning a ``Cursor`` with ``fetchone``, ``fetchall`` and
@@ -27,6 +29,7 @@ event loop's) under a lock: a thread hop would cost more than the write.
 from __future__ import annotations
 
 import abc
+import os
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -36,6 +39,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 FILE_NAME = "quicflow.db"
+#: The environment variable naming a shared store (a PostgreSQL DSN; its password belongs
+#: in PGPASSWORD or a passfile, never on a command line).
+STORE_VARIABLE = "QUICFLOW_STORE"
 
 _SCHEMA_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -99,8 +105,19 @@ class Database(abc.ABC):
     column_types: ClassVar[Mapping[str, str]]
 
     @classmethod
-    def open(cls, data_dir: str | Path) -> Database:
-        """The default store of a data dir: ``quicflow.db`` (SQLite), migrated."""
+    def open(cls, data_dir: str | Path, store: str | None = None) -> Database:
+        """The operational store, migrated: ``store`` (or ``$QUICFLOW_STORE``) when it is
+        a PostgreSQL DSN, else the data dir's own ``quicflow.db`` (SQLite)."""
+        dsn = store if store is not None else os.environ.get(STORE_VARIABLE, "")
+        if dsn:
+            from reconciler.store import postgresql
+
+            if not postgresql.is_dsn(dsn):
+                raise ValueError(
+                    f"{STORE_VARIABLE} must be a postgresql:// DSN (or unset for SQLite in "
+                    "the data dir)"
+                )
+            return postgresql.PostgreSQLDatabase(dsn)
         from reconciler.store import sqlite
 
         return sqlite.SQLiteDatabase(Path(data_dir) / FILE_NAME)
