@@ -1,22 +1,28 @@
 """The ``agent`` click command (``quicflow agent`` and ``python -m agent``).
 
 Parses options, sets up logging and signals, and runs ``client.AgentClient`` until SIGTERM
-or SIGINT.  Secrets may come from the environment (``QUICFLOW_AGENT_TOKEN``) or a file so
-they do not show in the process list.
+or SIGINT.  The token comes from a file (``--token-file``, re-read before every
+connection) or the environment (``QUICFLOW_AGENT_TOKEN``) so it does not show in the
+process list; ``--token`` works but says so.  ``--print-systemd-unit`` prints the service
+unit for the same options instead of running.  The agent refuses to run as root unless
+told to (``--allow-root``): every step the hub sends would run as root.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import signal
 import socket
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import click
+from click.core import ParameterSource
 
-from agent import client, executing
+from agent import client, executing, protocol, systemd
 
 
 def parse_server(value: str) -> tuple[str, int]:
@@ -38,6 +44,17 @@ def parse_labels(value: str) -> dict[str, str]:
     return labels
 
 
+def parse_deploy_types(value: str) -> frozenset[str]:
+    """Parse ``script,git_pull`` into the set of deploy types an agent accepts."""
+    types = frozenset(part.strip() for part in value.split(",") if part.strip())
+    unknown = sorted(types - set(protocol.DEPLOY_TYPES))
+    if unknown:
+        raise ValueError(
+            f"unknown deploy type {', '.join(unknown)}: choose from {', '.join(protocol.DEPLOY_TYPES)}"
+        )
+    return types
+
+
 def _convert(parser, value, what):  # type: ignore[no-untyped-def]
     try:
         return parser(value)
@@ -53,12 +70,13 @@ def _convert(parser, value, what):  # type: ignore[no-untyped-def]
     "--token",
     envvar="QUICFLOW_AGENT_TOKEN",
     default="",
-    help="Agent token (or env QUICFLOW_AGENT_TOKEN).",
+    help="Agent token (env QUICFLOW_AGENT_TOKEN); prefer --token-file.",
 )
 @click.option(
     "--token-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Read the agent token from this file.",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="QUICFLOW_AGENT_TOKEN_FILE",
+    help="Read the agent token from this file (re-read before every connection).",
 )
 @click.option(
     "--ca",
@@ -73,11 +91,49 @@ def _convert(parser, value, what):  # type: ignore[no-untyped-def]
     help="Verify the hub by its certificate's SHA-256 fingerprint (quicflow hub fingerprint).",
 )
 @click.option(
+    "--work-root",
     "--work-dir",
+    "work_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path.home() / ".local" / "state" / "quicflow-agent",
     show_default=True,
-    help="Where commands run and results are kept.",
+    envvar="QUICFLOW_AGENT_WORK_ROOT",
+    help="Every step runs inside this directory (steps asking for another are refused);"
+    " results are kept here too.",
+)
+@click.option(
+    "--allow-deploy-types",
+    default=None,
+    envvar="QUICFLOW_AGENT_DEPLOY_TYPES",
+    metavar="TYPE,...",
+    help=f"Accept only these deploy types ({', '.join(protocol.DEPLOY_TYPES)}); default all."
+    " 'script' is shell from the config repo.",
+)
+@click.option(
+    "--pass-env",
+    multiple=True,
+    metavar="NAME",
+    help="Also pass this variable of the agent's environment to steps (repeatable; NAME* for"
+    " a prefix). Steps get PATH, HOME, locale, proxy and Docker settings, nothing else.",
+)
+@click.option(
+    "--allow-root",
+    is_flag=True,
+    envvar="QUICFLOW_AGENT_ALLOW_ROOT",
+    help="Run even as root (every step the hub sends then runs as root).",
+)
+@click.option(
+    "--refused-retry",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="After the hub refused this agent (unknown, bad token, name in use), seconds before"
+    " trying again (sooner when the token file changes).",
+)
+@click.option(
+    "--print-systemd-unit",
+    is_flag=True,
+    help="Print a systemd unit that runs this agent with these options, and exit.",
 )
 @click.option(
     "--heartbeat",
@@ -115,31 +171,58 @@ def agent(
     watch: tuple[str, ...],
     status_interval: float,
     shutdown_grace: float,
+    allow_deploy_types: str | None,
+    pass_env: tuple[str, ...],
+    allow_root: bool,
+    refused_retry: float,
+    print_systemd_unit: bool,
     verbose: bool,
 ) -> None:
     """Run the QUIC-Flow agent: connect to the hub and run the commands it sends."""
     host, port = _convert(parse_server, server, "--server")
+    parsed_labels = _convert(parse_labels, labels, "--labels")
+    deploy_types = (
+        None
+        if allow_deploy_types is None
+        else _convert(parse_deploy_types, allow_deploy_types, "--allow-deploy-types")
+    )
     if ca_file is not None and pin_sha256:
         raise click.UsageError("give --ca or --pin-sha256, not both")
+    context = click.get_current_context()
+    if print_systemd_unit:
+        click.echo(_unit(context, name, work_dir, shutdown_grace), nl=False)
+        return
     if token_file is not None:
-        token = token_file.read_text().strip()
-    if not token:
+        try:
+            client.read_token(token_file)
+        except client.TokenUnreadable as error:
+            raise click.UsageError(str(error)) from None
+    elif not token:
         raise click.UsageError(
-            "an agent token is required: --token, --token-file or QUICFLOW_AGENT_TOKEN"
+            "an agent token is required: --token-file FILE (or env QUICFLOW_AGENT_TOKEN)"
+        )
+    if os.geteuid() == 0 and not allow_root:
+        raise click.ClickException(
+            "refusing to run as root: every step the hub sends would run as root. Run the "
+            "agent as its own user (quicflow agent --print-systemd-unit), or pass --allow-root"
         )
     settings = client.AgentSettings(
         host=host,
         port=port,
         name=name,
         token=token,
+        token_file=token_file,
         work_dir=work_dir,
-        labels=_convert(parse_labels, labels, "--labels"),
+        labels=parsed_labels,
         ca_file=ca_file,
         pin_sha256=pin_sha256,
         heartbeat=heartbeat,
         watch=watch,
         status_interval=status_interval,
         shutdown_grace=shutdown_grace,
+        refused_retry=refused_retry,
+        deploy_types=deploy_types,
+        pass_env=(*executing.PASS_ENV, *pass_env),
     )
     logging.basicConfig(
         stream=sys.stderr,
@@ -148,7 +231,45 @@ def agent(
     )
     # aioquic logs every handshake at INFO; an agent reconnecting forever would drown in it.
     logging.getLogger("quic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if context.get_parameter_source("token") is ParameterSource.COMMANDLINE:
+        logging.getLogger("agent").warning(
+            "the token given with --token shows in the process list; use --token-file"
+        )
     asyncio.run(_main(settings))
+
+
+# Options that do not belong in the unit's command line (the unit supplies them itself).
+_NOT_IN_UNIT = {"token", "token_file", "print_systemd_unit", "work_dir", "allow_root"}
+
+
+def _unit(context: click.Context, name: str, work_dir: Path, shutdown_grace: float) -> str:
+    """The systemd unit for the options of this invocation."""
+    explicit = context.get_parameter_source("work_dir") is not ParameterSource.DEFAULT
+    work_root = PurePosixPath(work_dir.absolute()) if explicit else systemd.STATE_DIRECTORY
+    executable = shutil.which("quicflow") or "/usr/local/bin/quicflow"
+    command = [executable, "agent", "--name", name]
+    for parameter in context.command.params:
+        if not isinstance(parameter, click.Option) or parameter.name in _NOT_IN_UNIT | {"name"}:
+            continue
+        assert parameter.name is not None
+        if context.get_parameter_source(parameter.name) in (
+            ParameterSource.DEFAULT,
+            ParameterSource.DEFAULT_MAP,
+            None,
+        ):
+            continue
+        value = context.params[parameter.name]
+        flag = max(parameter.opts, key=len)
+        if parameter.is_flag:
+            if value:
+                command.append(flag)
+        elif parameter.multiple:
+            for item in value:
+                command += [flag, str(item)]
+        else:
+            command += [flag, str(value)]
+    command += ["--work-root", str(work_root)]
+    return systemd.unit(command, name=name, work_root=work_root, shutdown_grace=shutdown_grace)
 
 
 async def _main(settings: client.AgentSettings) -> None:

@@ -4,9 +4,15 @@
 of its certificate -- never no verification), says HELLO with its token, then heartbeats,
 reports status and serves the command streams the hub opens.  When the connection ends it
 reconnects forever with exponential backoff and jitter capped at 60 s; commands keep
-running meanwhile and are re-attached by the hub after the reconnect.  ``request_shutdown``
-(wired to SIGTERM) lets running commands finish (or cancels them after a grace period),
-delivers their results, then closes.
+running meanwhile and are re-attached by the hub after the reconnect.  A refusal that
+retrying cannot cure (unknown agent, wrong or revoked token, a second agent with this
+name) is logged once with the hub's reason and retried only every ``refused_retry`` s --
+or at once when the token file changes, which is re-read before every connection.
+``request_shutdown`` (wired to SIGTERM) lets running commands finish (or cancels them
+after a grace period), delivers their results, then closes.
+
+Log lines an operator greps for: ``connected to hub``, ``hub refused``, ``connection to
+hub lost``, ``cannot reach hub``, ``reconnecting in``.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import platform
 import random
+import secrets
 import socket
 import ssl
 import time
@@ -47,9 +55,22 @@ CLOSE_PROTOCOL = 0x103
 class HubRefused(Exception):
     """The hub said no (bad token, unknown agent, ...); the reason is the message."""
 
+    def __init__(self, reason: str, code: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+
+    @property
+    def permanent(self) -> bool:
+        """True when retrying with the same token and name cannot succeed."""
+        return self.code in protocol.PERMANENT_REFUSALS or self.code == "duplicate"
+
 
 class HubUntrusted(Exception):
     """The hub's certificate does not match the pinned fingerprint."""
+
+
+class TokenUnreadable(Exception):
+    """The token file is missing, unreadable or empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +82,9 @@ class AgentSettings:
     name: str
     token: str
     work_dir: Path
+    # When set, the token is read from this file before every connection (and ``token``
+    # is ignored), so a rotated token is picked up without a restart.
+    token_file: Path | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     ca_file: Path | None = None
     pin_sha256: str | None = None
@@ -70,6 +94,9 @@ class AgentSettings:
     backoff_initial: float = 0.5
     backoff_cap: float = 60.0
     shutdown_grace: float = 30.0
+    refused_retry: float = 300.0
+    deploy_types: frozenset[str] | None = None
+    pass_env: tuple[str, ...] | None = None
 
 
 def backoff_delays(initial: float, cap: float, rng: random.Random) -> Iterator[float]:
@@ -83,6 +110,19 @@ def backoff_delays(initial: float, cap: float, rng: random.Random) -> Iterator[f
         ceiling = min(cap, initial * (2**attempt))
         yield ceiling / 2 + rng.uniform(0, ceiling / 2)
         attempt = min(attempt + 1, 32)
+
+
+def read_token(path: Path) -> str:
+    """The token in the file ``path`` (surrounding whitespace removed)."""
+    try:
+        token = path.read_text().strip()
+    except OSError as failure:
+        raise TokenUnreadable(
+            f"cannot read the token file {path}: {failure.strerror or failure}"
+        ) from None
+    if not token:
+        raise TokenUnreadable(f"the token file {path} is empty")
+    return token
 
 
 def normalize_fingerprint(value: str) -> str:
@@ -180,7 +220,11 @@ class AgentClient:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.executor = executor or executing.Executor(settings.work_dir)
+        self.executor = executor or executing.Executor(
+            settings.work_dir, deploy_types=settings.deploy_types, pass_env=settings.pass_env
+        )
+        # Tells the hub that a new connection is this same process (not a second agent).
+        self.instance = secrets.token_hex(8)
         self.collector = status.StatusCollector(settings.watch)
         self.connected = asyncio.Event()
         self._rng = rng or random.Random()
@@ -197,24 +241,46 @@ class AgentClient:
 
     async def run(self) -> None:
         """Connect and serve until shut down; reconnect with backoff after any loss."""
-        delays = backoff_delays(self.settings.backoff_initial, self.settings.backoff_cap, self._rng)
+        settings = self.settings
+        if settings.ca_file is not None:
+            trust = f"trusting the CA file {settings.ca_file}"
+        elif settings.pin_sha256:
+            trust = f"pinning certificate SHA-256 {normalize_fingerprint(settings.pin_sha256)}"
+        else:
+            trust = "trusting the system CA roots"
+        types = settings.deploy_types
+        logger.info(
+            "quicflow agent %s starting as %r: hub %s (%s), work root %s, deploy types %s%s",
+            agent.__version__,
+            settings.name,
+            self._hub,
+            trust,
+            self.executor.work_dir,
+            "all" if types is None else (",".join(sorted(types)) or "none"),
+            "".join(f", label {k}={v}" for k, v in sorted(settings.labels.items())),
+        )
+        delays = backoff_delays(settings.backoff_initial, settings.backoff_cap, self._rng)
         finisher = self._finisher = asyncio.ensure_future(self._finish_on_shutdown())
         try:
             # During a shutdown the agent keeps (re)connecting until its running commands
             # have finished, so that their results can still be delivered.
             while not finisher.done():
                 welcomed = False
+                refusal: HubRefused | None = None
                 try:
+                    # A revocation while connected is followed by one prompt retry (the
+                    # token file may hold a new token); its refusal then counts.
                     welcomed = await self._session()
-                except HubRefused as refusal:
-                    logger.error("hub refused agent %r: %s", self.settings.name, refusal)
+                except HubRefused as refused:
+                    refusal = refused
                 except HubUntrusted as distrust:
                     logger.error("not connecting: %s", distrust)
+                except TokenUnreadable as unreadable:
+                    refusal = HubRefused(str(unreadable), "auth")
                 except (OSError, ConnectionError, TimeoutError) as failure:
                     logger.warning(
-                        "cannot reach hub %s:%d: %s",
-                        self.settings.host,
-                        self.settings.port,
+                        "cannot reach hub %s: %s",
+                        self._hub,
                         failure or type(failure).__name__,
                     )
                 if finisher.done():
@@ -222,6 +288,13 @@ class AgentClient:
                 if welcomed:
                     delays = backoff_delays(
                         self.settings.backoff_initial, self.settings.backoff_cap, self._rng
+                    )
+                if refusal is not None and refusal.permanent:
+                    await self._wait_after_refusal(refusal, finisher)
+                    continue
+                if refusal is not None:
+                    logger.error(
+                        "hub %s refused agent %r: %s", self._hub, self.settings.name, refusal
                     )
                 delay = next(delays)
                 logger.info("reconnecting in %.1f s", delay)
@@ -234,6 +307,49 @@ class AgentClient:
             # Results stay on disk: a restarted agent still answers the hub's re-attach.
             await self.executor.shutdown(0)
             self.executor.close()
+
+    @property
+    def _hub(self) -> str:
+        host = self.settings.host
+        return f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
+
+    def _token(self) -> str:
+        """The token to say HELLO with: the token file's content when there is one."""
+        path = self.settings.token_file
+        return self.settings.token if path is None else read_token(path)
+
+    def _token_file_signature(self) -> tuple[int, int, int] | None:
+        path = self.settings.token_file
+        if path is None:
+            return None
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    async def _wait_after_refusal(
+        self, refusal: HubRefused, finisher: asyncio.Future[None]
+    ) -> None:
+        """Wait ``refused_retry`` s, or until the token file changes, or shutdown."""
+        retry = self.settings.refused_retry
+        cure = " or as soon as the token file changes" if self.settings.token_file else ""
+        logger.error(
+            "hub %s refused agent %r (%s): %s; retrying in %.0f s%s",
+            self._hub,
+            self.settings.name,
+            refusal.code or "refused",
+            refusal,
+            retry,
+            cure,
+        )
+        signature = self._token_file_signature()
+        deadline = time.monotonic() + retry
+        while not finisher.done() and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait({finisher}, timeout=min(remaining, 1.0))
+            if self.settings.token_file is not None and self._token_file_signature() != signature:
+                logger.info("token file %s changed: reconnecting now", self.settings.token_file)
+                return
 
     def request_shutdown(self) -> None:
         """Begin a clean shutdown (SIGTERM): finish or cancel commands, report, close."""
@@ -281,6 +397,7 @@ class AgentClient:
     async def _session(self) -> bool:
         """One connection from handshake to loss; True if the hub welcomed us."""
         settings = self.settings
+        token = self._token()
         loop = asyncio.get_running_loop()
         create = functools.partial(_HubConnection, client=self)
         async with contextlib.AsyncExitStack() as stack:
@@ -299,12 +416,13 @@ class AgentClient:
             self._last_heard = time.monotonic()
             hello = protocol.Hello(
                 name=settings.name,
-                token=settings.token,
+                token=token,
                 labels=settings.labels,
                 hostname=socket.gethostname(),
                 os=f"{platform.system()} {platform.release()}",
                 agent_version=agent.__version__,
                 heartbeat=settings.heartbeat,
+                instance=self.instance,
             )
             connection.send(
                 self._control_stream,
@@ -315,8 +433,19 @@ class AgentClient:
             except TimeoutError:
                 raise TimeoutError("no answer to HELLO within 10 s") from None
             if frame.kind is protocol.FrameKind.ERROR:
-                raise HubRefused(str(frame.meta.get("reason") or "no reason given"))
-            logger.info("connected to hub %s:%d as %r", settings.host, settings.port, settings.name)
+                raise HubRefused(
+                    str(frame.meta.get("reason") or "no reason given"),
+                    str(frame.meta.get("code") or ""),
+                )
+            der = connection.peer_certificate_der()
+            logger.info(
+                "connected to hub %s as %r (hub %s, certificate SHA-256 %s, heartbeat %g s)",
+                self._hub,
+                settings.name,
+                frame.meta.get("hub_version") or "?",
+                hashlib.sha256(der).hexdigest().upper() if der else "?",
+                settings.heartbeat,
+            )
             self.connected.set()
             try:
                 await self._serve(connection)
@@ -379,8 +508,10 @@ class AgentClient:
                     break
         finally:
             closed.cancel()
-        if self._close_reason and not self._shutdown.is_set():
-            logger.warning("connection to hub closed: %s", self._close_reason)
+        if not self._shutdown.is_set():
+            logger.warning(
+                "connection to hub %s lost: %s", self._hub, self._close_reason or "closed"
+            )
 
     # --- frames from the hub ------------------------------------------------------------
 

@@ -14,6 +14,13 @@ The ``Executor`` keeps executions by command id and the ``ResultStore`` keeps re
 a "started" marker) on disk, so a repeated id returns the stored result instead of running
 again -- even after the agent restarted.  It knows nothing of QUIC: the client gives it a
 ``send(frame, end_stream)`` callable per stream.
+
+What the hub may ask is confined (``Confinement``): every step runs in a directory inside
+the agent's work root (a relative ``cwd`` or git directory is taken inside it, one that
+resolves outside it -- also through a symlink -- is refused), the command's deploy type
+must be one the agent accepts, and with ``pass_env`` a step sees only those variables of
+the agent's own environment plus the ones the hub sent.  A refusal is an ordinary result
+with an ``error`` starting "refused:", so the run that asked says why.
 """
 
 from __future__ import annotations
@@ -21,13 +28,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import git_pulling, protocol
@@ -43,6 +52,117 @@ KILL_GRACE = 3.0
 FORGET_AFTER = 600.0
 RESULT_RETENTION = 7 * 24 * 3600.0
 JOURNAL = "journal.jsonl"
+# What a step inherits of the agent's own environment when the agent runs as a service
+# (``quicflow agent`` passes these; ``--pass-env`` adds more).  Everything else -- the
+# agent's token among it -- stays out of deploy scripts.
+PASS_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
+
+
+class Refused(ValueError):
+    """The agent will not run this command here; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Confinement:
+    """Where steps may run and which deploy types the agent accepts (None: every type).
+
+    Relative directories are taken inside ``base`` (the work dir), which is inside
+    ``work_root``; for an agent on a host the two are the same directory.
+    """
+
+    work_root: Path
+    base: Path
+    deploy_types: frozenset[str] | None = None
+
+    @classmethod
+    def create(
+        cls,
+        work_root: Path,
+        deploy_types: Collection[str] | None = None,
+        base: Path | None = None,
+    ) -> Confinement:
+        """A confinement to ``work_root`` (made absolute, symlinks resolved)."""
+        allowed = None if deploy_types is None else frozenset(deploy_types)
+        root = Path(os.path.realpath(work_root))
+        inside = root if base is None else Path(os.path.realpath(base))
+        if inside != root and root not in inside.parents:
+            raise ValueError(f"the work dir {inside} is not inside the work root {root}")
+        return cls(root, inside, allowed)
+
+    def check_type(self, request: protocol.Request) -> None:
+        """Raise ``Refused`` unless the request's deploy type is accepted."""
+        kind = "git_pull" if isinstance(request, protocol.GitPullRequest) else request.deploy_type
+        if self.deploy_types is not None and kind not in self.deploy_types:
+            accepted = ", ".join(sorted(self.deploy_types)) or "none"
+            raise Refused(
+                f"refused: this agent does not accept {kind!r} commands (it accepts: {accepted};"
+                " see --allow-deploy-types)"
+            )
+        restart = isinstance(request, protocol.GitPullRequest) and request.restart_script
+        if restart and self.deploy_types is not None and "script" not in self.deploy_types:
+            # The restart script is shell from the config repo, whatever carries it.
+            raise Refused(
+                "refused: a git_pull restart script is a 'script' command, which this agent"
+                " does not accept (see --allow-deploy-types)"
+            )
+
+    def directory(self, value: str | None, what: str) -> Path:
+        """``value`` (relative: inside the work root) as a path inside the work root, created."""
+        path = Path(value) if value else self.base
+        if not path.is_absolute():
+            path = self.base / path
+        resolved = Path(os.path.realpath(path))
+        if resolved != self.work_root and self.work_root not in resolved.parents:
+            raise Refused(
+                f"refused: {what} {value!r} is outside this agent's work root {self.work_root}"
+            )
+        try:
+            resolved.mkdir(parents=True, exist_ok=True)
+        except OSError as failure:
+            raise ValueError(
+                f"cannot start: {what} {value!r}: {failure.strerror or failure}"
+            ) from None
+        return resolved
+
+
+def step_environment(
+    own: dict[str, str], pass_env: Sequence[str] | None, request_env: dict[str, str]
+) -> dict[str, str]:
+    """What a step sees: the passed part of the agent's environment, then the hub's values."""
+    if pass_env is None:
+        base = dict(own)
+    else:
+        exact = {name for name in pass_env if not name.endswith("*")}
+        prefixes = tuple(name[:-1] for name in pass_env if name.endswith("*"))
+        base = {
+            name: value
+            for name, value in own.items()
+            if name in exact or (prefixes and name.startswith(prefixes))
+        }
+    return {**base, **request_env}
 
 
 class ResultStore:
@@ -371,11 +491,27 @@ class Execution:
 class Executor:
     """Every command this agent knows, by id; starts, re-attaches, cancels and forgets them."""
 
-    def __init__(self, work_dir: Path, base_env: dict[str, str] | None = None) -> None:
-        self.work_dir = work_dir
+    def __init__(
+        self,
+        work_dir: Path,
+        base_env: dict[str, str] | None = None,
+        *,
+        deploy_types: Collection[str] | None = None,
+        pass_env: Sequence[str] | None = None,
+        work_root: Path | None = None,
+    ) -> None:
+        """Run commands inside ``work_dir`` (also the work root unless one is given).
+
+        ``pass_env`` None passes the whole of ``base_env`` (default: this process's
+        environment) to steps, as the embedded local agent does; it is the reconciler's
+        own process, confined by nothing but a wider ``work_root``.
+        """
         work_dir.mkdir(parents=True, exist_ok=True)
-        self.store = ResultStore(work_dir / "results")
+        self.confinement = Confinement.create(work_root or work_dir, deploy_types, work_dir)
+        self.work_dir = self.confinement.base
+        self.store = ResultStore(self.work_dir / "results")
         self._base_env = dict(os.environ if base_env is None else base_env)
+        self._pass_env = None if pass_env is None else tuple(pass_env)
         self._executions: dict[str, Execution] = {}
         self._accepting = True
 
@@ -416,12 +552,15 @@ class Executor:
             send(protocol.encode(protocol.FrameKind.EXIT, protocol.result_to_meta(stored)), True)
             return None
         try:
+            self.confinement.check_type(request)
             steps, cwd = self._plan(request)
         except ValueError as failure:
+            if isinstance(failure, Refused):
+                logger.warning("command %s %s", command_id, failure)
             result = protocol.ExecResult(command_id, None, error=str(failure))
             send(protocol.encode(protocol.FrameKind.EXIT, protocol.result_to_meta(result)), True)
             return None
-        env = {**self._base_env, **request.env}
+        env = step_environment(self._base_env, self._pass_env, dict(request.env))
         if isinstance(request, protocol.GitPullRequest):
             env.update(git_pulling.ENVIRONMENT)
         execution = Execution(request, steps, env, cwd, self.store)
@@ -481,13 +620,15 @@ class Executor:
 
     def _plan(self, request: protocol.Request) -> tuple[list[git_pulling.Step], str]:
         if isinstance(request, protocol.GitPullRequest):
+            directory = self.confinement.directory(request.directory, "git directory")
+            request = dataclasses.replace(request, directory=str(directory))
             return git_pulling.steps(request, self.work_dir), str(self.work_dir)
         if request.argv is not None:
             argv = tuple(request.argv)
         else:
             argv = ("/bin/sh", "-c", str(request.script))
-        cwd = request.cwd or str(self.work_dir)
-        return [git_pulling.Step(argv)], cwd
+        cwd = self.confinement.directory(request.cwd, "cwd")
+        return [git_pulling.Step(argv)], str(cwd)
 
     def _forget_old(self) -> None:
         horizon = time.monotonic() - FORGET_AFTER

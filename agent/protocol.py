@@ -37,11 +37,12 @@ Streams
 
 Meta fields by kind
 -------------------
-HELLO      version, name, token, labels{}, hostname, os, agent_version, heartbeat
+HELLO      version, name, token, labels{}, hostname, os, agent_version, heartbeat,
+           instance (random per agent process: the same agent on a new connection)
 WELCOME    hub_version, heartbeat
 HEARTBEAT  time
-EXEC       command_id, argv[] | script, env{}, cwd, timeout, resume_seq, attach_only,
-           cancel (data = stdin, has_stdin)
+EXEC       command_id, argv[] | script, env{}, cwd, timeout, deploy_type, resume_seq,
+           attach_only, cancel (data = stdin, has_stdin)
 GIT_PULL   command_id, repo_url, ref, directory, restart_script, env{}, timeout,
            resume_seq, attach_only, cancel
 OUTPUT     seq, stream (data = output bytes)
@@ -50,7 +51,12 @@ EXIT       command_id, exit_code, signal, duration, timed_out, cancelled, error
 CANCEL     command_id
 STATUS     time, processes[{name,pid,state,cpu_percent,memory_bytes}],
            containers[{name,image,digest,state,health,labels{}}], notes[]
-ERROR      reason, code ("auth", "protocol", "revoked", "replaced", "shutdown")
+ERROR      reason, code ("auth", "protocol", "revoked", "replaced", "duplicate", "shutdown")
+
+``cwd`` of EXEC and ``directory`` of GIT_PULL are relative to the agent's work root (or
+absolute inside it); ``deploy_type`` says what the command is for (``script`` -- shell
+written in the config repo --, ``git_pull``, ``container``), and an agent may accept only
+some (``DEPLOY_TYPES``).  GIT_PULL is always ``git_pull``.
 """
 
 from __future__ import annotations
@@ -70,6 +76,11 @@ MAX_DATA = 16 << 20
 # Output is cut into chunks of at most this many bytes: large enough to amortise frame
 # overhead, small enough that one command cannot hog a connection.
 MAX_CHUNK = 64 * 1024
+# What an EXEC may be for.  ``script`` is shell from the config repo; the others are the
+# fixed programs of their deploy type, with config values only in the environment.
+DEPLOY_TYPES = ("script", "git_pull", "container")
+# Error codes after which retrying with the same token cannot succeed.
+PERMANENT_REFUSALS = frozenset({"auth", "revoked"})
 
 
 class ProtocolError(Exception):
@@ -166,10 +177,15 @@ class ExecRequest:
     cwd: str | None = None
     timeout: float | None = None
     stdin: bytes | None = None
+    deploy_type: str = "script"
 
     def __post_init__(self) -> None:
         if not self.command_id:
             raise ValueError("command_id must not be empty")
+        if self.deploy_type not in DEPLOY_TYPES:
+            raise ValueError(
+                f"unknown deploy_type {self.deploy_type!r}: one of {', '.join(DEPLOY_TYPES)}"
+            )
         if (self.argv is None) == (self.script is None):
             raise ValueError("give exactly one of argv or script")
         if self.argv is not None:
@@ -266,6 +282,7 @@ class Hello:
     os: str
     agent_version: str
     heartbeat: float
+    instance: str = ""
 
 
 # --- meta <-> dataclass -----------------------------------------------------------------
@@ -284,6 +301,7 @@ def request_frame(
             "env": dict(request.env),
             "cwd": request.cwd,
             "timeout": request.timeout,
+            "deploy_type": request.deploy_type,
             "has_stdin": request.stdin is not None,
             **control,
         }
@@ -314,6 +332,7 @@ def request_from_frame(frame: Frame) -> Request:
                 cwd=meta.get("cwd"),
                 timeout=meta.get("timeout"),
                 stdin=frame.data if meta.get("has_stdin") else None,
+                deploy_type=str(meta.get("deploy_type") or "script"),
             )
         if frame.kind is FrameKind.GIT_PULL:
             return GitPullRequest(
@@ -370,6 +389,7 @@ def hello_to_meta(hello: Hello) -> dict[str, Any]:
         "os": hello.os,
         "agent_version": hello.agent_version,
         "heartbeat": hello.heartbeat,
+        "instance": hello.instance,
     }
 
 
@@ -387,6 +407,7 @@ def hello_from_meta(meta: Mapping[str, Any]) -> Hello:
             os=str(meta.get("os") or ""),
             agent_version=str(meta.get("agent_version") or ""),
             heartbeat=heartbeat,
+            instance=str(meta.get("instance") or ""),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ProtocolError(f"bad HELLO frame: {error}") from error

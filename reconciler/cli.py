@@ -217,6 +217,7 @@ def init(directory: Path, project: str) -> None:
 main.add_command(secrets_group)
 main.add_command(hub_commands.hub)
 main.add_command(hub_commands.agent_token)
+main.add_command(hub_commands.agents)
 main.add_command(agent_cli.agent)
 main.add_command(serving.serve_command)
 main.add_command(serving.token)

@@ -24,6 +24,7 @@ from reconciler.engine.agents import LOCAL_AGENT, HubExecutor, LocalAgent
 from reconciler.engine.reconciling import Reconciler
 from reconciler.errors import SourceError
 from reconciler.gitops.repository import GitRepository
+from reconciler.hub import locations
 from reconciler.hub.server import Hub
 from reconciler.store.database import Database
 from reconciler.targets.local import LocalExecutor
@@ -50,7 +51,7 @@ async def serve(
 ) -> None:
     """Run everything until ``stop`` is set or a signal arrives."""
     stop = stop or asyncio.Event()
-    hub = Hub(data / "hub", host=quic[0], port=quic[1])
+    hub = Hub(locations.hub_dir(data), host=quic[0], port=quic[1])
     await hub.start()
     local = LocalAgent(data, hub=hub) if local_agent else None
     agents = HubExecutor(hub, LOCAL_AGENT if local_agent else None)

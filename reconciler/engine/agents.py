@@ -2,9 +2,13 @@
 
 ``HubExecutor`` is the executor for agent targets: every command of a run goes over
 the agent's one QUIC connection with an id unique to that execution, and its output
-streams back live. ``LocalAgent`` starts a hub on loopback and an agent in the same
-event loop, so ``--local-agent`` runs local targets over the real path instead of a
-shortcut.
+streams back live.  Each command says what it is for (``deploy_type``): the fixed
+programs of the container and git_pull drivers are ``container`` and ``git_pull``, any
+other script -- written in the config repo -- is ``script``; an agent may accept only some.
+Its directory travels as ``cwd`` (relative: inside the agent's work root), which the
+agent checks and creates.  ``LocalAgent`` starts a hub on loopback and an agent in the
+same event loop, so ``--local-agent`` runs local targets over the real path instead of
+a shortcut.
 """
 
 from __future__ import annotations
@@ -15,14 +19,30 @@ import itertools
 from collections.abc import Mapping
 from pathlib import Path
 
+from agent import executing
 from agent.client import AgentClient, AgentSettings
 from agent.protocol import ExecRequest
+from reconciler.drivers import container, git_pull
 from reconciler.errors import TemporaryError
+from reconciler.hub import locations
 from reconciler.hub.server import Hub
 from reconciler.targets.commands import CommandResult, OutputHandler, TargetRef
 from reconciler.targets.resolving import Executors
 
 LOCAL_AGENT = "local"
+# The drivers' fixed programs (config values reach them only as environment variables).
+_FIXED_PROGRAMS = {
+    git_pull.FETCH: "git_pull",
+    container.DEPLOY: "container",
+    container.INSPECT: "container",
+    container.REMOVE: "container",
+    container.RESTART_PREVIOUS: "container",
+}
+
+
+def deploy_type_of(script: str) -> str:
+    """What ``script`` is for: a driver's fixed program, or shell from the config repo."""
+    return _FIXED_PROGRAMS.get(script, "script")
 
 
 class HubExecutor:
@@ -38,6 +58,9 @@ class HubExecutor:
     def agent_for(self, target: TargetRef) -> str:
         return self.local_agent if target.kind == "local" and self.local_agent else target.name
 
+    def _is_local(self, target: TargetRef) -> bool:
+        return target.kind == "local" and self.local_agent is not None
+
     async def run(
         self,
         target: TargetRef,
@@ -48,17 +71,20 @@ class HubExecutor:
         on_output: OutputHandler,
         cwd: str | None = None,
     ) -> CommandResult:
-        workdir = cwd or target.work_dir
-        # The work dir may not exist yet on the host: a fixed prologue creates it, the
-        # path travels as a variable so it is never interpreted by the shell.
-        prologue = (
-            'mkdir -p -- "$QUICFLOW_CWD" && cd -- "$QUICFLOW_CWD" || exit 97\n' if workdir else ""
-        )
+        directory = cwd or target.work_dir or None
+        if directory and self._is_local(target):
+            # The embedded agent shares this process's working directory, and a local
+            # target's directory means what it means to the local executor.
+            directory = str(Path(directory).absolute())
         request = ExecRequest(
             command_id=f"{command_id}#{next(self._serial)}",
-            script=prologue + script,
-            env={**env, **({"QUICFLOW_CWD": workdir} if workdir else {})},
+            script=script,
+            env=dict(env),
+            # The agent creates it (it may not exist yet) after checking it is inside its
+            # work root; the path is never interpreted by a shell.
+            cwd=directory,
             timeout=timeout,
+            deploy_type=deploy_type_of(script),
         )
         try:
             result = await self.hub.execute(
@@ -87,7 +113,9 @@ class LocalAgent:
         self, data_dir: Path, hub: Hub | None = None, host: str = "127.0.0.1", port: int = 0
     ):
         self.data_dir = Path(data_dir)
-        self.hub = hub or Hub(self.data_dir / "hub", host=host, port=port, heartbeat_interval=5.0)
+        self.hub = hub or Hub(
+            locations.hub_dir(self.data_dir), host=host, port=port, heartbeat_interval=5.0
+        )
         self._owns_hub = hub is None
         self._client: AgentClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -108,7 +136,10 @@ class LocalAgent:
             pin_sha256=self.hub.identity.fingerprint(),
             heartbeat=5.0,
         )
-        self._client = AgentClient(settings)
+        # The embedded agent is this process: it is confined to nothing the reconciler
+        # could not touch itself, and runs local targets wherever they are.
+        executor = executing.Executor(settings.work_dir, work_root=Path("/"))
+        self._client = AgentClient(settings, executor=executor)
         self._task = asyncio.ensure_future(self._client.run())
         await self.hub.wait_for_agents([LOCAL_AGENT], timeout=15)
 

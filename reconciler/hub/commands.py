@@ -1,17 +1,27 @@
-"""The hub's CLI commands: ``hub fingerprint`` and ``agent-token create|revoke``.
+"""The hub's CLI commands: ``hub fingerprint``, ``agent-token create|revoke`` and ``agents``.
 
-Click objects only; the main ``quicflow`` group adds them.  ``agent-token create`` prints
-the token alone on stdout so it can be captured (``TOKEN=$(quicflow agent-token create
-web-1)``); everything else goes to stderr.
+Click objects only; the main ``quicflow`` group adds them.  Each takes the reconciler's
+data dir (``--data``, the same option and default as ``quicflow serve``) and works in the
+hub's directory inside it (``locations.hub_dir``), so what they print and change is what
+the running hub uses.  ``agent-token create`` prints the token alone on stdout so it can
+be captured (``quicflow agent-token create web-1 > web-1.token``); everything else goes
+to stderr.  ``agents`` lists agents from the running server's API (``--api``) or from the
+snapshot the hub keeps in its directory.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import click
 
-from reconciler.hub import tls, tokens
+from reconciler.hub import locations, snapshots, tls, tokens
 
 DEFAULT_DATA = Path(".quicflow")
 
@@ -21,9 +31,21 @@ data_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_DATA,
     show_default=True,
-    envvar="QUICFLOW_DATA",
-    help="The reconciler's data dir (holds the hub certificate and agent tokens).",
+    help="The reconciler's data dir, as given to 'quicflow serve' (the hub keeps its"
+    " certificate and agent tokens in DATA/hub).",
 )
+
+
+def _hub_dir(data_dir: Path) -> Path:
+    """The hub dir of ``data_dir``, warning about files an earlier release left beside it."""
+    for stray in locations.stray_files(data_dir):
+        click.echo(
+            f"warning: {stray} was written by an earlier quicflow and is not used by the hub"
+            f" (it uses {locations.hub_dir(data_dir)}); re-issue tokens and pins made with it,"
+            " then delete it",
+            err=True,
+        )
+    return locations.hub_dir(data_dir)
 
 
 @click.group("hub")
@@ -35,7 +57,7 @@ def hub() -> None:
 @data_option
 def fingerprint(data_dir: Path) -> None:
     """Print the SHA-256 fingerprint of the hub certificate (created if missing)."""
-    identity = tls.ensure_identity(data_dir)
+    identity = tls.ensure_identity(_hub_dir(data_dir))
     click.echo(identity.fingerprint())
 
 
@@ -50,7 +72,7 @@ def agent_token() -> None:
 def create(name: str, data_dir: Path) -> None:
     """Issue a token for agent NAME (replacing its old one) and print it alone on stdout."""
     try:
-        token = tokens.TokenStore(data_dir).create(name)
+        token = tokens.TokenStore(_hub_dir(data_dir)).create(name)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="NAME") from error
     click.echo(token)
@@ -61,7 +83,121 @@ def create(name: str, data_dir: Path) -> None:
 @click.argument("name")
 @data_option
 def revoke(name: str, data_dir: Path) -> None:
-    """Revoke agent NAME's token; a running hub disconnects the agent."""
-    if not tokens.TokenStore(data_dir).revoke(name):
+    """Revoke agent NAME's token; a running hub disconnects the agent within a second."""
+    if not tokens.TokenStore(_hub_dir(data_dir)).revoke(name):
         raise click.ClickException(f"agent {name!r} has no token")
-    click.echo(f"token of agent {name!r} revoked", err=True)
+    click.echo(
+        f"token of agent {name!r} revoked; a running hub disconnects it and cancels its commands",
+        err=True,
+    )
+
+
+@click.command("agents")
+@data_option
+@click.option(
+    "--api",
+    "api_url",
+    default=None,
+    metavar="URL",
+    help="Ask the running server instead, e.g. http://127.0.0.1:8080 (token from"
+    " QUICFLOW_TOKEN or --token-file).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding an API token (quicflow token create USER), for --api.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+def agents(data_dir: Path, api_url: str | None, token_file: Path | None, fmt: str) -> None:
+    """List agents: connected ones with labels, heartbeat age and version; known ones offline."""
+    now = time.time()
+    if api_url is not None:
+        rows = _from_api(api_url, token_file, now)
+    else:
+        rows = _from_data_dir(_hub_dir(data_dir), now)
+    if fmt == "json":
+        click.echo(json.dumps({"agents": rows}, indent=2))
+        return
+    if not rows:
+        click.echo("no agents: issue a token with 'quicflow agent-token create NAME'")
+        return
+    header = ("NAME", "STATE", "HEARTBEAT", "VERSION", "ADDRESS", "HOST", "LABELS")
+    table = [header] + [
+        (
+            row["name"],
+            row["state"],
+            "-" if row["heartbeat_age"] is None else f"{row['heartbeat_age']:.0f}s ago",
+            row["agent_version"] or "-",
+            row["address"] or "-",
+            row["hostname"] or "-",
+            ",".join(f"{k}={v}" for k, v in sorted(row["labels"].items())) or "-",
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    for line in table:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
+
+
+def _row(agent: dict[str, Any] | None, name: str, state: str, now: float) -> dict[str, Any]:
+    agent = agent or {}
+    heartbeat = agent.get("last_heartbeat")
+    return {
+        "name": name,
+        "state": state,
+        "labels": dict(agent.get("labels") or {}),
+        "heartbeat_age": None if heartbeat is None else max(0.0, now - float(heartbeat)),
+        "agent_version": agent.get("agent_version") or "",
+        "address": agent.get("address") or "",
+        "hostname": agent.get("hostname") or "",
+    }
+
+
+def _from_data_dir(directory: Path, now: float) -> list[dict[str, Any]]:
+    """Connected agents from the hub's snapshot, plus agents with a token that are not."""
+    snapshot = snapshots.read(directory)
+    known = tokens.TokenStore(directory).names()
+    connected: dict[str, dict[str, Any]] = {}
+    if snapshot is None:
+        click.echo(f"no hub has run with {directory}: showing agents with a token", err=True)
+    elif not snapshot.is_fresh(now):
+        state = "stopped" if not snapshot.running else "not answering"
+        click.echo(
+            f"the hub ({snapshot.address}, pid {snapshot.pid}) is {state}: last update"
+            f" {now - snapshot.written:.0f}s ago; showing agents with a token",
+            err=True,
+        )
+    else:
+        connected = {str(agent["name"]): agent for agent in snapshot.agents}
+    rows = [_row(agent, name, "connected", now) for name, agent in sorted(connected.items())]
+    rows += [_row(None, name, "offline", now) for name in known if name not in connected]
+    return sorted(rows, key=lambda row: row["name"])
+
+
+def _from_api(url: str, token_file: Path | None, now: float) -> list[dict[str, Any]]:
+    """Connected agents as the running server's ``GET /api/release/agents`` reports them."""
+    token = token_file.read_text().strip() if token_file else os.environ.get("QUICFLOW_TOKEN")
+    request = urllib.request.Request(url.rstrip("/") + "/api/release/agents")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            document = json.load(response)
+    except urllib.error.HTTPError as error:
+        raise click.ClickException(
+            f"{request.full_url}: HTTP {error.code} {error.reason}"
+        ) from None
+    except (urllib.error.URLError, OSError) as error:
+        raise click.ClickException(f"cannot reach {request.full_url}: {error}") from None
+    return [
+        _row(agent, str(agent["name"]), "connected", now)
+        for agent in sorted(document.get("items", []), key=lambda a: a["name"])
+    ]

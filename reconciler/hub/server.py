@@ -5,7 +5,15 @@ token; anything else gets an ERROR frame saying why and the connection is closed
 hub keeps the registry of connected agents, answers heartbeats, declares an agent lost
 after 3 missed heartbeats (its own announced interval), and disconnects agents whose token
 is revoked (also when ``quicflow agent-token revoke`` changed the token file from another
-process).
+process: the watchdog looks at the file at least once a second), cancelling what they run.
+
+One name, one agent: a HELLO for a name that is already connected is the same agent back
+(same process ``instance``: the old connection is replaced) or a second agent.  For a
+second agent the hub PINGs the connected one; if it answers within ``claim_timeout`` the
+newcomer is refused with a ``duplicate`` ERROR naming the connected agent, and only if
+it does not (the old connection is dead: a killed agent, a changed address) does the
+newcomer take the name.  The registry is mirrored to ``agents.json`` (``snapshots``) for
+``quicflow agents``.
 
 Commands: ``execute``/``git_pull`` open one stream per command and resolve with the
 ``ExecResult`` from the agent's EXIT frame; output chunks go to ``on_output`` in seq order,
@@ -40,7 +48,7 @@ from agent import protocol
 from agent.protocol import ExecRequest, ExecResult, GitPullRequest, StatusReport
 from agent.sending import CoalescedSending
 from reconciler import errors
-from reconciler.hub import registry, tls, tokens
+from reconciler.hub import registry, snapshots, tls, tokens
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +72,15 @@ CLOSE_PROTOCOL = 0x202
 CLOSE_LOST = 0x203
 CLOSE_REPLACED = 0x204
 CLOSE_REVOKED = 0x205
+CLOSE_DUPLICATE = 0x206
 # 200 agents connecting at once overflow the default ~200 KB UDP receive buffer and cost
 # seconds of retransmits; 4 MiB holds several full handshake flights of all of them.
 SOCKET_BUFFER = 4 << 20
 # Let an ERROR frame reach the agent before the CONNECTION_CLOSE that follows it.
 ERROR_CLOSE_DELAY = 0.05
 HELLO_TIMEOUT = 10.0
+# How long a connected agent has to answer a PING when a second one claims its name.
+CLAIM_TIMEOUT = 2.0
 
 
 @dataclass(slots=True)
@@ -94,6 +105,7 @@ class _AgentConnection(CoalescedSending, QuicConnectionProtocol):
         self.name: str | None = None
         self.token = ""
         self.heartbeat = hub.heartbeat_interval
+        self.instance = ""
         self.address = ""
         self.control_stream: int | None = None
         self.last_heard = time.monotonic()
@@ -166,7 +178,9 @@ class Hub:
         certificate: Path | None = None,
         key: Path | None = None,
         socket_buffer: int = SOCKET_BUFFER,
+        claim_timeout: float = CLAIM_TIMEOUT,
     ) -> None:
+        """``data_dir`` is the hub's own directory (``locations.hub_dir`` of the data dir)."""
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
@@ -178,10 +192,16 @@ class Hub:
         self._certificate = certificate
         self._key = key
         self._socket_buffer = socket_buffer
+        self.claim_timeout = claim_timeout
         self.registry = registry.Registry()
         self.tokens: tokens.TokenStore | None = None
         self.identity: tls.HubIdentity | None = None
         self._connections: dict[str, _AgentConnection] = {}
+        # Names a second agent is claiming while the hub probes the connected one.
+        self._claims: dict[str, _AgentConnection] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._snapshot_due = True
+        self._snapshot_written = 0.0
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._server: QuicServer | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -211,7 +231,13 @@ class Hub:
         self._transport, self._server = transport, server
         self.port = sock.getsockname()[1]
         self._watchdog = loop.create_task(self._watch(), name="hub watchdog")
-        logger.info("hub listening on %s:%d (udp)", self.host, self.port)
+        logger.info(
+            "hub listening on %s:%d (udp), certificate SHA-256 %s, tokens in %s",
+            self.host,
+            self.port,
+            self.identity.fingerprint(),
+            self.tokens.path,
+        )
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -242,6 +268,9 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
             self._watchdog = None
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for pending in list(self._pending.values()):
             if not pending.future.done():
                 pending.future.set_exception(
@@ -258,6 +287,10 @@ class Hub:
         self._connections.clear()
         for info in self.registry.all():
             self.registry.remove(info.name)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(
+                snapshots.write, self.data_dir, self._snapshot(time.time(), running=False)
+            )
         # Let the CONNECTION_CLOSE datagrams and the transport's own close run.
         await asyncio.sleep(0)
 
@@ -452,17 +485,83 @@ class Hub:
             )
             connection.refuse("auth", f"invalid token for agent {hello.name!r}", CLOSE_AUTH)
             return
+        self._claim(connection, hello)
+
+    def _claim(self, connection: _AgentConnection, hello: protocol.Hello) -> None:
+        """Admit ``connection`` as ``hello.name`` unless another live agent holds the name."""
+        previous = self._connections.get(hello.name)
+        if (
+            previous is None
+            or previous.closed
+            or (hello.instance and hello.instance == previous.instance)
+        ):
+            # Free, or the same agent process back on a new connection.
+            self._admit(connection, hello)
+            return
+        if hello.name in self._claims:
+            self._refuse_duplicate(connection, hello, "another connection is claiming it now")
+            return
+        self._claims[hello.name] = connection
+        task = asyncio.get_running_loop().create_task(
+            self._settle_claim(previous, connection, hello), name=f"claim {hello.name}"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _settle_claim(
+        self, previous: _AgentConnection, connection: _AgentConnection, hello: protocol.Hello
+    ) -> None:
+        try:
+            try:
+                await asyncio.wait_for(previous.ping(), self.claim_timeout)
+                alive = not previous.closed
+            except (TimeoutError, ConnectionError):
+                alive = False
+        finally:
+            self._claims.pop(hello.name, None)
+        if connection.closed or connection.name is not None:
+            return
+        if alive and self._connections.get(hello.name) is previous:
+            info = self.registry.get(hello.name)
+            where = f"host {info.hostname!r}, " if info is not None and info.hostname else ""
+            self._refuse_duplicate(
+                connection, hello, f"the agent connected from {where}{previous.address} answers"
+            )
+            return
+        if self._connections.get(hello.name) is previous:
+            logger.warning(
+                "agent %r: the connection from %s did not answer; the new one from %s takes over",
+                hello.name,
+                previous.address,
+                connection.address,
+            )
         self._admit(connection, hello)
+
+    def _refuse_duplicate(
+        self, connection: _AgentConnection, hello: protocol.Hello, why: str
+    ) -> None:
+        logger.warning(
+            "refused a second agent named %r from %s: %s", hello.name, connection.address, why
+        )
+        connection.refuse(
+            "duplicate",
+            f"agent name {hello.name!r} is already in use ({why}); two agents cannot share a "
+            "name: give this one its own --name and token (quicflow agent-token create NAME)",
+            CLOSE_DUPLICATE,
+        )
 
     def _admit(self, connection: _AgentConnection, hello: protocol.Hello) -> None:
         previous = self._connections.get(hello.name)
         if previous is not None and previous is not connection:
-            # Usually the same agent back after a network cut the hub has not noticed yet.
+            # The same agent back after a network cut the hub has not noticed yet, or an
+            # old connection that did not answer the claim probe.
+            self._on_terminated(previous)
             previous.name = None
             previous.refuse(
                 "replaced", "replaced by a newer connection of the same agent", CLOSE_REPLACED
             )
         connection.name = hello.name
+        connection.instance = hello.instance
         connection.token = hello.token
         connection.heartbeat = hello.heartbeat
         self._connections[hello.name] = connection
@@ -581,8 +680,27 @@ class Hub:
                 if self.tokens.reload_if_changed():
                     self._enforce_tokens()
                 self._expire_pending()
+                await self._write_snapshot()
             except Exception:  # noqa: BLE001 - the watchdog must survive a bad token file
                 logger.exception("hub watchdog failed")
+
+    async def _write_snapshot(self) -> None:
+        now = time.time()
+        interval = snapshots.interval_for(self.heartbeat_interval)
+        if not self._snapshot_due and now - self._snapshot_written < interval:
+            return
+        self._snapshot_due = False
+        self._snapshot_written = now
+        await asyncio.to_thread(snapshots.write, self.data_dir, self._snapshot(now))
+
+    def _snapshot(self, now: float, running: bool = True) -> dict[str, Any]:
+        return snapshots.render(
+            self.registry.all(),
+            written=now,
+            address=f"{self.host}:{self.port}",
+            interval=snapshots.interval_for(self.heartbeat_interval),
+            running=running,
+        )
 
     def _check_heartbeats(self) -> None:
         now = time.monotonic()
@@ -597,7 +715,28 @@ class Hub:
         assert self.tokens is not None
         for name, connection in list(self._connections.items()):
             if not self.tokens.verify(name, connection.token):
-                logger.warning("agent %r disconnected: token revoked", name)
+                running = [p for p in connection.commands.values() if not p.future.done()]
+                logger.warning(
+                    "agent %r disconnected: token revoked (%d running command(s) cancelled)",
+                    name,
+                    len(running),
+                )
+                assert connection.control_stream is not None
+                for pending in running:
+                    # A revoked agent is no longer trusted to finish what it was given.
+                    connection.send(
+                        connection.control_stream,
+                        protocol.encode(
+                            protocol.FrameKind.CANCEL, {"command_id": pending.request.command_id}
+                        ),
+                    )
+                    self._pending.pop((name, pending.request.command_id), None)
+                    pending.future.set_exception(
+                        errors.TemporaryError(
+                            f"token of agent {name!r} was revoked while it ran"
+                            f" {pending.request.command_id!r}; the agent was told to cancel it"
+                        )
+                    )
                 connection.refuse("revoked", f"token of agent {name!r} was revoked", CLOSE_REVOKED)
                 self._on_terminated(connection)
                 connection.name = None
@@ -621,5 +760,6 @@ class Hub:
                 )
 
     def _notify(self) -> None:
+        self._snapshot_due = True
         self._changed.set()
         self._changed = asyncio.Event()

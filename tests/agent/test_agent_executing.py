@@ -50,17 +50,18 @@ async def test_argv_env_cwd_stdin_and_exit_code(
     executor: executing.Executor, tmp_path: Path
 ) -> None:
     stream = Stream()
+    cwd = tmp_path / "work" / "app"  # inside the work root; created for the step
     request = ExecRequest(
         command_id="c1",
         argv=["sh", "-c", 'pwd; echo "$GREETING"; cat; echo problem >&2; exit 4'],
         env={"GREETING": "hello"},
-        cwd=str(tmp_path),
+        cwd=str(cwd),
         stdin=b"piped\n",
     )
     executor.submit(request, stream)
     result = await stream.result()
     assert result.exit_code == 4 and result.signal is None and result.error is None
-    assert stream.output() == f"{tmp_path}\nhello\npiped\n".encode()
+    assert stream.output() == f"{cwd}\nhello\npiped\n".encode()
     assert stream.output("stderr") == b"problem\n"
     assert stream.seqs() == list(range(len(stream.seqs())))
 
@@ -196,8 +197,10 @@ async def test_missing_program_and_bad_cwd_are_errors_not_crashes(
     executor.submit(ExecRequest(command_id="m", argv=["/no/such/program"]), stream)
     result = await stream.result()
     assert result.exit_code is None and "cannot start" in (result.error or "")
+    blocker = executor.work_dir / "a-file"
+    blocker.write_text("not a directory")
     stream = Stream()
-    executor.submit(ExecRequest(command_id="d", argv=["true"], cwd="/no/such/dir"), stream)
+    executor.submit(ExecRequest(command_id="d", argv=["true"], cwd=str(blocker)), stream)
     assert "cannot start" in ((await stream.result()).error or "")
 
 

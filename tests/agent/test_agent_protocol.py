@@ -117,3 +117,24 @@ def test_results_hello_and_status_round_trip() -> None:
     meta = protocol.status_to_meta(report)
     del meta["containers"][0]["labels"]
     assert protocol.status_from_meta(meta) == report
+
+
+def test_deploy_type_and_instance_travel_and_default_for_older_peers() -> None:
+    request = protocol.ExecRequest(command_id="c", argv=["true"], deploy_type="container")
+    frame = protocol.FrameDecoder().feed(protocol.request_frame(request))[0]
+    assert frame.meta["deploy_type"] == "container"
+    assert protocol.request_from_frame(frame) == request
+    # A hub that does not say what a command is for sends shell: "script".
+    older = protocol.Frame(FrameKind.EXEC, {"command_id": "c", "script": "true"})
+    assert protocol.request_from_frame(older).deploy_type == "script"
+    with pytest.raises(ValueError, match="unknown deploy_type 'ssh'"):
+        protocol.ExecRequest(command_id="c", argv=["true"], deploy_type="ssh")
+    bad = protocol.Frame(FrameKind.EXEC, {"command_id": "c", "script": "x", "deploy_type": "ssh"})
+    with pytest.raises(protocol.ProtocolError):
+        protocol.request_from_frame(bad)
+
+    hello = protocol.Hello("web-1", "t", {}, "h", "Linux", "1", 15.0, instance="ab12")
+    assert protocol.hello_from_meta(protocol.hello_to_meta(hello)).instance == "ab12"
+    meta = protocol.hello_to_meta(hello)
+    del meta["instance"]
+    assert protocol.hello_from_meta(meta).instance == ""

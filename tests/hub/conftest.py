@@ -106,6 +106,8 @@ class Fleet:
             "--work-dir", str(work_dir),
             "--heartbeat", str(HEARTBEAT),
             "--shutdown-grace", "5",
+            # CI runs the suite as root; a real agent refuses root unless told.
+            *(("--allow-root",) if os.geteuid() == 0 else ()),
             *extra,
         ]  # fmt: skip
         env = {**os.environ, "QUICFLOW_AGENT_TOKEN": token, "PYTHONPATH": str(REPO_ROOT)}

@@ -1,18 +1,27 @@
-"""The ``hub fingerprint`` and ``agent-token`` CLI commands."""
+"""The ``hub fingerprint``, ``agent-token`` and ``agents`` CLI commands.
+
+They work in the hub dir inside the data dir (``DATA/hub``), where ``quicflow serve``'s
+hub keeps its certificate and tokens; the end-to-end check with real processes is
+``tests/hub/test_hub_documented_setup.py``.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from click.testing import CliRunner
 
-from reconciler.hub import commands, tls, tokens
+from reconciler.hub import commands, locations, registry, snapshots, tls, tokens
 
 
 def test_fingerprint_creates_and_prints_the_hub_fingerprint(tmp_path: Path) -> None:
     result = CliRunner().invoke(commands.hub, ["fingerprint", "--data", str(tmp_path)])
     assert result.exit_code == 0
-    assert result.output.strip() == tls.ensure_identity(tmp_path).fingerprint()
+    hub_dir = tmp_path / "hub"
+    assert locations.hub_dir(tmp_path) == hub_dir
+    assert result.output.strip() == tls.ensure_identity(hub_dir).fingerprint()
+    assert not (tmp_path / tls.CERTIFICATE_FILE).exists()
 
 
 def test_token_create_prints_only_the_token_and_revoke_removes_it(tmp_path: Path) -> None:
@@ -22,10 +31,12 @@ def test_token_create_prints_only_the_token_and_revoke_removes_it(tmp_path: Path
     token = result.stdout.strip()
     assert result.stdout == token + "\n" and token.startswith("qfa_")
     assert "web-1" in result.stderr
-    assert tokens.TokenStore(tmp_path).verify("web-1", token)
+    hub_dir = tmp_path / "hub"
+    assert tokens.TokenStore(hub_dir).verify("web-1", token)
+    assert not (tmp_path / tokens.TOKENS_FILE).exists()
 
     result = runner.invoke(commands.agent_token, ["revoke", "web-1", "--data", str(tmp_path)])
-    assert result.exit_code == 0 and not tokens.TokenStore(tmp_path).knows("web-1")
+    assert result.exit_code == 0 and not tokens.TokenStore(hub_dir).knows("web-1")
     result = runner.invoke(commands.agent_token, ["revoke", "web-1", "--data", str(tmp_path)])
     assert result.exit_code == 1 and "has no token" in result.output
 
@@ -35,3 +46,61 @@ def test_bad_agent_name_is_a_usage_error(tmp_path: Path) -> None:
         commands.agent_token, ["create", "bad name", "--data", str(tmp_path)]
     )
     assert result.exit_code == 2 and "invalid agent name" in result.output
+
+
+def test_agents_lists_connected_agents_from_the_snapshot_and_the_others_offline(
+    tmp_path: Path, monkeypatch
+) -> None:
+    hub_dir = locations.hub_dir(tmp_path)
+    store = tokens.TokenStore(hub_dir)
+    store.create("web-1")
+    store.create("web-2")
+    now = 10_000.0
+    monkeypatch.setattr(commands.time, "time", lambda: now)
+    connected = registry.AgentInfo(
+        "web-1", {"role": "web"}, "host-1", "Linux", "1.2.3", now - 60, now - 4,
+        "10.0.0.5:4000", 15.0,
+    )  # fmt: skip
+    snapshots.write(
+        hub_dir, snapshots.render([connected], written=now - 1, address="h:4433", interval=5.0)
+    )
+    result = CliRunner().invoke(commands.agents, ["--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "STATE",
+        "HEARTBEAT",
+        "VERSION",
+        "ADDRESS",
+        "HOST",
+        "LABELS",
+    ]
+    assert lines[1].split() == [
+        "web-1",
+        "connected",
+        "4s",
+        "ago",
+        "1.2.3",
+        "10.0.0.5:4000",
+        "host-1",
+        "role=web",
+    ]
+    assert lines[2].split() == ["web-2", "offline", "-", "-", "-", "-", "-"]
+
+    # A hub that stopped updating the snapshot is not believed: every agent shows offline.
+    now += 60
+    result = CliRunner().invoke(commands.agents, ["--data", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 0
+    assert "is not answering: last update 61s ago" in result.stderr
+    rows = json.loads(result.stdout)["agents"]
+    assert [(r["name"], r["state"]) for r in rows] == [("web-1", "offline"), ("web-2", "offline")]
+
+
+def test_files_an_earlier_release_left_in_the_data_dir_are_pointed_out(tmp_path: Path) -> None:
+    tls.ensure_identity(tmp_path)  # where the old CLI put the certificate
+    result = CliRunner().invoke(commands.hub, ["fingerprint", "--data", str(tmp_path)])
+    assert result.exit_code == 0
+    assert f"warning: {tmp_path / tls.CERTIFICATE_FILE} was written by an earlier" in result.stderr
+    assert result.stdout.strip() == tls.ensure_identity(tmp_path / "hub").fingerprint()
+    assert result.stdout.strip() != tls.ensure_identity(tmp_path).fingerprint()

@@ -93,8 +93,7 @@ async def test_agents_register_with_labels_and_are_selected(hub: Hub, fleet: Fle
 
 async def test_exec_streams_output_live_from_several_agents(hub: Hub, fleet: Fleet) -> None:
     names = ["a-1", "a-2", "a-3"]
-    for name in names:
-        fleet.spawn(hub, name, labels="role=app")
+    agents = {name: fleet.spawn(hub, name, labels="role=app") for name in names}
     await hub.wait_for_agents(names, timeout=10)
 
     outputs = {name: Output() for name in names}
@@ -116,19 +115,20 @@ async def test_exec_streams_output_live_from_several_agents(hub: Hub, fleet: Fle
         # Streamed: the first line arrived well before the command finished.
         assert finished - outputs[name].chunks[0][2] > 0.4
 
-    # argv, cwd and stdin.
+    # argv, cwd (inside the agent's work root) and stdin.
     output = Output()
+    cwd = agents["a-1"].work_dir / "app"
     result = await hub.execute(
         "a-1",
         ExecRequest(
             command_id=command_id(),
             argv=["sh", "-c", "pwd; cat"],
-            cwd="/tmp",
+            cwd=str(cwd),
             stdin=b"from stdin\n",
         ),
         on_output=output,
     )
-    assert result.ok and output.text() == "/tmp\nfrom stdin\n"
+    assert result.ok and output.text() == f"{cwd}\nfrom stdin\n"
 
     # A big output arrives whole and in order (flow-controlled, not buffered).
     output = Output()
@@ -188,9 +188,9 @@ async def test_git_pull_fetches_checks_out_and_restarts(
     for argv in (git + ["commit", "-qam", "v2"],):
         await (await asyncio.create_subprocess_exec(*argv)).wait()
 
-    fleet.spawn(hub, "app-host")
+    app_host = fleet.spawn(hub, "app-host")
     await hub.wait_for_agents(["app-host"], timeout=10)
-    target = tmp_path / "deploy"
+    target = app_host.work_dir / "deploy"  # git directories live inside the work root
     output = Output()
     result = await hub.git_pull(
         "app-host",
