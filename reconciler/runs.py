@@ -258,9 +258,12 @@ def carried_over(
 ) -> tuple[list[Step], list[Decision]]:
     """The steps and decisions of an interrupted run that still hold for its successor.
 
-    Finished steps carry over — and a timed pause still running, so the new run waits
-    only for the rest of it — and so do the decisions people took on its gates, so an
-    approval given before the crash is not asked for again. A rollout that began to be
+    Finished steps carry over, and so do the decisions people took on its gates, so an
+    approval given before the crash is not asked for again. Steps still running when
+    the process died carry over as running: the new run waits only for the rest of a
+    timed pause, and re-issues a command that was in flight under the name it had
+    (``in_flight_of``), so an executor that journals commands hands back its result or
+    adopts the process instead of running it twice. A rollout that began to be
     undone (a rollback or a retirement started, finished or not) no longer holds at
     all: none of its steps carry over, nor the promotions given to it, and the new run
     rolls out again from its first target, so it never reports a deploy that a rollback
@@ -277,8 +280,7 @@ def carried_over(
     for key, step in known:
         if undone and key.kind in ROLLOUT_KINDS:
             continue
-        pausing = key.kind is StepKind.PAUSE and step.status is StepStatus.RUNNING
-        if step.status.is_done or pausing:
+        if step.status.is_done or step.status is StepStatus.RUNNING:
             carried.append(step)
     kept = [
         d for d in decisions if not (undone and d.gate.startswith(f"{StepKind.PROMOTE.value}:"))

@@ -51,7 +51,7 @@ def _keys(steps: list[Step]) -> list[str]:
     return [s.key for s in steps]
 
 
-def test_finished_steps_carry_over_and_unfinished_ones_run_again() -> None:
+def test_finished_and_running_steps_carry_over_and_failed_ones_run_again() -> None:
     steps = [
         _step("stage:build"),
         _step("task:build/test"),
@@ -64,21 +64,23 @@ def test_finished_steps_carry_over_and_unfinished_ones_run_again() -> None:
         _step("task:release/broken", StepStatus.FAILED),
     ]
     kept, _ = carried_over(steps)
+    # Running ones too: the new run re-issues their commands under the same names.
     assert _keys(kept) == [
         "stage:build",
         "task:build/test",
+        "stage:release",
         "deploy:t1",
         "verify:t1",
         "batch:1",
+        "deploy:t2",
         "task:release/skip-me",
     ]
+    assert [s.status for s in kept if s.key == "deploy:t2"] == [StepStatus.RUNNING]
 
 
 def test_a_pause_in_progress_carries_over_so_only_its_rest_is_waited_for() -> None:
-    kept, _ = carried_over(
-        [_step("pause:batch-1", StepStatus.RUNNING), _step("deploy:t3", StepStatus.RUNNING)]
-    )
-    assert _keys(kept) == ["pause:batch-1"]
+    kept, _ = carried_over([_step("pause:batch-1", StepStatus.RUNNING)])
+    assert _keys(kept) == ["pause:batch-1"] and kept[0].started_at == "2026-12-01T10:00:00Z"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,9 +50,6 @@ class HubExecutor:
     def __init__(self, hub: Hub, local_agent: str | None = None):
         self.hub = hub
         self.local_agent = local_agent
-        # Each execution gets its own id: a repeated id would return the stored result
-        # (the hub's exactly-once rule), which health checks and retries must not get.
-        self._serial = itertools.count(1)
 
     def agent_for(self, target: TargetRef) -> str:
         return self.local_agent if target.kind == "local" and self.local_agent else target.name
@@ -77,7 +73,11 @@ class HubExecutor:
             # target's directory means what it means to the local executor.
             directory = str(Path(directory).absolute())
         request = ExecRequest(
-            command_id=f"{command_id}#{next(self._serial)}",
+            # The engine names every command (RunContext.command_id): retries and checks
+            # get names of their own, and a resumed run re-issues an in-flight command
+            # under its old name, so the agent's journal hands back its result (or the
+            # running process) instead of running it twice.
+            command_id=command_id,
             script=script,
             env=dict(env),
             # The agent creates it (it may not exist yet) after checking it is inside its

@@ -150,8 +150,7 @@ class RunLifecycle:
             and current.state is RunState.INTERRUPTED
             and (current.version, current.config_hash) == (version, env.config_hash)
         ):
-            lineage = str(current.detail.get("lineage") or current.id)
-            run = replace(run, resumes=current.id, detail={**run.detail, "lineage": lineage})
+            run = replace(run, resumes=current.id)
             self._carry_done_steps(current, run)
         else:
             self.runs.create(run)

@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import random
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -172,18 +173,21 @@ class RunContext:
         return result
 
     def command_id(self, source: str) -> str:
-        """A name for the next command of ``source`` that a restarted engine gives it again.
+        """A name for the next command of ``source``, the same when a resumed run re-issues it.
 
-        ``lineage:step#attempt:target/key#n`` — the run a chain of resumed runs started
-        from, the step and attempt the command belongs to (``Steps.once``), and the how
-        manyth command of that target and key within it. A run that resumes an
-        interrupted one re-issues the command its predecessor was running with the same
-        name, so an executor with a journal (the agents, the local executor) hands back
-        its result, or adopts it while it still runs, instead of running it twice.
+        ``run:step#attempt:target/key#n`` — the run that issued the step's attempt, the
+        step and attempt (``Steps.once``), and the how manyth command of that target and
+        key within it. A run resuming a step that was in flight when its predecessor
+        died names its commands after the predecessor's, so an executor with a journal
+        (the agents, the local executor) hands back the result, or adopts the process
+        while it runs, instead of running it twice; every other attempt, retry and
+        check gets a name of its own. Outside a step a command's name is unique.
         """
-        lineage = str(self.run.detail.get("lineage") or self.run.id)
         step = current_step.get()
-        prefix = f"{lineage}:{step[0]}#{step[1]}:{source}" if step else f"{lineage}:{source}"
+        if step is None:
+            return f"{self.run.id}:{source}#{secrets.token_hex(6)}"
+        key, attempt, issuer = step
+        prefix = f"{issuer}:{key}#{attempt}:{source}"
         self._calls[prefix] = self._calls.get(prefix, 0) + 1
         return f"{prefix}#{self._calls[prefix]}"
 

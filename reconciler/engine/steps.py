@@ -22,10 +22,11 @@ from reconciler.store.runs import RunStore
 
 Clock = Callable[[], str]
 
-#: The step (key and attempt) the running coroutine works for: commands a step starts
-#: are named after it, so a restarted engine asks a target for the same command again
-#: (and gets its journalled result) instead of running it twice.
-current_step: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+#: The step the running coroutine works for — its key, attempt, and the run that issued
+#: the attempt's commands: commands are named after it, so a run resuming a step that
+#: was in flight asks the target for the same commands again (and gets the journalled
+#: result, or the still running process) instead of running them twice.
+current_step: contextvars.ContextVar[tuple[str, int, str] | None] = contextvars.ContextVar(
     "current_step", default=None
 )
 
@@ -76,10 +77,15 @@ class Steps:
         if existing is not None and existing.status.is_done:
             return existing.result
         started = self.now()
-        attempts = (existing.attempts if existing else 0) + 1
+        origin = existing.result.get("in_flight_of") if existing else None
+        if existing is not None and existing.status is StepStatus.RUNNING and origin:
+            # In flight when the run this one resumes died: the same attempt, re-issued.
+            attempts, issuer = existing.attempts, str(origin)
+        else:
+            attempts, issuer = (existing.attempts if existing else 0) + 1, self.run_id
         step = Step(self.run_id, str(key), StepStatus.RUNNING, started, attempts=attempts)
         self.store.put_step(step)
-        token = current_step.set((str(key), attempts))
+        token = current_step.set((str(key), attempts, issuer))
         try:
             result = dict(await fn() or {})
         except Waiting as wait:

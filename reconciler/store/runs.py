@@ -131,9 +131,11 @@ class RunStore:
         copied = 0
         with self.db.transaction() as conn:
             for step in steps:
-                carried = replace(
-                    step, run_id=to_run, result={**step.result, "resumed_from": from_run}
-                )
+                marks: dict[str, Any] = {"resumed_from": from_run}
+                if step.status is StepStatus.RUNNING:
+                    # In flight when its process died: the run that issued its commands.
+                    marks["in_flight_of"] = step.result.get("in_flight_of") or from_run
+                carried = replace(step, run_id=to_run, result={**step.result, **marks})
                 conn.execute(_PUT_STEP, _step_values(carried))
                 copied += 1
             for d in decisions:
