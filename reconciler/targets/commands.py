@@ -26,12 +26,18 @@ class TargetRef:
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
+    """How one command ended on its target."""
+
     exit_code: int | None
     duration: float
     timed_out: bool = False
     cancelled: bool = False
     signal: int | None = None
     error: str = ""
+    # The command was not started by this call: an earlier reconciler process started it
+    # with the same command id, and this result is that process's (adopted while it ran,
+    # or recorded when it ended).
+    adopted: bool = False
 
     @property
     def ok(self) -> bool:

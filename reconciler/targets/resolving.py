@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler.errors import PermanentError
@@ -41,9 +41,31 @@ def _agent_ref(
 class Executors:
     """Picks the executor for a target: local subprocesses or agents through the hub."""
 
-    def __init__(self, local: Executor | None = None, agents: Executor | None = None):
-        self.local = local or LocalExecutor()
+    def __init__(
+        self,
+        local: Executor | None = None,
+        agents: Executor | None = None,
+        *,
+        data_dir: Path | None = None,
+    ):
+        """Without ``local``, a ``LocalExecutor`` journalling its commands under ``data_dir``
+        (the reconciler's; without one they are not found again after a restart)."""
+        self.local = local or LocalExecutor(data_dir=data_dir)
         self.agents = agents
+
+    def sweep(self, keep: Callable[[str], bool]) -> tuple[str, ...]:
+        """Kill local commands left running for runs ``keep`` does not name; their ids.
+
+        Commands on agents need no sweep: an agent's journal answers a re-issued command
+        id with its recorded result, and the hub cancels what no run asks for.
+        """
+        local = self.local
+        return local.sweep(keep).killed if isinstance(local, LocalExecutor) else ()
+
+    def abandon(self, run: str) -> tuple[str, ...]:
+        """Kill local commands still running for ``run`` (replaced, never resumed)."""
+        local = self.local
+        return local.abandon(run) if isinstance(local, LocalExecutor) else ()
 
     def for_target(self, target: TargetRef) -> Executor:
         if target.kind == "local":
