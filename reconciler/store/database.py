@@ -103,6 +103,9 @@ class Database(abc.ABC):
     paramstyle: ClassVar[str] = "qmark"
     #: How the portable ``$name`` column types of a migration are spelled here.
     column_types: ClassVar[Mapping[str, str]]
+    #: Whether other reconciler processes (replicas) may share this store: they then
+    #: divide the work through leases (``reconciler.engine.sharding``).
+    shared: ClassVar[bool] = False
 
     @classmethod
     def open(cls, data_dir: str | Path, store: str | None = None) -> Database:

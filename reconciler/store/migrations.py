@@ -261,6 +261,21 @@ BUILD_ORDER = Migration(
     """,
 )
 
+LEASES = Migration(
+    11,
+    "leases",
+    """
+    CREATE TABLE replicas (owner TEXT PRIMARY KEY, seen_at $float NOT NULL);
+    CREATE TABLE leases (
+        key TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        token $int64 NOT NULL,
+        expires_at $float NOT NULL
+    );
+    CREATE INDEX leases_by_owner ON leases (owner)
+    """,
+)
+
 MIGRATIONS = (
     RUNS,
     LOGS,
@@ -272,4 +287,5 @@ MIGRATIONS = (
     BUILDS,
     CREDENTIALS,
     BUILD_ORDER,
+    LEASES,
 )
