@@ -183,6 +183,13 @@ def history(project: str, env: str, repo: str, fmt: str, limit: int) -> None:
                         "run_id": r.last_failure.run_id,
                     },
                     "pinned": bool(r and r.pin),
+                    "pin": None
+                    if not r or not r.pin
+                    else {
+                        "version": r.pin.version,
+                        "desired_version": r.pin.desired_version,
+                        "desired_hash": r.pin.desired_hash,
+                    },
                 }
             )
         click.echo(json.dumps({"project": project, "environment": env, "entries": out}, indent=2))
@@ -193,6 +200,8 @@ def history(project: str, env: str, repo: str, fmt: str, limit: int) -> None:
     for e in entries:
         r = e.record
         deployed = f"deployed {r.version}" if r and r.version else "nothing deployed"
+        if r and r.pin:
+            deployed += f", pinned while Git asks for {r.pin.desired_version}"
         click.echo(
             f"{e.commit.short_id}  {e.commit.summary}  [{deployed}; config {(r.config_commit if r else '')[:10]}]"
         )

@@ -4,6 +4,8 @@
 runs what may run now, leaves runs that wait for an approval or a release window
 waiting (and says so), and exits 1 if any run failed. Approvals from the command line
 record the decision; the run continues at the next pass (``apply`` or the server).
+``apply`` holds the data dir's engine lock while it runs: beside a ``serve`` on the same
+data dir it refuses to start (the decision commands take no lock and work beside it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from reconciler.errors import PermanentError, PermissionDenied, QuicFlowError, S
 from reconciler.gitops import model
 from reconciler.gitops.repository import GitRepository
 from reconciler.runs import RunState
+from reconciler.store import locking
 from reconciler.targets.resolving import Executors
 
 _log = logging.getLogger(__name__)
@@ -117,7 +120,9 @@ def apply(repo: str, data: str, once: bool, only: str | None, local_agent: bool)
                 await local.stop()
 
     try:
-        report = asyncio.run(main())
+        # Before anything touches the data dir (its mirror, its local agent's token).
+        with locking.DataDirLock(Path(data), "apply"):
+            report = asyncio.run(main())
     except QuicFlowError as exc:
         raise click.ClickException(str(exc)) from None
     _print_report(report)

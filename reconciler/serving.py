@@ -4,6 +4,11 @@ One asyncio loop holds the reconcile loop, the QUIC hub (and, with ``--local-age
 an agent on loopback), the notifier and the HTTP app under uvicorn; SIGTERM or SIGINT
 stops them all in order: HTTP first (no new requests), then the reconcile loop, then
 agents and the hub.
+
+One engine per data dir: ``serve`` holds the data dir's engine lock
+(``store.locking``) from before its hub and local agent start until it exits, so a
+second ``serve`` or ``apply`` on the same data dir refuses to start instead of
+revoking this one's local agent token.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from reconciler.errors import SourceError
 from reconciler.gitops.repository import GitRepository
 from reconciler.hub import locations
 from reconciler.hub.server import Hub
+from reconciler.store import locking
 from reconciler.store.database import Database
 from reconciler.targets.local import LocalExecutor
 from reconciler.targets.resolving import Executors
@@ -49,13 +55,18 @@ async def serve(
     local_agent: bool,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run everything until ``stop`` is set or a signal arrives."""
+    """Run everything until ``stop`` is set or a signal arrives.
+
+    The caller holds ``data``'s engine lock (``serve_command`` takes it first thing).
+    """
     stop = stop or asyncio.Event()
     hub = Hub(locations.hub_dir(data), host=quic[0], port=quic[1])
     await hub.start()
     local = LocalAgent(data, hub=hub) if local_agent else None
     agents = HubExecutor(hub, LOCAL_AGENT if local_agent else None)
-    executors = Executors(local=agents if local_agent else LocalExecutor(), agents=agents)
+    executors = Executors(
+        local=agents if local_agent else LocalExecutor(data_dir=data), agents=agents
+    )
     reconciler = Reconciler(repo, data, executors=executors)
     reconciler.hub = hub
     notifier: Notifier | None = None
@@ -120,13 +131,22 @@ def serve_command(repo: str, data: str, http: str, quic: str, local_agent: bool)
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every handshake at INFO
+    http_address, quic_address = _address(http, "--http"), _address(quic, "--quic")
+    engine_lock = locking.DataDirLock(Path(data), "serve")
     try:
-        git = GitRepository.open(repo, cache_dir=Path(data) / "repos")
-    except SourceError as exc:
+        # First of all: a second engine on this data dir must not touch its mirror, hub
+        # or local agent token before it finds out.
+        engine_lock.acquire()
+    except locking.DataDirInUse as exc:
         raise click.ClickException(str(exc)) from None
-    asyncio.run(
-        serve(git, Path(data), _address(http, "--http"), _address(quic, "--quic"), local_agent)
-    )
+    try:
+        try:
+            git = GitRepository.open(repo, cache_dir=Path(data) / "repos")
+        except SourceError as exc:
+            raise click.ClickException(str(exc)) from None
+        asyncio.run(serve(git, Path(data), http_address, quic_address, local_agent))
+    finally:
+        engine_lock.release()
 
 
 @click.group("token")

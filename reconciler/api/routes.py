@@ -4,7 +4,9 @@ Each endpoint translates HTTP into ``EngineControl`` calls and back, after the c
 was authenticated (``auth.AuthMiddleware``) and authorized for the project
 (``auth.authorize``). Configuration is changed in Git, never here: the only writes are
 run actions (approve, reject, promote, cancel, deploy, rollback) and, in ``webhooks``,
-triggers. Lists page with ``limit``/``offset`` and answer ``{"items", "total", "limit",
+triggers — and a deploy of a version Git does not name is itself recorded in Git by the
+engine (a version-bump commit, or a visible pin where it cannot push), so the next poll
+keeps it. Lists page with ``limit``/``offset`` and answer ``{"items", "total", "limit",
 "offset"}``; errors answer ``{"error": {"code", "message", "field"?}}``.
 
 Engine refusals map onto status codes: unknown run/project/environment (``KeyError``)
@@ -267,7 +269,11 @@ class ReleaseApi:
     # -- run actions ----------------------------------------------------------------
 
     async def deploy(self, request: Request) -> Response:
-        """POST …/deploy {version?, force?}: start a run now."""
+        """POST …/deploy {version?, force?}: start a run now.
+
+        The run's ``detail`` says how the version sticks: ``bump_commit`` (committed to
+        the config repo) or ``pin`` with ``pin_reason`` (pinned until Git changes).
+        """
         principal = principal_of(request)
         name, env = request.path_params["project"], request.path_params["env"]
         auth.authorize(principal, self.engine.desired, name, "deploy", env)

@@ -35,6 +35,17 @@ def _last_run(run: Run | None) -> dict[str, Any] | None:
     }
 
 
+def _pin(record: DeployedRecord | None) -> dict[str, Any] | None:
+    """The pin a state record holds: the version kept, and what Git asked for then."""
+    if record is None or record.pin is None:
+        return None
+    return {
+        "version": record.pin.version,
+        "desired_version": record.pin.desired_version,
+        "run_id": record.run_id,
+    }
+
+
 def environment_view(
     env: model.Environment, record: DeployedRecord | None, action: Action | None, last: Run | None
 ) -> dict[str, Any]:
@@ -56,6 +67,7 @@ def environment_view(
         "deploy_type": env.deploy.type.value,
         "targets": [t.label for t in env.targets],
         "pinned": bool(record and record.pin),
+        "pin": _pin(record),
         "last_failure": (
             {
                 "version": record.last_failure.version,
@@ -201,6 +213,7 @@ def history_view(engine: EngineControl, project: str, env: str, limit: int) -> l
                 "run_id": record.run_id if record else None,
                 "strategy": record.strategy if record else None,
                 "pinned": bool(record and record.pin),
+                "pin": _pin(record),
                 "last_failure": (
                     None
                     if not record or not record.last_failure

@@ -11,8 +11,9 @@ An endpoint reads the body — at most ``body_limit`` bytes (default 1 MiB), che
 more — and passes it with the headers, the source address and the time to
 ``reconciler.trigger.deliveries.WebhookDeliveries``, which verifies, deduplicates,
 filters, acts and records; its ``DeliveryResult`` becomes the JSON answer:
-``{"status", "reason", "record"?, "run_id"? | "build_id"?}`` when the delivery was taken,
-the API's error format when it was refused.
+``{"status", "reason", "record"?, "run_id"? | "build_id"?}`` when the delivery was taken
+(``status`` ``queued`` with no ``run_id`` for a push queued behind a running deploy: its
+record names the run once it starts), the API's error format when it was refused.
 
 The trigger records (``trigger_records`` and ``webhook_deliveries`` tables) are kept
 by ``reconciler.store.triggers.TriggerRecords``.

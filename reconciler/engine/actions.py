@@ -8,24 +8,76 @@ there, not here. Then it acts through the run lifecycle: a deploy schedules a ru
 run waiting at that gate, a cancel stops the run's task or ends a waiting run, and a
 rollback commits a revert to Git (``reconciler.gitops.reverting``) — or, pinned,
 deploys the old version at once.
+
+Webhook and API deploys stick, the GitOps way. A deploy of a version other than Git's
+first commits the version bump to the config repo (``reconciler.gitops.bumping``, with
+trailers naming the trigger, webhook, delivery and actor), loads that commit and runs
+from it, so the next poll finds Git and the state ref agreeing. Where the bump cannot
+be made — the remote refuses the push (protected branch, read-only token, network) or
+the file has no top-level ``version:`` line — the run pins the environment instead,
+as ``rollback --pin`` does: the planner holds it (reason ``pinned``) until Git changes.
+While the bump is committed and the run started, the dispatcher leaves the environment
+alone (``held``), so the poll does not start the same release under another name.
+
+A push that arrives while a run of its environment executes here is queued behind it
+(``deploy_or_queue``; newest wins, ``reconciler.engine.queueing``) and started when
+that run ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from reconciler.auth import permissions
+from reconciler.engine import queueing
 from reconciler.engine.lifecycle import RunLifecycle
 from reconciler.engine.running import iso
-from reconciler.errors import PermanentError, PermissionDenied
+from reconciler.errors import PermanentError, PermissionDenied, QuicFlowError
 from reconciler.events import EventType
-from reconciler.gitops import model, planning, reverting
+from reconciler.gitops import bumping, model, planning, reverting
 from reconciler.gitops.history import History
 from reconciler.gitops.repository import GitRepository
 from reconciler.rules import windows
 from reconciler.runs import Decision, Run, RunState, Trigger
+
+_log = logging.getLogger(__name__)
+
+#: Triggers whose deploy of a version other than Git's is made to stick.
+STICKY = frozenset({Trigger.MANUAL, Trigger.WEBHOOK})
+
+
+#: What a run's detail says about the request that made it (carried to a run replacing
+#: an interrupted one); everything else in it is the engine's own progress.
+REQUEST_DETAIL = frozenset(
+    {
+        "pin",
+        "pin_desired_version",
+        "pin_desired_hash",
+        "pin_reason",
+        "bump_commit",
+        "trigger_id",
+        "delivery_id",
+        "ref",
+        "commit",
+        "committer",
+        "schedule",
+        "slot",
+    }
+)
+
+
+def pin_detail(env: model.Environment, why: str) -> dict[str, str]:
+    """The run detail that pins ``env`` to the run's version while Git asks what it asks now."""
+    return {
+        "pin": "true",
+        "pin_desired_version": env.version,
+        "pin_desired_hash": env.config_hash,
+        "pin_reason": why,
+    }
 
 
 def _check(verdict: permissions.Verdict) -> None:
@@ -44,6 +96,9 @@ class Actions:
         history: History,
         desired: Callable[[], model.DesiredState | None],
         now: Callable[[], dt.datetime],
+        refresh: Callable[[], Awaitable[Any]] | None = None,
+        held: set[tuple[str, str]] | None = None,
+        wake: Callable[[], None] | None = None,
     ):
         self.lifecycle = lifecycle
         self.runs = lifecycle.runs
@@ -51,6 +106,15 @@ class Actions:
         self.history = history
         self.desired = desired
         self.now = now
+        self.refresh = refresh  # loads the newest config commit (after a version bump)
+        # Environments a deploy is committing or starting: the dispatcher skips them.
+        self.held = held if held is not None else set()
+        self.wake = wake  # asks for a reconcile pass (one skipped a held environment)
+        self.queue = queueing.DeployQueue()
+        self._starting: set[tuple[str, str]] = set()
+        self._starters: set[asyncio.Task[None]] = set()
+        self._bumps = asyncio.Lock()  # one bump at a time: each commit builds on the last
+        self._closed = False
 
     # -- who and where ---------------------------------------------------------------
 
@@ -83,7 +147,73 @@ class Actions:
         force: bool = False,
         detail: dict[str, str] | None = None,
     ) -> Run:
-        """Start a run for ``version`` (None: the desired one); ``force`` ignores release windows."""
+        """Start a run for ``version`` (None: the desired one); ``force`` ignores release windows.
+
+        A webhook or manual deploy of a version Git does not name is committed to Git
+        first, or pinned where it cannot be (see the module docstring).
+        """
+        target = self._deployable(project, env, actor, trigger, force)
+        self._refuse_if_busy(project, env)
+        target, run_detail = await self._stick(target, version, actor, trigger, detail)
+        self._refuse_if_busy(project, env, run_detail.get("bump_commit", ""))
+        return await self._start(target, version, actor, trigger, force, run_detail)
+
+    async def deploy_or_queue(
+        self,
+        project: str,
+        env: str,
+        version: str | None,
+        *,
+        actor: model.User | None,
+        trigger: Trigger,
+        detail: dict[str, str] | None = None,
+        listener: queueing.Listener | None = None,
+    ) -> Run | queueing.QueuedDeploy:
+        """Deploy now — or, while a run of the environment executes here, queue the request.
+
+        Queued, it is made to stick at once (bumped in Git or pinned) and waits in the
+        environment's one slot: a newer request replaces it (its ``listener`` hears
+        ``superseded``), and when the running run ends it starts (``started``, with
+        the run) unless Git asks for something else by then. A run executing in
+        another process cannot be waited for here: that stays a ``PermanentError``.
+        """
+        key = (project, env)
+        target = self._deployable(project, env, actor, trigger, False)
+        latest = self.runs.latest(project, env)
+        if not self._busy(key) and latest is not None and self.lifecycle.owned_elsewhere(latest):
+            self._refuse_if_busy(project, env)
+        target, run_detail = await self._stick(target, version, actor, trigger, detail)
+        # Checked after the bump: a run may have started while it was committed.
+        if not self._busy(key):
+            self._refuse_if_busy(project, env, run_detail.get("bump_commit", ""))
+            return await self._start(target, version, actor, trigger, False, run_detail)
+        running = self.runs.latest(project, env)
+        request = queueing.QueuedDeploy(
+            project,
+            env,
+            version or target.version,
+            trigger,
+            running.id if running else "",
+            target.version,
+            run_detail,
+        )
+        replaced = self.queue.put(queueing.Entry(request, actor, listener))
+        if replaced is not None:
+            _tell(
+                replaced.listener,
+                queueing.QueueOutcome(
+                    queueing.SUPERSEDED,
+                    f"superseded by a newer request for {request.version} before it could start",
+                ),
+            )
+        elif key not in self._starting:
+            self._follow(key)
+        return request
+
+    def _deployable(
+        self, project: str, env: str, actor: model.User | None, trigger: Trigger, force: bool
+    ) -> model.Environment:
+        """``project``/``env`` when ``actor`` may deploy it now (PermissionDenied, PermanentError)."""
         target = self._env(project, env)
         who = self._actor(actor, project)
         _check(permissions.may_deploy(who, project, env, target.protected, force=force))
@@ -98,20 +228,179 @@ class Actions:
                 f"{project}/{env} is outside its release window (next opening "
                 f"{iso(opening) if opening else 'never'}); an owner may force it"
             )
+        return target
+
+    def _busy(self, key: tuple[str, str]) -> bool:
+        """Whether a run executes at ``key`` in this process (or a queued one is starting)."""
+        return key in self.lifecycle.tasks or key in self._starting
+
+    def _refuse_if_busy(self, project: str, env: str, committed: str = "") -> None:
         latest = self.runs.latest(project, env)
-        if (project, env) in self.lifecycle.tasks or (
+        if self._busy((project, env)) or (
             latest is not None and self.lifecycle.owned_elsewhere(latest)
         ):
-            raise PermanentError(f"a run is in progress for {project}/{env}; cancel it or wait")
-        record = self.deployed().get((project, env))
+            also = (
+                f"; the version is committed to Git ({committed[:10]}) and follows that run"
+                if committed
+                else ""
+            )
+            raise PermanentError(
+                f"a run is in progress for {project}/{env}; cancel it or wait{also}"
+            )
+
+    async def _stick(
+        self,
+        target: model.Environment,
+        version: str | None,
+        actor: model.User | None,
+        trigger: Trigger,
+        detail: dict[str, str] | None,
+    ) -> tuple[model.Environment, dict[str, str]]:
+        """Make a deploy of ``version`` outlive the next poll: the environment to run, the detail.
+
+        Commits the bump and runs from the commit that holds it; pins when it cannot.
+        Nothing to do when Git already asks for ``version``, for triggers that follow
+        Git (poll, schedule) and for a run that pins by itself (``rollback --pin``).
+        """
+        run_detail = dict(detail or {})
+        if (
+            trigger not in STICKY
+            or version is None
+            or version == target.version
+            or "pin" in run_detail
+        ):
+            return target, run_detail
+        desired = self.desired()
+        assert desired is not None
+        key = (target.project, target.name)
+        message = bumping.deploy_message(
+            target.key,
+            version,
+            trigger.value,
+            actor.username if actor else run_detail.get("committer", ""),
+            webhook=run_detail.get("trigger_id", ""),
+            delivery=run_detail.get("delivery_id", ""),
+        )
+        self.held.add(key)
+        try:
+            async with self._bumps:
+                try:
+                    commit = await asyncio.to_thread(
+                        bumping.commit_version,
+                        self.repo,
+                        desired.settings.branch,
+                        target,
+                        version,
+                        message,
+                    )
+                except QuicFlowError as exc:
+                    _log.warning("%s: %s pinned, not committed: %s", target.key, version, exc)
+                    return target, {**run_detail, **pin_detail(target, f"not in Git: {exc}")}
+                if self.refresh is not None:
+                    try:
+                        await self.refresh()
+                    except QuicFlowError as exc:  # the commit stays; this run pins meanwhile
+                        _log.warning("%s: could not load %s: %s", target.key, commit[:10], exc)
+            fresh = self._env(target.project, target.name)
+        finally:
+            self.held.discard(key)
+        run_detail["bump_commit"] = commit
+        if fresh.version != version:
+            # In Git, but not in force (a newer commit is invalid): pin until it is.
+            why = f"committed to Git as {commit[:10]}, which is not the desired state in force"
+            return target, {**run_detail, **pin_detail(target, why)}
+        return fresh, run_detail
+
+    async def _start(
+        self,
+        target: model.Environment,
+        version: str | None,
+        actor: model.User | None,
+        trigger: Trigger,
+        force: bool,
+        detail: dict[str, str],
+    ) -> Run:
+        record = self.deployed().get((target.project, target.name))
         task = self.lifecycle.schedule(
             target, trigger, actor, record.version if record else None, version, force, detail
         )
         if task is not None:
             await asyncio.sleep(0)  # let the run start, so it is returned running
-        latest = self.runs.latest(project, env)
+        latest = self.runs.latest(target.project, target.name)
         assert latest is not None
         return latest
+
+    # -- the queue -------------------------------------------------------------------
+
+    def _follow(self, key: tuple[str, str]) -> None:
+        """Start the request queued at ``key`` once the run executing there ends (now if none)."""
+        task = self.lifecycle.tasks.get(key)
+        if task is None:
+            self._release(key)
+        else:
+            # Called after the lifecycle's own callback, which forgets the task first.
+            task.add_done_callback(lambda _task: self._release(key))
+
+    def _release(self, key: tuple[str, str]) -> None:
+        if self._closed:
+            return
+        entry = self.queue.take(key)
+        if entry is None:
+            return
+        # Until its run exists, the environment counts as busy and the poll leaves it be.
+        self._starting.add(key)
+        self.held.add(key)
+        starter = asyncio.get_running_loop().create_task(self._start_queued(entry))
+        self._starters.add(starter)
+        starter.add_done_callback(self._starters.discard)
+
+    async def _start_queued(self, entry: queueing.Entry) -> None:
+        request = entry.request
+        key = request.key
+        try:
+            target = self._env(request.project, request.env)
+            if target.version != request.git_version:
+                outcome = queueing.QueueOutcome(
+                    queueing.SUPERSEDED,
+                    f"superseded: Git now asks for {target.version} (queued for "
+                    f"{request.git_version})",
+                )
+            else:
+                run = await self._start(
+                    target,
+                    request.version,
+                    entry.actor,
+                    request.trigger,
+                    False,
+                    dict(request.detail),
+                )
+                behind = f" (queued behind run {request.behind})" if request.behind else ""
+                outcome = queueing.QueueOutcome(
+                    queueing.STARTED, f"run {run.id} started{behind}", run.id
+                )
+        except Exception as exc:  # noqa: BLE001 - the listener hears every outcome
+            _log.exception("queued deploy of %s/%s failed to start", *key)
+            outcome = queueing.QueueOutcome(queueing.FAILED, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._starting.discard(key)
+            self.held.discard(key)
+        _tell(entry.listener, outcome)
+        if self.queue.get(key) is not None:  # a newer request came while this one started
+            self._follow(key)
+        elif outcome.status != queueing.STARTED and self.wake is not None:
+            self.wake()  # a pass may have left the environment to this request: plan it again
+
+    def close(self) -> None:
+        """Stop starting queued requests (the reconciler is stopping); tell their listeners."""
+        self._closed = True
+        for entry in self.queue.drain():
+            _tell(
+                entry.listener,
+                queueing.QueueOutcome(
+                    queueing.FAILED,
+                    "the reconciler stopped before the queued deploy could start",
+                ),
+            )
 
     def deployed(self) -> dict[tuple[str, str], planning.DeployedRecord]:
         """What the state ref says is deployed."""
@@ -259,3 +548,13 @@ class Actions:
             if record and record.version and (current is None or record.version != current.version):
                 return record.version
         return None
+
+
+def _tell(listener: queueing.Listener | None, outcome: queueing.QueueOutcome) -> None:
+    """Tell a queued request's listener what became of it; its failure is only logged."""
+    if listener is None:
+        return
+    try:
+        listener(outcome)
+    except Exception:  # noqa: BLE001 - a listener's bug must not stop the queue
+        _log.exception("queued deploy listener failed on %s", outcome)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from reconciler.engine.bus import EventBus
+from reconciler.engine.queueing import Listener, QueuedDeploy
 from reconciler.errors import ConfigProblem
 from reconciler.gitops import model
 from reconciler.gitops.history import History
@@ -59,7 +60,28 @@ class EngineControl(Protocol):
         force: bool = False,
         detail: dict[str, str] | None = None,
     ) -> Run:
-        """Start a run for ``version`` (None: the desired one). ``actor`` None means the system."""
+        """Start a run for ``version`` (None: the desired one). ``actor`` None means the system.
+
+        A webhook or manual deploy of a version other than Git's is committed to the
+        config repo first, or pins the environment where it cannot be.
+        """
+
+    async def deploy_or_queue(
+        self,
+        project: str,
+        env: str,
+        version: str | None,
+        *,
+        actor: model.User | None,
+        trigger: Trigger,
+        detail: dict[str, str] | None = None,
+        listener: Listener | None = None,
+    ) -> Run | QueuedDeploy:
+        """``deploy`` — or, while a run of the environment executes, queue it behind that run.
+
+        Newest wins: a newer request replaces a queued one. ``listener`` hears what a
+        queued request became (started with its run, superseded, failed).
+        """
 
     async def approve(self, run_id: str, actor: model.User, comment: str = "") -> Run: ...
 

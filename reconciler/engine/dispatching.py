@@ -3,11 +3,20 @@
 For each deploy action of the plan in the pass's selection, a run is scheduled — unless
 this process cannot run the environment at all (a deploy type not built in, agents not
 reachable over its hub: a run created only to fail would page someone for nothing),
-or another live process is executing one there; those are reported as skipped, with
-the reason. A head commit made by ``rollback`` names the environments that run with
-trigger ``rollback``; everything else released in the same pass is a ``poll``. Then
+or another live process is executing one there, or another reconciler holds the
+environment's claim (``claiming``); those are reported as skipped, with the reason. A
+head commit made by ``rollback`` names the environments that run with trigger
+``rollback``; everything else released in the same pass is a ``poll``. Then
 every waiting run whose gate has opened (approval decided, release window open) is
 resumed; the others are reported as still waiting.
+
+Requests outlive a crash. A run the reconciler stopped during (``interrupted``) is
+replaced with what was asked of it — its trigger, actor and request detail (webhook
+delivery, pin) — not as a ``poll``; and a *pinned* one (``rollback --pin``, or a
+webhook/API deploy that could not be committed) is carried on even though the plan
+holds, as long as Git still asks for what it was pinned against: a pending pin is
+never silently dropped. Environments a webhook or API deploy is committing or
+starting right now (``held``) are left to it.
 """
 
 from __future__ import annotations
@@ -18,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.engine import actions
 from reconciler.engine.lifecycle import RunLifecycle
 from reconciler.gitops import model, planning
-from reconciler.runs import Run, Trigger
+from reconciler.runs import Run, RunState, Trigger
 from reconciler.targets.resolving import Executors
 from reconciler.targets.resolving import resolve as resolve_targets
 
@@ -64,11 +74,20 @@ class Dispatched:
 class Dispatcher:
     """Turns deploy actions into runs of one lifecycle, and resumes its waiting runs."""
 
-    def __init__(self, lifecycle: RunLifecycle, executors: Executors, data_dir: Path):
+    def __init__(
+        self,
+        lifecycle: RunLifecycle,
+        executors: Executors,
+        data_dir: Path,
+        claimed: Callable[[tuple[str, str]], str | None] | None = None,
+    ):
         self.lifecycle = lifecycle
         self.runs = lifecycle.runs
         self.executors = executors
         self.data_dir = data_dir
+        self.claimed = claimed  # why another reconciler holds an environment now, or None
+        # Environments a webhook or API deploy is committing or starting (``actions``).
+        self.held: set[tuple[str, str]] = set()
 
     def dispatch(
         self,
@@ -81,11 +100,22 @@ class Dispatcher:
         """Dispatch the deploy ``actions`` that are ``wanted(project, env)``, then resume."""
         out = Dispatched()
         for action in actions:
-            if action.kind is planning.ActionKind.DEPLOY and wanted(action.project, action.env):
-                env = desired.environment(action.project, action.env)
-                assert env is not None
+            if action.kind is planning.ActionKind.ORPHAN or not wanted(action.project, action.env):
+                continue
+            env = desired.environment(action.project, action.env)
+            assert env is not None
+            carried = self._interrupted_request(env)
+            if carried is not None and pin_holds(carried, env):
+                self._deploy(desired, env, carried.trigger, action.from_version, hub, out, carried)
+            elif action.kind is planning.ActionKind.DEPLOY:
+                if carried is not None and (carried.version, carried.config_hash) != (
+                    env.version,
+                    env.config_hash,
+                ):
+                    carried = None  # it asked for something else than this deploy
                 trigger = Trigger.ROLLBACK if env.key in rolled_back else Trigger.POLL
-                self._deploy(desired, env, trigger, action.from_version, hub, out)
+                trigger = carried.trigger if carried is not None else trigger
+                self._deploy(desired, env, trigger, action.from_version, hub, out, carried)
         reported = {r.id for r in out.waiting}
         for run in self.runs.active():
             if run.state.is_waiting and wanted(*run.key) and run.key not in self.lifecycle.tasks:
@@ -104,18 +134,51 @@ class Dispatcher:
         previous: str | None,
         hub: Any,
         out: Dispatched,
+        carried: Run | None = None,
     ) -> None:
+        """Schedule ``env`` (again what ``carried``, an interrupted run, asked for) or say why not."""
         reason = unrunnable(env, desired, self.executors, hub, self.data_dir)
+        if reason is None and (env.project, env.name) in self.held:
+            reason = "a webhook or API deploy is starting there"
         latest = self.runs.latest(env.project, env.name) if reason is None else None
         if latest is not None and self.lifecycle.owned_elsewhere(latest):
             reason = f"run {latest.id} is in progress in another process"
+        if reason is None and self.claimed is not None:
+            # Another reconciler deploys it now: a run made here would only lose the claim.
+            reason = self.claimed((env.project, env.name))
         if reason:
             out.skipped.append((env.key, reason))
             return
-        task = self.lifecycle.schedule(env, trigger, None, previous)
+        if carried is None:
+            task = self.lifecycle.schedule(env, trigger, None, previous)
+        else:
+            task = self.lifecycle.schedule(
+                env,
+                trigger,
+                desired.users.get(carried.actor) if carried.actor else None,
+                previous,
+                carried.version,
+                carried.forced,
+                {k: v for k, v in carried.detail.items() if k in actions.REQUEST_DETAIL},
+            )
         if task is not None:
             out.started.append(task)
             return
         latest = self.runs.latest(env.project, env.name)
         if latest is not None and latest.state.is_waiting:
             out.waiting.append(latest)
+
+    def _interrupted_request(self, env: model.Environment) -> Run | None:
+        """The newest run of ``env`` if the reconciler stopped during it (its request is pending)."""
+        latest = self.runs.latest(env.project, env.name)
+        if latest is None or latest.state is not RunState.INTERRUPTED:
+            return None
+        return latest
+
+
+def pin_holds(run: Run, env: model.Environment) -> bool:
+    """Whether ``run`` pins and Git still asks for what it was pinned against."""
+    return bool(run.detail.get("pin")) and (
+        str(run.detail.get("pin_desired_version")),
+        str(run.detail.get("pin_desired_hash")),
+    ) == (env.version, env.config_hash)

@@ -3,11 +3,11 @@
 Which build settings a project builds with (``build_environment``), the request for a
 build (``request_for``), and what follows a successful build: for every environment of
 the project with ``auto_update: true`` whose version differs, the version bump is
-committed to the config repo's branch (author "quicflow", a message naming the build),
-pushed when there is a remote, and a reconcile is asked for — so Git records the change
-and the normal reconcile deploys it. Builds made by a pipeline deploy themselves and are
-not followed. The text edits are pure functions; the commits go through
-``reconciler.gitops.repository`` in a thread. ``engine_builder`` makes the one Builder
+committed to the config repo's branch (author "quicflow", a message naming the build
+and its trailers), pushed when there is a remote, and a reconcile is asked for — so Git
+records the change and the normal reconcile deploys it. Builds made by a pipeline deploy
+themselves and are not followed. The commits are ``reconciler.gitops.bumping``'s, the
+same as a webhook or API deploy makes, run in a thread. ``engine_builder`` makes the one Builder
 of a reconciler, with image automation listening to it.
 """
 
@@ -23,8 +23,8 @@ from reconciler.builder.building import Builder, BuildRequest
 from reconciler.builds import BuildRecord, BuildStatus
 from reconciler.credential.resolving import CredentialResolver
 from reconciler.errors import QuicFlowError
-from reconciler.gitops import model, reverting
-from reconciler.gitops.repository import GitRepository, Identity
+from reconciler.gitops import bumping, model
+from reconciler.gitops.repository import GitRepository
 from reconciler.log.store import LogStore
 from reconciler.store.database import Database
 
@@ -74,7 +74,7 @@ def request_for(
 
 def bumped(text: str, version: str) -> str | None:
     """``text`` of an environment file with its top-level version set, or None if it has none."""
-    return reverting.with_version(text, version)
+    return bumping.with_version(text, version)
 
 
 def auto_update_environments(
@@ -89,11 +89,6 @@ def auto_update_environments(
         for _, env in sorted(found.environments.items())
         if env.auto_update and env.version != version
     ]
-
-
-def bump_message(version: str, env: model.Environment, build_id: str) -> str:
-    """The commit message of one version bump."""
-    return f"Deploy {version} to {env.project}/{env.name} (build {build_id})\n"
 
 
 class ImageAutomation:
@@ -129,26 +124,18 @@ class ImageAutomation:
     def _commit(self, branch: str, envs: list[model.Environment], record: BuildRecord) -> list[str]:
         commits = []
         for env in envs:
-            path = env.source.path
             try:
-                text = self.repo.blob(env.source.blob).decode()
-                new_text = bumped(text, record.version)
-                if new_text is None:
-                    _log.warning("image automation: %s has no top-level 'version:' line", path)
-                    continue
                 commits.append(
-                    self.repo.update_file_on_branch(
+                    bumping.commit_version(
+                        self.repo,
                         branch,
-                        path,
-                        new_text.encode(),
-                        bump_message(record.version, env, record.id),
-                        Identity(),
+                        env,
+                        record.version,
+                        bumping.build_message(record.version, env.key, record.id),
                     )
                 )
             except QuicFlowError as exc:
-                _log.error("image automation: cannot bump %s: %s", path, exc)
-        if commits and self.repo.has_remote:
-            self.repo.push_branch(branch)
+                _log.error("image automation: cannot bump %s: %s", env.source.path, exc)
         return commits
 
 

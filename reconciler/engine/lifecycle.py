@@ -21,7 +21,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.engine import owners, recording
 from reconciler.engine.bus import EventBus
@@ -35,6 +35,14 @@ from reconciler.runs import Run, RunState, StepKind, Trigger, carried_over
 from reconciler.store.runs import RunStore
 
 _log = logging.getLogger(__name__)
+
+
+class LocalSteps(Protocol):
+    """The journal of local step processes (``targets.resolving.Executors``)."""
+
+    def sweep(self, keep: Callable[[str], bool]) -> tuple[str, ...]: ...
+
+    def abandon(self, run: str) -> tuple[str, ...]: ...
 
 
 class RunLifecycle:
@@ -53,6 +61,9 @@ class RunLifecycle:
         max_parallel_runs: int = 16,
         owner: str | None = None,
         on_ended: Callable[[], None] | None = None,
+        claim: Callable[[Run], Awaitable[str]] | None = None,
+        live_color: Callable[[str, str], str | None] | None = None,
+        local_steps: LocalSteps | None = None,
     ):
         self.runs = runs
         self.logs = logs
@@ -67,6 +78,12 @@ class RunLifecycle:
         self._slots = asyncio.Semaphore(max_parallel_runs)
         self._on_ended = on_ended
         self._deferred: set[tuple[str, str]] = set()
+        # One writer: the environment is claimed in Git before a run's first step
+        # (``claiming``); the blue-green color serving comes from the state ref.
+        self.claim = claim
+        self.live_color = live_color
+        # The processes of local steps, found again after a crash (``targets.processes``).
+        self.local_steps = local_steps
 
     # -- ownership and recovery ------------------------------------------------------
 
@@ -99,7 +116,32 @@ class RunLifecycle:
                 self.logs.close_stream(run.id)
                 interrupted.append(run)
         self.recovered = True
+        if self.local_steps is not None:
+            # A local step a dead process left running belongs to a run that may resume
+            # (and adopt it); every other one is killed now, before anything runs.
+            keep = self._issuers(self.runs.active() + self.runs.resumable())
+            for command in self.local_steps.sweep(keep.__contains__):
+                _log.warning("killed local step %s: its run will not resume", command)
         return interrupted
+
+    def _issuers(self, runs: list[Run]) -> set[str]:
+        """The run ids whose commands ``runs`` may re-issue: their own, and those in flight."""
+        issuers = set()
+        for run in runs:
+            issuers.add(run.id)
+            for step in self.runs.steps(run.id):
+                origin = step.result.get("in_flight_of")
+                if origin:
+                    issuers.add(str(origin))
+        return issuers
+
+    def _abandon(self, run: Run) -> None:
+        """``run`` will never resume: what still runs of its local steps is killed."""
+        if self.local_steps is None:
+            return
+        for issuer in sorted(self._issuers([run])):
+            for command in self.local_steps.abandon(issuer):
+                _log.warning("killed local step %s: run %s was replaced", command, run.id)
 
     # -- scheduling ------------------------------------------------------------------
 
@@ -153,6 +195,8 @@ class RunLifecycle:
             run = replace(run, resumes=current.id)
             self._carry_done_steps(current, run)
         else:
+            if current is not None and current.state is RunState.INTERRUPTED:
+                self._abandon(current)
             self.runs.create(run)
         if env.release_windows and not force and not windows.is_open(env.release_windows, now):
             self._wait_for_window(run, env, now)
@@ -274,6 +318,12 @@ class RunLifecycle:
             )
             if first_start:
                 self.publish(run, EventType.RUN_STARTED)
+            # -- one writer: claim the environment before anything touches a target --
+            lost = await self._claim(run)
+            if lost:
+                self.logs.append(run.id, [(iso(self.now()), "engine", "system", lost)])
+                return await self._finish(run, env, Outcome(RunState.SUPERSEDED, lost))
+            # -- end of the claim --
             try:
                 ctx = await self.context(run, env, desired)
             except QuicFlowError as exc:
@@ -294,12 +344,28 @@ class RunLifecycle:
                 outcome = Outcome(RunState.FAILED, error)
             return await self._finish(run, env, outcome)
 
+    async def _claim(self, run: Run) -> str:
+        """'' once ``run`` holds its environment (or nothing claims here), else why it may not run."""
+        if self.claim is None:
+            return ""
+        try:
+            return await self.claim(run)
+        except QuicFlowError as exc:
+            return f"could not claim {run.project}/{run.env} in Git, so it must not deploy: {exc}"
+
     def _seed(self, run: Run, env: model.Environment) -> dict[str, Any]:
-        """What a strategy must know from earlier runs (the live blue-green color)."""
+        """What a strategy must know from earlier runs (the live blue-green color).
+
+        The state ref says which color serves (any data dir sees it, a fresh one too);
+        this store's newest succeeded run only stands in for records written before
+        the state ref named colors.
+        """
         if env.strategy.type is not model.StrategyType.BLUE_GREEN:
             return {}
-        found, _ = self.runs.list(run.project, run.env, states=[RunState.SUCCEEDED], limit=1)
-        live = found[0].detail.get("color") if found else None
+        live = self.live_color(run.project, run.env) if self.live_color else None
+        if not live:
+            found, _ = self.runs.list(run.project, run.env, states=[RunState.SUCCEEDED], limit=1)
+            live = found[0].detail.get("color") if found else None
         seed: dict[str, Any] = {"live_color": live} if live else {}
         if run.detail.get("color"):
             seed["color"] = run.detail["color"]

@@ -34,6 +34,11 @@ def current() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
 
 
+def here(owner: str | None) -> bool:
+    """Whether ``owner`` (from ``current()``) is a process of this host, which ``alive`` can check."""
+    return bool(owner) and str(owner).rsplit(":", 2)[0] == socket.gethostname()
+
+
 def alive(owner: str | None) -> bool:
     """Whether ``owner`` (from ``current()``) is a live process on this host."""
     if not owner:

@@ -23,6 +23,7 @@ from reconciler.builder.building import Builder
 from reconciler.credential.resolving import CredentialResolver
 from reconciler.engine import (
     actions,
+    claiming,
     contexts,
     dispatching,
     image_builds,
@@ -35,6 +36,7 @@ from reconciler.engine import (
 from reconciler.engine.bus import EventBus
 from reconciler.errors import ConfigProblem, QuicFlowError
 from reconciler.gitops import model, planning, reverting
+from reconciler.gitops.claims import Claims
 from reconciler.gitops.history import History
 from reconciler.gitops.repository import GitRepository
 from reconciler.log.store import LogStore
@@ -92,7 +94,7 @@ class Reconciler:
         self.logs = LogStore(self.db)
         self.bus = EventBus()
         self.history = History(repo, push=bool(push))
-        self.executors = executors or Executors()
+        self.executors = executors or Executors(data_dir=self.data_dir)
         self.now = now
         self.sleep = sleep
         self.hub: Any = None  # the QUIC hub, when one runs in this process
@@ -113,7 +115,14 @@ class Reconciler:
             builder=lambda: self.builder,
         )
         desired = self.source.current
-        record = recording.HistoryWriter(self.history).record
+        # One writer per environment across reconcilers: claims in Git, shared through
+        # origin whenever history is pushed there.
+        self.claims = claiming.Claimer(
+            Claims(repo, shared=lambda: self.history.push),
+            self.history,
+            executing=lambda: self.lifecycle.tasks.keys(),
+        )
+        record = recording.HistoryWriter(self.history, self.claims).record
         self.lifecycle = lifecycle.RunLifecycle(
             self.runs,
             self.logs,
@@ -124,16 +133,37 @@ class Reconciler:
             record=record,
             max_parallel_runs=max_parallel_runs,
             on_ended=self._wake.set,
+            claim=self.claims.claim,
+            live_color=self._live_color,
+            local_steps=self.executors,
         )
-        self.dispatcher = dispatching.Dispatcher(self.lifecycle, self.executors, self.data_dir)
+        self.dispatcher = dispatching.Dispatcher(
+            self.lifecycle, self.executors, self.data_dir, claimed=self.claims.held_elsewhere
+        )
         self.retirer = retiring.Retirer(
-            self.runs, self.logs, now=now, desired=desired, context=context, data_dir=self.data_dir
+            self.runs,
+            self.logs,
+            now=now,
+            desired=desired,
+            context=context,
+            data_dir=self.data_dir,
+            executing=lambda: self.lifecycle.tasks.keys(),
+            record=self.history.record,
+            claims=self.claims,
         )
         self.actions = actions.Actions(
-            self.lifecycle, repo=repo, history=self.history, desired=desired, now=now
+            self.lifecycle,
+            repo=repo,
+            history=self.history,
+            desired=desired,
+            now=now,
+            refresh=self.refresh,
+            held=self.dispatcher.held,
+            wake=self._wake.set,
         )
         # EngineControl's actions are those of ``actions.Actions``, over this lifecycle.
         self.deploy = self.actions.deploy
+        self.deploy_or_queue = self.actions.deploy_or_queue
         self.approve = self.actions.approve
         self.reject = self.actions.reject
         self.promote = self.actions.promote
@@ -252,8 +282,15 @@ class Reconciler:
         """Wait until no run task of this process is in flight (tests, shutdown)."""
         await self.lifecycle.wait_idle()
 
+    def _live_color(self, project: str, env: str) -> str | None:
+        """The blue-green color the state ref names as serving ``project/env``."""
+        record = self.history.record(project, env)
+        return record.color if record is not None else None
+
     async def close(self) -> None:
+        self.actions.close()  # first: a run cancelled below must not start a queued deploy
         await self.lifecycle.close()
+        await self.claims.close()  # after the runs ended: what they held is released
         if self._builder is not None:
             await self._builder.close()
         await self.bus.close()

@@ -5,6 +5,10 @@ commit. Runs that end while a batch is being written join the next batch: one st
 commit each, but one ref update and one note write per batch, so many environments
 finishing at once do not queue for the ref one by one. A failed write is logged, never
 raised: the run has ended either way, and the next pass plans from what Git says.
+
+Once a batch is written, the claims its runs held on their environments
+(``claiming``) are released: another reconciler that then claims one finds the state
+commit already there and has nothing to redo.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from reconciler.engine.claiming import Claimer
 from reconciler.engine.running import Outcome
 from reconciler.errors import QuicFlowError
 from reconciler.gitops import model, planning
@@ -36,6 +41,11 @@ def outcome_of(run: Run, env: model.Environment, outcome: Outcome) -> RunOutcome
             str(run.detail["pin_desired_hash"]),
         )
     digest = run.detail.get("image_digest")
+    # Blue-green: the color traffic was switched to; None when it never switched, so the
+    # color the state ref names as serving stays what it was.
+    color = None
+    if env.strategy.type is model.StrategyType.BLUE_GREEN and outcome.result.get("switched"):
+        color = str(outcome.result.get("color") or run.detail.get("color") or "") or None
     return RunOutcome(
         run_id=run.id,
         project=run.project,
@@ -54,14 +64,16 @@ def outcome_of(run: Run, env: model.Environment, outcome: Outcome) -> RunOutcome
         forced=run.forced,
         pin=pin,
         image_digest=str(digest) if digest else None,
+        color=color,
     )
 
 
 class HistoryWriter:
     """Writes ended runs to ``history`` in batches; ``record`` returns once its run is written."""
 
-    def __init__(self, history: History):
+    def __init__(self, history: History, claims: Claimer | None = None):
         self.history = history
+        self.claims = claims
         self._pending: list[tuple[RunOutcome, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -82,6 +94,16 @@ class HistoryWriter:
                 ids = ", ".join(outcome.run_id for outcome, _ in batch)
                 _log.error("could not record run(s) %s in Git: %s", ids, exc)
             finally:
+                if self.claims is not None:
+                    for outcome, _ in batch:
+                        try:
+                            await self.claims.release(
+                                (outcome.project, outcome.env), outcome.run_id
+                            )
+                        except QuicFlowError as exc:
+                            _log.warning(
+                                "could not release the claim of %s: %s", outcome.run_id, exc
+                            )
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)

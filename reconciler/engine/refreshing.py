@@ -32,6 +32,9 @@ class DesiredStateSource:
         self.desired: model.DesiredState | None = None
         self.problems: tuple[ConfigProblem, ...] = ()
         self._push_override = push  # None: the config's ``push_history`` decides
+        # One load at a time: a slower load of an older commit finishing last would put
+        # that older state back in force (a deploy refreshes right after its version bump).
+        self._loading = asyncio.Lock()
 
     def current(self) -> model.DesiredState | None:
         """The desired state in force (for parts that must read it when they act)."""
@@ -47,18 +50,19 @@ class DesiredStateSource:
             has_branch = self.repo.ref_target(f"refs/heads/{branch}") is not None
             return self.loader.load(branch if has_branch else "HEAD")
 
-        result = await asyncio.to_thread(load)
-        if not result.ok:
-            self.problems = result.problems
-            kept = self.desired.commit[:10] if self.desired else "nothing"
-            _log.warning("config commit %s is invalid; keeping %s", result.commit[:10], kept)
+        async with self._loading:
+            result = await asyncio.to_thread(load)
+            if not result.ok:
+                self.problems = result.problems
+                kept = self.desired.commit[:10] if self.desired else "nothing"
+                _log.warning("config commit %s is invalid; keeping %s", result.commit[:10], kept)
+                return result.commit, result.problems
+            if self.desired is None:
+                # The model is long-lived: keep the collector from re-scanning it on every
+                # pass (full collections over it showed up as 200 ms spikes).
+                gc.collect()
+                gc.freeze()
+            self.desired, self.problems = result.desired, ()
+            if self._push_override is None:
+                self.history.push = result.desired.settings.push_history and self.repo.has_remote
             return result.commit, result.problems
-        if self.desired is None:
-            # The model is long-lived: keep the collector from re-scanning it on every
-            # pass (full collections over it showed up as 200 ms spikes).
-            gc.collect()
-            gc.freeze()
-        self.desired, self.problems = result.desired, ()
-        if self._push_override is None:
-            self.history.push = result.desired.settings.push_history and self.repo.has_remote
-        return result.commit, result.problems

@@ -10,23 +10,40 @@
 Both are pushed to the config repo's remote when one is configured (``push=True``) and
 fetched explicitly by readers; reading the state ref is how the planner learns what is
 deployed.
+
+The state ref moves by compare-and-set: a batch is built on the state commit it read
+and the ref moves only if it still points there. When another writer moved it first
+(a second reconciler recording another environment), the batch is built again on the
+new state and tried again. Pushes are fast-forwards only: when origin's state moved on,
+origin's history is fetched and the batch rebuilt on it — origin's records are never
+overwritten — and a push that still cannot land is reported in ``push_error``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import SourceError
 from reconciler.gitops.planning import Attempt, DeployedRecord, Pin
-from reconciler.gitops.repository import NOTES_REF, STATE_REF, CommitInfo, GitRepository
+from reconciler.gitops.repository import (
+    NOTES_REF,
+    STATE_REF,
+    CommitInfo,
+    GitRepository,
+    PushRejected,
+    RefMoved,
+)
 
 _log = logging.getLogger(__name__)
 FORMAT = 1
 SUCCEEDED = "succeeded"
+#: How often a batch is rebuilt on a state ref another writer moved, here or on origin.
+ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +67,7 @@ class RunOutcome:
     error: str = ""
     forced: bool = False
     pin: Pin | None = None
+    color: str | None = None  # blue-green: the color it switched traffic to (None: did not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +102,9 @@ class History:
     def deployed(self) -> tuple[str | None, dict[tuple[str, str], DeployedRecord]]:
         """(state commit, records) — reused while the state ref has not moved."""
         head = self.state_commit()
-        if head == self._cache.commit and head is not None:
-            return head, self._cache.records
+        cache = self._cache  # one snapshot: another thread may replace it meanwhile
+        if head == cache.commit and head is not None:
+            return head, cache.records
         records: dict[tuple[str, str], DeployedRecord] = {}
         trees: dict[str, dict[tuple[str, str], DeployedRecord]] = {}
         root = self._state_root(head) if head else None
@@ -94,7 +113,7 @@ class History:
                 if not project.is_tree:
                     continue
                 # One subtree per project: unchanged projects reuse their parsed records.
-                found = self._cache.trees.get(project.id)
+                found = cache.trees.get(project.id)
                 if found is None:
                     found = {}
                     for entry in self.repo.entries(project.id):
@@ -127,36 +146,91 @@ class History:
     def record_runs(self, outcomes: Sequence[RunOutcome]) -> list[str]:
         """Record finished runs in order: one state commit each, one ref update and one note
         write per config commit for the whole batch; push once. Returns the state commits."""
-        current = dict(self.deployed()[1])
-        changes: list[tuple[dict[str, bytes | None], str]] = []
-        lines: dict[str, list[str]] = {}
-        for outcome in outcomes:
-            key = (outcome.project, outcome.env)
-            previous = current.get(key)
-            current[key] = next_record(previous, outcome)
-            changes.append(
-                (
-                    {self._path(outcome.project, outcome.env): render_record(current[key])},
-                    _commit_message(outcome, previous),
-                )
-            )
-            lines.setdefault(outcome.config_commit, []).append(note_line(outcome, previous))
-        state_commits = self.repo.commit_chain(STATE_REF, changes)
-        for config_commit, new_lines in lines.items():
-            existing = (self.repo.read_note(config_commit) or "").rstrip("\n")
-            have = existing.splitlines() if existing else []
-            fresh = [line for line in new_lines if line not in have]
-            if fresh:
-                self.repo.write_note(config_commit, "\n".join(have + fresh) + "\n")
-        if self.push:
+        with self.repo.lock:
+            return self._record_and_push(outcomes)
+
+    def _record_and_push(self, outcomes: Sequence[RunOutcome]) -> list[str]:
+        state_commits = self._commit_locally(outcomes)
+        if not self.push:
+            return state_commits
+        for attempt in range(1, ATTEMPTS + 1):
             try:
                 self.repo.push_history()
                 self.push_error = None
+                return state_commits
+            except PushRejected as exc:
+                # Origin's history moved on (another reconciler recorded there): take it and
+                # build this batch again on top, never overwrite it.
+                _log.warning(
+                    "origin's history moved on; recording %d run(s) on top of it (%d/%d): %s",
+                    len(outcomes),
+                    attempt,
+                    ATTEMPTS,
+                    exc,
+                )
+                self.push_error = f"{exc} (origin's history was not overwritten)"
+                try:
+                    self.repo.fetch_history()
+                except SourceError as fetch_error:
+                    self.push_error = str(fetch_error)
+                    break
+                state_commits = self._commit_locally(outcomes)
             except SourceError as exc:
                 # Recorded locally all the same; the next push sends every ref, so it catches up.
                 self.push_error = str(exc)
-                _log.warning("%d run(s) recorded in Git, but not pushed: %s", len(outcomes), exc)
+                break
+        _log.warning(
+            "%d run(s) recorded in Git, but not pushed: %s", len(outcomes), self.push_error
+        )
         return state_commits
+
+    def _commit_locally(self, outcomes: Sequence[RunOutcome]) -> list[str]:
+        """Write the batch on the state ref by compare-and-set (rebuilt when it moved) and
+        add its note lines; the state commits."""
+        for attempt in range(1, ATTEMPTS + 1):
+            head, records = self.deployed()
+            current = dict(records)
+            changes: list[tuple[dict[str, bytes | None], str]] = []
+            lines: dict[str, list[str]] = {}
+            for outcome in outcomes:
+                key = (outcome.project, outcome.env)
+                previous = current.get(key)
+                current[key] = next_record(previous, outcome)
+                changes.append(
+                    (
+                        {self._path(outcome.project, outcome.env): render_record(current[key])},
+                        _commit_message(outcome, previous),
+                    )
+                )
+                lines.setdefault(outcome.config_commit, []).append(note_line(outcome, previous))
+            try:
+                state_commits = self.repo.commit_chain(STATE_REF, changes, base=head)
+                break
+            except RefMoved:
+                # Another writer recorded first: read its state and build the batch on it.
+                if attempt == ATTEMPTS:
+                    raise
+                time.sleep(0.05 * attempt)
+        for config_commit, new_lines in lines.items():
+            self._add_note_lines(config_commit, new_lines)
+        return state_commits
+
+    def _add_note_lines(self, config_commit: str, new_lines: Sequence[str]) -> None:
+        """Append ``new_lines`` to the config commit's note, re-reading it when another
+        writer changed the notes at the same moment (its lines are kept)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            existing = (self.repo.read_note(config_commit) or "").rstrip("\n")
+            have = existing.splitlines() if existing else []
+            fresh = [line for line in new_lines if line not in have]
+            if not fresh:
+                return
+            try:
+                self.repo.write_note(config_commit, "\n".join(have + fresh) + "\n")
+                return
+            except RefMoved:
+                if attempt == ATTEMPTS:
+                    raise
+                time.sleep(0.05 * attempt)
 
     # -- paths -------------------------------------------------------------------
 
@@ -192,6 +266,7 @@ def next_record(previous: DeployedRecord | None, outcome: RunOutcome) -> Deploye
             targets=outcome.targets,
             last_failure=None,
             pin=outcome.pin,
+            color=outcome.color,
         )
     base = previous or DeployedRecord(outcome.project, outcome.env, None)
     failure = Attempt(outcome.version, outcome.config_hash, outcome.outcome, outcome.run_id)
@@ -210,6 +285,9 @@ def next_record(previous: DeployedRecord | None, outcome: RunOutcome) -> Deploye
         targets=base.targets,
         last_failure=failure,
         pin=base.pin,
+        # A failed run that switched traffic (then rolled back in place) names the color
+        # serving now; one that never switched left the old color serving.
+        color=outcome.color or base.color,
     )
 
 
@@ -245,6 +323,9 @@ def render_record(record: DeployedRecord) -> bytes:
             "desired_hash": record.pin.desired_hash,
         },
     }
+    if record.color is not None:
+        # Only blue-green records have it: the others' files stay byte for byte as they were.
+        data["color"] = record.color
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -280,6 +361,7 @@ def parse_record(data: bytes) -> DeployedRecord | None:
         if failure
         else None,
         pin=Pin(pin["version"], pin["desired_version"], pin["desired_hash"]) if pin else None,
+        color=raw.get("color") or None,
     )
 
 

@@ -10,7 +10,8 @@ project/environment — then each pair is judged:
 - config changed       effective-config hash differs        → deploy
 - drift                a live target runs something else    → deploy
 - failed before        this exact (version, config) failed  → hold (no crash loops)
-- pinned               rolled back with --pin, Git unchanged → hold
+- pinned               pinned (rollback --pin, or a webhook/API deploy that could not
+                       be committed to Git), Git unchanged → hold
 - unchanged            nothing to do                        → none
 - orphaned             recorded, no longer declared         → orphan (reported, never torn down)
 
@@ -61,7 +62,12 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class Pin:
-    """An environment pinned to a version by ``rollback --pin`` until Git changes."""
+    """An environment pinned to ``version`` while Git still asks for what it asked then.
+
+    Made by ``rollback --pin`` and by a webhook or API deploy the reconciler could not
+    commit to the config repo; ``desired_version``/``desired_hash`` are what Git asked
+    for when the pin was made, and any change of them in Git releases the pin.
+    """
 
     version: str
     desired_version: str
@@ -74,7 +80,8 @@ class DeployedRecord:
 
     ``version`` and ``config_hash`` only ever describe a release that fully succeeded;
     ``last_failure`` and ``pin`` carry what the planner needs to avoid crash loops and
-    honour pins.
+    honour pins; ``color`` is the blue-green color serving that release (None for other
+    strategies), so any data dir knows which color it must not deploy onto in place.
     """
 
     project: str
@@ -91,6 +98,7 @@ class DeployedRecord:
     targets: tuple[str, ...] = ()
     last_failure: Attempt | None = None
     pin: Pin | None = None
+    color: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -124,6 +132,7 @@ class Action:
     targets: tuple[str, ...] = ()
     config_hash: str = ""
     detail: str = ""
+    pin: Pin | None = None  # the pin a ``pinned`` hold keeps in force
 
     @property
     def key(self) -> str:
@@ -143,6 +152,13 @@ class Action:
             "targets": list(self.targets),
             "config_hash": self.config_hash,
             "detail": self.detail,
+            "pin": None
+            if self.pin is None
+            else {
+                "version": self.pin.version,
+                "desired_version": self.pin.desired_version,
+                "desired_hash": self.pin.desired_hash,
+            },
         }
 
 
@@ -255,7 +271,9 @@ def _finish(
 def _judge(
     env: model.Environment, record: DeployedRecord | None, live: Iterable[Observation]
 ) -> Action:
-    def action(kind: ActionKind, reason: Reason, detail: str = "") -> Action:
+    def action(
+        kind: ActionKind, reason: Reason, detail: str = "", pin: Pin | None = None
+    ) -> Action:
         return Action(
             env.project,
             env.name,
@@ -269,15 +287,19 @@ def _judge(
             targets=tuple(t.label for t in env.targets),
             config_hash=env.config_hash,
             detail=detail,
+            pin=pin,
         )
 
     if record is not None and record.pin is not None:
         pin = record.pin
         if (env.version, env.config_hash) == (pin.desired_version, pin.desired_hash):
+            by = f" by run {record.run_id}" if record.run_id else ""
             return action(
                 ActionKind.HOLD,
                 Reason.PINNED,
-                f"pinned to {pin.version} by a rollback; change the environment in Git to resume",
+                f"pinned to {pin.version}{by}; Git's {env.version} waits until the "
+                "environment changes in Git",
+                pin,
             )
     if record is not None and record.last_failure is not None:
         failure = record.last_failure

@@ -5,6 +5,12 @@ local repository (or a subdirectory of one), mirroring a remote URL into a cache
 directory, resolving revisions, reading trees and blobs of a commit (never a working
 copy), writing commits on our own refs and notes, fetching and pushing those refs.
 The calls are blocking; async callers run them in a thread.
+
+Our refs move by compare-and-set: a commit is written on top of the commit that was
+read, and the ref is moved only if it still points there (``RefMoved`` otherwise).
+Pushes never force: origin accepts only a fast-forward of what it has, so a push built
+on an outdated read is refused (``PushRejected``) instead of overwriting what another
+reconciler wrote.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,8 +31,12 @@ from reconciler.errors import SourceError
 
 STATE_REF = "refs/quicflow/state"
 NOTES_REF = "refs/notes/quicflow"
+CLAIMS_PREFIX = "refs/quicflow/claims/"
 # Default refspecs carry neither our state ref nor our notes: fetch them explicitly.
 HISTORY_REFSPECS = (f"+{STATE_REF}:{STATE_REF}", f"+{NOTES_REF}:{NOTES_REF}")
+# Claims (one ref per environment being deployed) come along; a glob may match nothing.
+CLAIMS_REFSPEC = f"+{CLAIMS_PREFIX}*:{CLAIMS_PREFIX}*"
+_READ = object()  # ``base`` not given: commit on top of what the ref points at now
 _REMOTE_URL = re.compile(r"^(file|git|https?|ssh)://")
 
 
@@ -82,6 +93,14 @@ def redact_url(url: str) -> str:
     return url
 
 
+class RefMoved(SourceError):
+    """A ref no longer points at the commit a write was built on (another writer moved it)."""
+
+
+class PushRejected(SourceError):
+    """Origin refused a push: its ref moved on since we fetched it (not a fast-forward)."""
+
+
 class _Callbacks(pygit2.RemoteCallbacks):
     """Credentials for HTTP(S) remotes: a token (user 'x-access-token' unless given)."""
 
@@ -90,6 +109,13 @@ class _Callbacks(pygit2.RemoteCallbacks):
         self._username = username
         self._token = token
         self._tries = 0
+        self.rejected: dict[str, str] = {}
+
+    def push_update_reference(self, refname, message):  # noqa: ANN001
+        # A remote that refuses an update (a hook, a non-fast-forward it checked itself)
+        # still makes the push call succeed: remember it and raise after the push.
+        if message:
+            self.rejected[refname] = message
 
     def credentials(self, url, username_from_url, allowed_types):  # noqa: ANN001
         # libgit2 keeps asking when credentials are refused; give up after one try
@@ -110,6 +136,9 @@ class GitRepository:
         self.remote_url = remote_url
         self._username: str | None = None
         self._token: str | None = None
+        # Held by whoever writes our refs and pushes them, and by fetches that overwrite
+        # them from origin: a fetch must not land between a local write and its push.
+        self.lock = threading.RLock()
 
     # -- opening -----------------------------------------------------------------
 
@@ -203,39 +232,73 @@ class GitRepository:
         else:
             specs += [s for s in remote.fetch_refspecs]
         if include_history:
-            specs += list(HISTORY_REFSPECS)
+            specs += [CLAIMS_REFSPEC, *HISTORY_REFSPECS]
         try:
-            remote.fetch(specs, callbacks=_Callbacks(self._username, self._token))
+            with self.lock:
+                remote.fetch(specs, callbacks=_Callbacks(self._username, self._token))
         except pygit2.GitError as exc:
             # A remote without our refs yet is normal; anything else is a real failure.
             message = str(exc)
             if include_history and "couldn't find remote ref" in message:
-                remote.fetch(specs[:-2] or None, callbacks=_Callbacks(self._username, self._token))
-                self._fetch_history_refs_one_by_one(remote)
+                branches = specs[: -len(HISTORY_REFSPECS) - 1]
+                with self.lock:
+                    remote.fetch(
+                        branches or None, callbacks=_Callbacks(self._username, self._token)
+                    )
+                    self._fetch_history_refs_one_by_one(remote)
                 return
             raise SourceError(
                 f"fetch from {redact_url(remote.url or '')} failed: {message}"
             ) from None
 
+    def fetch_history(self) -> None:
+        """Fetch only our state ref, notes and claims (what another reconciler may have moved)."""
+        remote = self._remote()
+        if remote is None:
+            return
+        with self.lock:
+            try:
+                remote.fetch(
+                    [CLAIMS_REFSPEC, *HISTORY_REFSPECS],
+                    callbacks=_Callbacks(self._username, self._token),
+                )
+            except pygit2.GitError as exc:
+                if "couldn't find remote ref" not in str(exc):
+                    raise SourceError(
+                        f"fetch from {redact_url(remote.url or '')} failed: {exc}"
+                    ) from None
+                self._fetch_history_refs_one_by_one(remote)
+
     def _fetch_history_refs_one_by_one(self, remote: pygit2.Remote) -> None:
-        for spec in HISTORY_REFSPECS:
+        for spec in (CLAIMS_REFSPEC, *HISTORY_REFSPECS):
             try:
                 remote.fetch([spec], callbacks=_Callbacks(self._username, self._token))
             except pygit2.GitError:
                 continue
 
     def push_history(self) -> None:
-        """Push our state ref and notes to the remote, when there is one."""
+        """Push our state ref and notes to the remote, when there is one (never forced)."""
+        self.push_refs([ref for ref in (STATE_REF, NOTES_REF) if self.ref_target(ref)])
+
+    def push_refs(self, refs: Sequence[str]) -> None:
+        """Push ``refs`` to the remote as fast-forwards only; ``PushRejected`` when origin's
+        ref moved on since we read it (nothing of origin's is overwritten)."""
         remote = self._remote()
-        if remote is None:
+        if remote is None or not refs:
             return
-        specs = [f"{ref}:{ref}" for ref in (STATE_REF, NOTES_REF) if self.ref_target(ref)]
-        if not specs:
-            return
+        where = redact_url(remote.url or "")
+        callbacks = _Callbacks(self._username, self._token)
         try:
-            remote.push(specs, callbacks=_Callbacks(self._username, self._token))
+            remote.push([f"{ref}:{ref}" for ref in refs], callbacks=callbacks)
         except pygit2.GitError as exc:
-            raise SourceError(f"push to {redact_url(remote.url or '')} failed: {exc}") from None
+            # libgit2 checks the fast-forward itself, against origin's refs it just listed.
+            message = str(exc)
+            if "non-fastforwardable" in message or "not present locally" in message:
+                raise PushRejected(f"push to {where} refused: {message}") from None
+            raise SourceError(f"push to {where} failed: {message}") from None
+        if callbacks.rejected:
+            refused = "; ".join(f"{ref}: {why}" for ref, why in sorted(callbacks.rejected.items()))
+            raise PushRejected(f"push to {where} refused: {refused}")
 
     # -- reading -----------------------------------------------------------------
 
@@ -257,6 +320,10 @@ class GitRepository:
             return str(self._repo.references[ref].peel(pygit2.Commit).id)
         except (KeyError, pygit2.InvalidSpecError):
             return None
+
+    def refs_under(self, prefix: str) -> list[str]:
+        """The names of the refs whose name starts with ``prefix``."""
+        return [name for name in self._repo.references if name.startswith(prefix)]
 
     def commit(self, commit_id: str) -> CommitInfo:
         """Metadata of a commit."""
@@ -369,22 +436,28 @@ class GitRepository:
         files: Mapping[str, bytes | None],
         message: str,
         identity: Identity = Identity(),
+        base: str | None | object = _READ,
     ) -> str:
         """Commit ``files`` (path → content, None deletes) on top of ``ref``; return the id."""
-        return self.commit_chain(ref, [(files, message)], identity)[0]
+        return self.commit_chain(ref, [(files, message)], identity, base)[0]
 
     def commit_chain(
         self,
         ref: str,
         changes: Sequence[tuple[Mapping[str, bytes | None], str]],
         identity: Identity = Identity(),
+        base: str | None | object = _READ,
     ) -> list[str]:
         """One commit per (files, message) on top of ``ref``, each the parent of the next.
 
         The ref moves once, to the last: a batch of finished runs still gets one commit
-        each, at the cost of one ref update.
+        each, at the cost of one ref update. It moves by compare-and-set: only if it
+        still points at ``base`` (None: does not exist; not given: what it pointed at
+        when this call read it), else ``RefMoved`` and nothing changes.
         """
-        parent = self.ref_target(ref)
+        parent = self.ref_target(ref) if base is _READ else base
+        assert parent is None or isinstance(parent, str)
+        expected = parent
         index = pygit2.Index()
         if parent is not None:
             index.read_tree(self._repo[parent].peel(pygit2.Commit).tree)
@@ -403,8 +476,30 @@ class GitRepository:
             parent = str(self._repo.create_commit(None, sig, sig, message, tree, parents))
             made.append(parent)
         if made:
-            self._repo.references.create(ref, pygit2.Oid(hex=made[-1]), force=True)
+            self.move_ref(ref, made[-1], expected)
         return made
+
+    def move_ref(self, ref: str, new: str, expected: str | None) -> None:
+        """Point ``ref`` at ``new`` if it points at ``expected`` now (None: it does not
+        exist); ``RefMoved`` otherwise. The ref is locked (``<ref>.lock``, as git does)
+        between the check and the write, so no other writer — git, libgit2, another
+        reconciler on this repository — moves it in between."""
+        try:
+            with self._repo.transaction() as txn:
+                txn.lock_ref(ref)
+                try:
+                    current: str | None = str(self._repo.references[ref].target)
+                except KeyError:
+                    current = None
+                if current != expected:
+                    raise RefMoved(
+                        f"{ref} moved to {short(current) or 'nothing'} "
+                        f"(expected {short(expected) or 'nothing'}): another writer updated it"
+                    )
+                txn.set_target(ref, pygit2.Oid(hex=new), message="quicflow")
+        except pygit2.GitError as exc:
+            # Another writer holds the lock right now: as good as having moved it.
+            raise RefMoved(f"{ref} is being updated by another writer: {exc}") from None
 
     def read_note(self, commit_id: str, ref: str = NOTES_REF) -> str | None:
         """The note attached to a commit under ``ref``, if any."""
@@ -416,26 +511,57 @@ class GitRepository:
     def write_note(
         self, commit_id: str, text: str, ref: str = NOTES_REF, identity: Identity = Identity()
     ) -> None:
-        """Attach (replace) the note of a commit under ``ref``."""
+        """Attach (replace) the note of a commit under ``ref``; ``RefMoved`` when another
+        writer updated the notes ref at the same moment (libgit2 moves it only from the
+        notes commit it read)."""
         sig = _signature(identity)
-        self._repo.create_note(text, sig, sig, commit_id, ref, True)
+        try:
+            self._repo.create_note(text, sig, sig, commit_id, ref, True)
+        except (pygit2.GitError, OSError) as exc:
+            raise RefMoved(f"{ref} is being updated by another writer: {exc}") from None
 
     def update_file_on_branch(
-        self, branch: str, path: str, content: bytes, message: str, identity: Identity = Identity()
+        self,
+        branch: str,
+        path: str,
+        content: bytes,
+        message: str,
+        identity: Identity = Identity(),
+        push: bool = False,
     ) -> str:
-        """Commit one changed file on a branch (used by rollback-by-revert and image automation).
+        """Commit one changed file on a branch (rollback-by-revert, version bumps).
 
         When that branch is checked out, the file in the work tree and the index follow the
         new commit — unless someone edited it locally, which is left alone — so the next
         plain ``git commit`` there does not silently undo this one.
+
+        With ``push`` the commit is pushed to the remote (when there is one) and exists
+        only if the remote took it: a refused push (protected branch, read-only token,
+        network) moves the branch and the work tree back and raises ``SourceError`` — a
+        commit the remote does not have would be undone by the next fetch anyway.
         """
         full = f"{self.subdir}/{path}" if self.subdir else path
         ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
-        parent = self.ref_target(ref)
-        before = _blob_id_at(self._repo[parent].peel(pygit2.Commit).tree, full) if parent else None
-        commit = self.commit_files(ref, {full: content}, message, identity)
+        with self.lock:  # no fetch may overwrite the branch between the commit and its push
+            parent = self.ref_target(ref)
+            tree = self._repo[parent].peel(pygit2.Commit).tree if parent else None
+            before = _blob_id_at(tree, full) if tree is not None else None
+            commit = self.commit_files(ref, {full: content}, message, identity, base=parent)
+            synced = self._sync_work_tree(ref, full, before, content)
+            if push and self.has_remote:
+                try:
+                    self.push_branch(ref.removeprefix("refs/heads/"))
+                except SourceError:
+                    self._undo(ref, commit, parent, full, before if synced else None)
+                    raise
+        return commit
+
+    def _sync_work_tree(
+        self, ref: str, full: str, before: pygit2.Oid | None, content: bytes
+    ) -> bool:
+        """Make a checked-out, locally untouched ``full`` follow its new ``content``."""
         if self._repo.is_bare or self._repo.head_is_detached or self._repo.head.name != ref:
-            return commit
+            return False
         index = self._repo.index
         index.read()
         file = Path(self._repo.workdir) / full
@@ -449,12 +575,39 @@ class GitRepository:
             and file.is_file()
             and pygit2.hash(file.read_bytes()) == before
         )
-        if untouched:
-            assert entry is not None
-            file.write_bytes(content)
-            index.add(pygit2.IndexEntry(full, self._repo.create_blob(content), entry.mode))
-            index.write()
-        return commit
+        if not untouched:
+            return False
+        assert entry is not None
+        file.write_bytes(content)
+        index.add(pygit2.IndexEntry(full, self._repo.create_blob(content), entry.mode))
+        index.write()
+        return True
+
+    def _undo(
+        self,
+        ref: str,
+        commit: str,
+        parent: str | None,
+        full: str,
+        restore: pygit2.Oid | None,
+    ) -> None:
+        """Take back ``commit`` (the tip of ``ref``) and, if it was synced, the work-tree file."""
+        if parent is None:
+            return  # a branch's first commit: nothing to go back to
+        try:
+            self.move_ref(ref, parent, commit)
+        except RefMoved:
+            return  # someone built on it already: leave it to them
+        if restore is None:
+            return
+        content = self._repo[restore].data
+        file = Path(self._repo.workdir) / full
+        file.write_bytes(content)
+        index = self._repo.index
+        index.read()
+        mode = index[full].mode
+        index.add(pygit2.IndexEntry(full, restore, mode))
+        index.write()
 
     def push_branch(self, branch: str) -> None:
         """Push one branch to the remote (after a commit made by the reconciler)."""

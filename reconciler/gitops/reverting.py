@@ -4,26 +4,16 @@ Git stays the truth: rolling back commits the old version into the environment f
 with a ``Quicflow-Rollback: project/env`` trailer, and the next pass deploys it. The
 pass reads the trailer of the head commit (``rolled_back``) so that only the named
 environments run with trigger ``rollback``. The text change and the message are pure
-functions; ``commit_revert`` writes through ``GitRepository`` (blocking: call it in a
-thread).
+functions; ``commit_revert`` writes through ``reconciler.gitops.bumping`` like every
+other version bump (blocking: call it in a thread).
 """
 
 from __future__ import annotations
 
-import re
-
-from reconciler.errors import PermanentError
-from reconciler.gitops import model
+from reconciler.gitops import bumping, model
 from reconciler.gitops.repository import GitRepository
 
 ROLLBACK_TRAILER = "Quicflow-Rollback:"
-_VERSION_LINE = re.compile(r"(?m)^version:.*$")
-
-
-def with_version(text: str, version: str) -> str | None:
-    """``text`` of an environment file with its top-level version set, or None if it has none."""
-    new_text, count = _VERSION_LINE.subn(f'version: "{version}"', text, count=1)
-    return new_text if count else None
 
 
 def revert_message(env_key: str, version: str, who: str) -> str:
@@ -46,13 +36,4 @@ def commit_revert(
     repo: GitRepository, branch: str, env: model.Environment, version: str, who: str
 ) -> str:
     """Commit ``env``'s file at ``version`` on ``branch`` (pushed when there is a remote)."""
-    path = env.source.path
-    new_text = with_version(repo.blob(env.source.blob).decode(), version)
-    if new_text is None:
-        raise PermanentError(f"{path}: no top-level 'version:' line to change")
-    commit = repo.update_file_on_branch(
-        branch, path, new_text.encode(), revert_message(env.key, version, who)
-    )
-    if repo.has_remote:
-        repo.push_branch(branch)
-    return commit
+    return bumping.commit_version(repo, branch, env, version, revert_message(env.key, version, who))

@@ -12,7 +12,8 @@ queries, the ``qmark`` paramstyle, migrations); ``sqlite`` is the backend in use
 WAL file in the data dir, writes inline under a lock); ``migrations`` lists the
 numbered schema changes, ``legacy`` adopts data dirs from before they were numbered;
 ``paging`` builds every filtered, ordered, paged read and its count; ``rows`` turns a
-row into its record. SQL is written to run on SQLite and PostgreSQL alike, so a second
+row into its record; ``locking`` is the data dir's engine lock (one ``serve`` or ``apply``
+at a time). SQL is written to run on SQLite and PostgreSQL alike, so a second
 backend is one more ``Database`` subclass.
 
 What it must not do: decide anything. It stores and answers — whether a token is still

@@ -102,6 +102,13 @@ class RunStore:
         found = _RUNS.ordered("seq").among("state", waiting).rows(self.db)
         return [_run(r) for r in found]
 
+    def resumable(self) -> builtins.list[Run]:
+        """Interrupted runs that are still the latest of their project/environment: the
+        next pass resumes them (unless Git moved on), oldest first."""
+        found = _RUNS.ordered("seq").among("state", [RunState.INTERRUPTED.value]).rows(self.db)
+        runs = [_run(r) for r in found]
+        return [r for r in runs if (latest := self.latest(r.project, r.env)) and latest.id == r.id]
+
     def latest(self, project: str, env: str) -> Run | None:
         row = _RUNS.equal("project", project).equal("env", env).first(self.db)
         return _run(row) if row else None

@@ -111,6 +111,13 @@ class TriggerRecords:
                 status, reason = DUPLICATE, f"duplicate delivery {claim}: already handled"
             return reason, _insert_record(conn, at, trigger_id, status, reason, fields)
 
+    def update(self, record_id: int, status: str, reason: str, run_id: str = "") -> None:
+        """Say what a delivery led to after all (a queued deploy started or was superseded)."""
+        self.db.execute(
+            "UPDATE trigger_records SET status = ?, reason = ?, run_id = ? WHERE id = ?",
+            (status, reason, run_id, record_id),
+        )
+
     def get(self, record_id: int) -> TriggerRecord | None:
         """One record by id."""
         row = _RECORDS.equal("id", record_id).first(self.db)

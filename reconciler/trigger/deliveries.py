@@ -21,14 +21,20 @@ leaving a trigger record:
    deleted refs are skipped;
 6. filters: the event kind must be in the trigger's ``events``; a branch push must match
    one of ``branches`` (globs; none listed = every branch; tags are not filtered);
-7. the action: ``deploy`` → ``engine.deploy`` of the **tag name** (tag events) or the
-   **commit id** (branch pushes); ``reconcile`` → ``engine.reconcile_now``; ``build`` →
-   a build of the pushed tag or commit on the engine's Builder with the build settings
-   of ``target_env`` (skipped when the engine has no Builder).
+7. the action: ``deploy`` → ``engine.deploy_or_queue`` of the **tag name** (tag
+   events) or the **commit id** (branch pushes), which the engine commits to the config
+   repo (or pins) so the next poll keeps it; ``reconcile`` → ``engine.reconcile_now``;
+   ``build`` → a build of the pushed tag or commit on the engine's Builder with the
+   build settings of ``target_env`` (skipped when the engine has no Builder).
 
-Results: 202 when a run (or build) started, 200 when skipped, 400 for a payload that is
-not what the provider documents, 422 when the engine refused the action, 503 when it
-asked to retry later, 500 for anything else.
+A push that arrives while a deploy of its environment runs is **queued** behind it,
+newest wins: its record says ``queued`` and is updated when the engine decides — to
+``success`` naming the run it became, ``superseded`` when a newer push (or Git) took
+its place, or ``failed`` (the claim is then released, so a redelivery may try again).
+
+Results: 202 when a run (or build) started or the deploy was queued, 200 when skipped,
+400 for a payload that is not what the provider documents, 422 when the engine refused
+the action, 503 when it asked to retry later, 500 for anything else.
 
 What this module must not do: see HTTP (it imports no web framework; headers come in
 as a mapping and the body as bytes, and ``reconciler.api.webhooks`` turns the result
@@ -47,7 +53,7 @@ from typing import Protocol
 from reconciler import errors
 from reconciler.builder.building import Builder, BuildError
 from reconciler.credential.manager import CredentialManager
-from reconciler.engine import image_builds
+from reconciler.engine import image_builds, queueing
 from reconciler.engine.control import EngineControl
 from reconciler.gitops import model
 from reconciler.rules import branches
@@ -63,6 +69,8 @@ SECRET_CACHE_SECONDS = 60.0
 SUCCESS = "success"
 FAILED = "failed"
 SKIPPED = "skipped"
+QUEUED = "queued"
+SUPERSEDED = "superseded"
 
 
 class DeliveryRecords(Protocol):
@@ -92,6 +100,10 @@ class DeliveryRecords(Protocol):
 
     def release_delivery(self, trigger_id: str, delivery_id: str) -> None:
         """Forget a delivery id so a redelivery is acted on."""
+        ...
+
+    def update(self, record_id: int, status: str, reason: str, run_id: str = "") -> None:
+        """Say what a queued delivery led to after all."""
         ...
 
 
@@ -317,13 +329,15 @@ class WebhookDeliveries:
                 "commit": push.commit,
                 "committer": _committer(push),
             }
-            run = await self.engine.deploy(
+            later = _QueuedRecord(self.records, hook.id, delivery.delivery_id)
+            started = await self.engine.deploy_or_queue(
                 hook.project,
                 hook.target_env,
                 version,
                 actor=None,
                 trigger=Trigger.WEBHOOK,
                 detail=detail,
+                listener=later.tell,
             )
         except Exception as error:  # noqa: BLE001 - every outcome becomes a record and a result
             status, code = _failure_status(error)
@@ -334,9 +348,17 @@ class WebhookDeliveries:
             if status == 500:
                 _log.exception("webhook %s: action failed", hook.id)
             return DeliveryResult(status, code, message)
-        reason = f"run {run.id} started"
-        record_id = record(SUCCESS, reason, run_id=run.id)
-        return DeliveryResult(202, SUCCESS, reason, record_id, run_id=run.id)
+        if isinstance(started, queueing.QueuedDeploy):
+            reason = (
+                f"queued behind run {started.behind}: deployed when it ends, "
+                "unless a newer push takes its place"
+            )
+            record_id = record(QUEUED, reason)
+            later.bind(record_id)
+            return DeliveryResult(202, QUEUED, reason, record_id)
+        reason = f"run {started.id} started"
+        record_id = record(SUCCESS, reason, run_id=started.id)
+        return DeliveryResult(202, SUCCESS, reason, record_id, run_id=started.id)
 
     def _start_build(self, hook: _Hook, push: pushes.PushEvent, builder: Builder) -> str:
         """Start the build of the pushed tag or commit; its id. PermanentError when refused."""
@@ -380,6 +402,39 @@ class WebhookDeliveries:
             self._secrets.clear()
         self._secrets[key] = (value, now)
         return value
+
+
+class _QueuedRecord:
+    """The record of a queued delivery, updated once the engine says what it became."""
+
+    _STATUS = {
+        queueing.STARTED: SUCCESS,
+        queueing.SUPERSEDED: SUPERSEDED,
+        queueing.FAILED: FAILED,
+    }
+
+    def __init__(self, records: DeliveryRecords, trigger_id: str, delivery_id: str):
+        self.records = records
+        self.trigger_id = trigger_id
+        self.delivery_id = delivery_id
+        self.record_id: int | None = None
+        self._early: queueing.QueueOutcome | None = None
+
+    def tell(self, outcome: queueing.QueueOutcome) -> None:
+        """The engine's word on the queued request (kept until the record exists)."""
+        if self.record_id is None:
+            self._early = outcome
+            return
+        status = self._STATUS[outcome.status]
+        self.records.update(self.record_id, status, outcome.reason, outcome.run_id)
+        if status == FAILED:  # let the provider's "redeliver" try again
+            self.records.release_delivery(self.trigger_id, self.delivery_id)
+
+    def bind(self, record_id: int) -> None:
+        """The queued record is written: apply what the engine said meanwhile, if anything."""
+        self.record_id = record_id
+        if self._early is not None:
+            self.tell(self._early)
 
 
 def _failure_status(error: Exception) -> tuple[int, str]:

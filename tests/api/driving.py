@@ -83,7 +83,10 @@ async def rejected(engine: Reconciler, env: str, version: str | None = None) -> 
 async def running(engine: Reconciler, env: str, version: str = "2.0.0-slow") -> Run:
     """A run whose deploy script is running: it printed ``SLOW_LINE`` and sleeps until cancelled."""
     run = await engine.deploy("app", env, version, actor=None, trigger=Trigger.MANUAL)
-    await asyncio.sleep(0)
+    await until(
+        lambda: current(engine, run).state.is_waiting or _deploying(engine, run.id),
+        f"{run.id} to reach its gate or its deploy script",
+    )
     run = current(engine, run)
     if run.state.is_waiting:  # gated: pass the approval; the canary's first step then sleeps
         await engine.approve(run.id, admin(engine))

@@ -21,7 +21,8 @@ async def test_health_and_readiness_need_no_login(server: LiveServer) -> None:
 async def test_projects_show_desired_deployed_and_last_run(
     server: LiveServer, engine: Reconciler, tokens: dict[str, str]
 ) -> None:
-    # A first release that fails: dev has a last run but nothing deployed yet.
+    # A first release that fails: dev has a last run but nothing deployed yet. The manual
+    # deploy committed its version to Git, so Git asks for it and holds it as failed.
     run = await driving.start(engine, "dev", "1.0.1-fails")
     assert run.state is RunState.FAILED
     async with server.client(tokens["vic"]) as client:
@@ -30,9 +31,9 @@ async def test_projects_show_desired_deployed_and_last_run(
     (project,) = answer.json()["items"]  # vic sees only app
     assert project["name"] == "app" and project["role"] == "viewer"
     dev = next(e for e in project["environments"] if e["name"] == "dev")
-    assert dev["desired_version"] == "1.0.0"
+    assert dev["desired_version"] == "1.0.1-fails"
     assert dev["deployed_version"] is None
-    assert dev["drift"] == "never_deployed"
+    assert dev["drift"] == "failed_before"
     assert dev["last_run"]["id"] == run.id
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -318,21 +320,131 @@ async def test_disabled_and_unknown_triggers(
 async def test_a_refused_action_is_recorded_and_may_be_redelivered(
     server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
-    busy = await driving.running(engine, "dev")  # a deploy of app/dev is in progress
-    body = github_push()
-    headers = github_headers(body, delivery="retry-me")
-    refused = await post(server, HOOK.format("app.gh"), body, headers)
-    assert refused.status_code == 422
-    assert (
-        only_record(app, "app.gh").reason == "a run is in progress for app/dev; cancel it or wait"
-    )
-    assert webhook_runs(engine) == []
-    await engine.cancel(busy.id, driving.admin(engine))
+    """A deploy another live process executes cannot be queued behind from here: the push
+    is refused (422) and recorded, and the provider's redelivery is acted on once that
+    process is gone. (A run of this process queues the push instead: see below.)"""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        engine.runs.create(
+            Run(
+                id="r-elsewhere",
+                project="app",
+                env="dev",
+                version="0.9.0",
+                config_commit="",
+                config_hash="",
+                trigger=Trigger.MANUAL,
+                state=RunState.RUNNING,
+                detail={"owner": f"{socket.gethostname()}:{other.pid}:"},
+            )
+        )
+        body = github_push()
+        headers = github_headers(body, delivery="retry-me")
+        refused = await post(server, HOOK.format("app.gh"), body, headers)
+        assert refused.status_code == 422
+        assert (
+            only_record(app, "app.gh").reason
+            == "a run is in progress for app/dev; cancel it or wait"
+        )
+        assert webhook_runs(engine) == []
+    finally:
+        other.kill()
+        other.wait()
     retried = await post(server, HOOK.format("app.gh"), body, headers)
     assert retried.status_code == 202
     (run,) = webhook_runs(engine)
     assert run.id == retried.json()["run_id"] and run.detail["delivery_id"] == "retry-me"
-    assert engine.runs.list("app", "dev")[1] == 2  # the cancelled one and the redelivered one
+    assert engine.runs.list("app", "dev")[1] == 2  # the other process's one and the redelivered one
+
+
+# -- pushes while a deploy runs: queued, newest wins -----------------------------------
+
+
+def dev_versions(engine: Reconciler) -> list[str]:
+    """The versions of app/dev's runs, oldest first."""
+    found, _ = engine.runs.list("app", "dev", limit=100)
+    return [r.version for r in reversed(found)]
+
+
+async def test_a_push_during_a_running_deploy_is_queued_and_deployed_after(
+    server: LiveServer, app: Starlette, engine: Reconciler, api_repo: ConfigRepo
+) -> None:
+    busy = await driving.running(engine, "dev")  # a deploy of app/dev executes
+    body = github_push()
+    answer = await post(server, HOOK.format("app.gh"), body, github_headers(body, delivery="d-q"))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] == "queued" and "run_id" not in answer.json()
+    record = only_record(app, "app.gh")
+    assert (record.status, record.run_id) == ("queued", "")
+    assert record.reason.startswith(f"queued behind run {busy.id}: ")
+    assert webhook_runs(engine) == []  # nothing started beside the running deploy
+    assert f'version: "{SHA}"' in api_repo.read("projects/app/environments/dev.yaml")
+
+    await engine.cancel(busy.id, driving.admin(engine))  # the running deploy ends
+    await driving.until(
+        lambda: only_record(app, "app.gh").status != "queued", "the queued push to start"
+    )
+    (run,) = webhook_runs(engine)
+    record = only_record(app, "app.gh")
+    assert (record.status, record.run_id) == ("success", run.id)
+    assert record.reason == f"run {run.id} started (queued behind run {busy.id})"
+    assert (run.version, run.detail["delivery_id"]) == (SHA, "d-q")
+    await engine.wait_idle()
+    assert driving.current(engine, run).state is RunState.SUCCEEDED
+    assert (await engine.reconcile_once(only="app/dev")).runs == []  # Git agrees: it sticks
+    assert dev_versions(engine) == ["2.0.0-slow", SHA]
+
+
+async def test_of_two_queued_pushes_only_the_newest_is_deployed(
+    server: LiveServer, app: Starlette, engine: Reconciler, api_repo: ConfigRepo
+) -> None:
+    older, newer = "a" * 40, "b" * 40
+    busy = await driving.running(engine, "dev")
+    for sha, delivery in ((older, "d-old"), (newer, "d-new")):
+        body = github_push(sha=sha)
+        headers = github_headers(body, delivery=delivery)
+        answer = await post(server, HOOK.format("app.gh"), body, headers)
+        assert (answer.status_code, answer.json()["status"]) == (202, "queued"), answer.text
+    newest, oldest = records(app, "app.gh")
+    assert (oldest.delivery_id, oldest.status) == ("d-old", "superseded")
+    assert oldest.reason == f"superseded by a newer request for {newer} before it could start"
+    assert (newest.delivery_id, newest.status) == ("d-new", "queued")
+
+    await engine.cancel(busy.id, driving.admin(engine))
+    await driving.until(
+        lambda: records(app, "app.gh")[0].status != "queued", "the newest push to start"
+    )
+    (run,) = webhook_runs(engine)
+    assert (run.version, run.detail["delivery_id"]) == (newer, "d-new")
+    assert records(app, "app.gh")[0].run_id == run.id
+    await engine.wait_idle()
+    assert driving.current(engine, run).state is RunState.SUCCEEDED
+    assert (await engine.reconcile_once(only="app/dev")).runs == []
+    assert dev_versions(engine) == ["2.0.0-slow", newer]  # the older push never ran
+    assert oldest.run_id == "" and records(app, "app.gh")[1].status == "superseded"
+
+
+async def test_a_queued_push_the_reconciler_stops_before_may_be_redelivered(
+    server: LiveServer, app: Starlette, engine: Reconciler
+) -> None:
+    busy = await driving.running(engine, "dev")
+    body = github_push()
+    headers = github_headers(body, delivery="d-stop")
+    queued = await post(server, HOOK.format("app.gh"), body, headers)
+    assert queued.json()["status"] == "queued"
+    engine.actions.close()  # what stopping the reconciler does first …
+    await engine.cancel(busy.id, driving.admin(engine))  # … before its runs are cancelled
+    await engine.wait_idle()
+    assert webhook_runs(engine) == []  # a stopping reconciler starts nothing new
+    record = only_record(app, "app.gh")
+    assert (record.status, record.reason) == (
+        "failed",
+        "the reconciler stopped before the queued deploy could start",
+    )
+    again = await post(server, HOOK.format("app.gh"), body, headers)  # the provider redelivers
+    assert again.status_code == 202 and again.json()["status"] == "success", again.text
+    (run,) = webhook_runs(engine)
+    assert run.detail["delivery_id"] == "d-stop"
 
 
 # -- GitLab ------------------------------------------------------------------------------

@@ -361,6 +361,22 @@ def parse_time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def queued_run(client: httpx.Client, auth: dict[str, str], record_id: int) -> str:
+    """The run a queued delivery became, once its record names it."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        listed = client.get(
+            "/api/release/triggers/records", params={"trigger": DEPLOY_TRIGGER}, headers=auth
+        ).json()["items"]
+        record = next((r for r in listed if r["id"] == record_id), None)
+        if record is not None and record["run_id"]:
+            return str(record["run_id"])
+        if record is not None and record["status"] not in ("queued", "success"):
+            raise RuntimeError(f"queued delivery ended {record['status']}: {record['reason']}")
+        time.sleep(0.01)
+    raise RuntimeError(f"queued delivery {record_id} never started a run")
+
+
 def latency(url: str, token: str, count: int) -> tuple[list[float], list[float], int]:
     """Send ``count`` deploying pushes one after another; ms to the 202 and to created_at."""
     answered: list[float] = []
@@ -371,22 +387,24 @@ def latency(url: str, token: str, count: int) -> tuple[list[float], list[float],
             body = push_body(secrets.token_hex(20))
             headers = signed_headers(body, f"latency-{index}-{uuid.uuid4()}")
             path = f"/api/release/webhooks/{DEPLOY_TRIGGER}/trigger"
-            for _ in range(200):  # the previous run may not have left the engine yet
-                sent_wall = time.time()
-                sent = time.perf_counter()
-                answer = client.post(path, content=body, headers=headers)
-                elapsed = time.perf_counter() - sent
-                if answer.status_code != 422 or "in progress" not in answer.text:
-                    break
-                retries += 1
-                time.sleep(0.02)
-            if answer.status_code != 202 or "run_id" not in answer.json():
-                raise RuntimeError(f"delivery {index}: {answer.status_code} {answer.text}")
-            run_id = answer.json()["run_id"]
-            answered.append(elapsed * 1000)
+            sent_wall = time.time()
+            sent = time.perf_counter()
+            answer = client.post(path, content=body, headers=headers)
+            elapsed = time.perf_counter() - sent
             auth = {"Authorization": f"Bearer {token}"}
+            if answer.status_code == 202 and answer.json().get("status") == "queued":
+                # The previous run had not left the engine yet: the push waits behind it
+                # and its record names the run once it starts. Not a latency sample.
+                retries += 1
+                run_id = queued_run(client, auth, answer.json()["record"])
+            elif answer.status_code != 202 or "run_id" not in answer.json():
+                raise RuntimeError(f"delivery {index}: {answer.status_code} {answer.text}")
+            else:
+                run_id = answer.json()["run_id"]
+                answered.append(elapsed * 1000)
             run = client.get(f"/api/release/runs/{run_id}", headers=auth).json()
-            created.append((parse_time(run["created_at"]) - sent_wall) * 1000)
+            if run_id == answer.json().get("run_id"):
+                created.append((parse_time(run["created_at"]) - sent_wall) * 1000)
             deadline = time.monotonic() + RUN_TIMEOUT
             while run["state"] not in ("succeeded", "failed", "cancelled", "interrupted"):
                 if time.monotonic() > deadline:

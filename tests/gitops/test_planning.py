@@ -53,6 +53,7 @@ def _record(spec: dict[str, Any]) -> planning.DeployedRecord:
         version=spec.get("version"),
         config_hash=spec.get("config_hash", "h"),
         image_digest=spec.get("image_digest"),
+        run_id=spec.get("run_id", ""),
         last_failure=planning.Attempt(**failure) if failure else None,
         pin=planning.Pin(**pin) if pin else None,
     )
@@ -92,6 +93,8 @@ def test_planning_case(case: Path) -> None:
             assert action.to_version == expected["to"]
         if "detail_contains" in expected:
             assert expected["detail_contains"] in action.detail
+        if "pin" in expected:
+            assert action.as_dict()["pin"] == expected["pin"]
 
     if spec.get("idempotent", True):
         # After applying, targets run what was deployed: no drift, nothing to do.

@@ -20,6 +20,7 @@ from gitrepos import ConfigRepo
 
 from reconciler import errors
 from reconciler.credential import age, documents, sops
+from reconciler.engine import queueing
 from reconciler.gitops import model
 from reconciler.gitops.loading import Loader
 from reconciler.gitops.repository import GitRepository
@@ -80,6 +81,9 @@ class Records:
     def release_delivery(self, trigger_id: str, delivery_id: str) -> None:
         self.claimed.discard((trigger_id, delivery_id))
 
+    def update(self, record_id: int, status: str, reason: str, run_id: str = "") -> None:
+        self.rows[record_id - 1].update(status=status, reason=reason, run_id=run_id)
+
 
 class Credential:
     def __init__(self, value: str):
@@ -114,12 +118,25 @@ class Engine:
         self.desired = desired
         self.deploys: list[tuple[Any, ...]] = []
         self.fail_with: Exception | None = None
+        self.busy_with: str | None = None  # the id of a run "executing": deploys queue
+        self.listeners: list[Any] = []
 
     async def deploy(self, project: str, env: str, version: str | None, **options: Any) -> Run:
         if self.fail_with is not None:
             raise self.fail_with
         self.deploys.append((project, env, version, options["trigger"], options["actor"]))
         return Run(f"run-{len(self.deploys)}")
+
+    async def deploy_or_queue(
+        self, project: str, env: str, version: str | None, **options: Any
+    ) -> Run | queueing.QueuedDeploy:
+        listener = options.pop("listener")
+        if self.busy_with is None:
+            return await self.deploy(project, env, version, **options)
+        self.listeners.append(listener)
+        return queueing.QueuedDeploy(
+            project, env, version or "", options["trigger"], self.busy_with, version or ""
+        )
 
 
 @pytest.fixture
@@ -264,3 +281,47 @@ async def test_the_config_webhook_needs_one_configured(
     body = push()
     result = await handler.handle_config(headers(body), body, "192.0.2.7", NOW)
     assert (result.status, result.code) == (404, "not_found")
+
+
+async def test_a_queued_push_is_recorded_queued_then_what_it_became(
+    handler: deliveries.WebhookDeliveries, engine: Engine, records: Records
+) -> None:
+    engine.busy_with = "r-busy"
+    body = push()
+    result = await handler.handle("app.gh", headers(body, "d-q"), body, "192.0.2.7", NOW)
+    assert (result.status, result.code, result.run_id) == (202, deliveries.QUEUED, None)
+    assert result.message.startswith("queued behind run r-busy: ")
+    assert records.rows[0]["status"] == deliveries.QUEUED and "run_id" not in records.rows[0]
+    (listener,) = engine.listeners
+    listener(queueing.QueueOutcome(queueing.STARTED, "run r-2 started", "r-2"))
+    assert (records.rows[0]["status"], records.rows[0]["run_id"]) == (deliveries.SUCCESS, "r-2")
+    assert ("app.gh", "d-q") in records.claimed  # acted on: a redelivery is a duplicate
+
+
+async def test_a_queued_push_that_fails_to_start_may_be_redelivered(
+    handler: deliveries.WebhookDeliveries, engine: Engine, records: Records
+) -> None:
+    engine.busy_with = "r-busy"
+    body = push()
+    await handler.handle("app.gh", headers(body, "d-f"), body, "192.0.2.7", NOW)
+    (listener,) = engine.listeners
+    listener(queueing.QueueOutcome(queueing.FAILED, "the reconciler stopped"))
+    assert (records.rows[0]["status"], records.rows[0]["reason"]) == (
+        deliveries.FAILED,
+        "the reconciler stopped",
+    )
+    assert ("app.gh", "d-f") not in records.claimed
+    engine.busy_with = None
+    again = await handler.handle("app.gh", headers(body, "d-f"), body, "192.0.2.7", NOW)
+    assert (again.status, again.code) == (202, deliveries.SUCCESS)
+
+
+async def test_what_a_queued_push_became_is_kept_until_its_record_exists(
+    records: Records,
+) -> None:
+    """The engine may decide before the queued record is written: nothing is lost."""
+    later = deliveries._QueuedRecord(records, "app.gh", "d-e")
+    later.tell(queueing.QueueOutcome(queueing.SUPERSEDED, "superseded by a newer request"))
+    record_id = records.add(NOW, "app.gh", deliveries.QUEUED, "queued")
+    later.bind(record_id)
+    assert records.rows[0]["status"] == deliveries.SUPERSEDED
