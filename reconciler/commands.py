@@ -4,6 +4,15 @@
 runs what may run now, leaves runs that wait for an approval or a release window
 waiting (and says so), and exits 1 if any run failed. Approvals from the command line
 record the decision; the run continues at the next pass (``apply`` or the server).
+
+Who is typing: a decision or a rollback from the command line acts either as a user
+proven by that user's API token (``--token-file FILE`` or ``QUICFLOW_API_TOKEN``, the
+same tokens the API takes, checked against the data dir's token store, with that user's
+role) or, without a token, as the *local administrator*: whoever can run quicflow on the
+data dir can already mint tokens for anyone (``quicflow token create``), so that is an
+administrator, and it is recorded as one — ``local:<os user>@<host>`` — in the run,
+the decision, the state commit and the note. ``--as USER`` is only a check that the
+token is USER's; the command line never takes a name for an identity.
 ``apply`` holds the data dir's engine lock while it runs: beside a ``serve`` on the same
 data dir it refuses to start (the decision commands take no lock and work beside it).
 """
@@ -11,7 +20,10 @@ data dir it refuses to start (the decision commands take no lock and work beside
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
+import os
+import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -20,6 +32,7 @@ from typing import Any
 import click
 
 from reconciler.alert.notifier import Notifier
+from reconciler.auth.tokens import TokenStore
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine.agents import LocalAgent
 from reconciler.engine.reconciling import PassReport, Reconciler
@@ -138,6 +151,18 @@ def _echo_or_refuse(work: Coroutine[Any, Any, str]) -> None:
         raise click.ClickException(str(exc).strip("'\"")) from None
 
 
+TOKEN_ENV = "QUICFLOW_API_TOKEN"
+LOCAL_ADMINISTRATOR = "local administrator"
+
+
+def local_administrator() -> model.User:
+    """The identity of a command typed on the reconciler's host without a token."""
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    return model.User(
+        username=f"local:{who}", email="", display_name=LOCAL_ADMINISTRATOR, is_admin=True
+    )
+
+
 def _user(reconciler: Reconciler, username: str) -> model.User:
     desired = reconciler.desired
     if desired is None or username not in desired.users:
@@ -147,30 +172,87 @@ def _user(reconciler: Reconciler, username: str) -> model.User:
     return desired.users[username]
 
 
+def _identity(reconciler: Reconciler, username: str | None, token_file: Path | None) -> model.User:
+    """Who is typing: the owner of the API token given, else the local administrator."""
+    if token_file is not None:
+        try:
+            token, source = token_file.read_text(encoding="utf-8").strip(), str(token_file)
+        except OSError as exc:
+            raise click.ClickException(f"--token-file {token_file}: {exc.strerror}") from None
+    else:
+        token, source = os.environ.get(TOKEN_ENV, "").strip(), TOKEN_ENV
+    if not token:
+        if username:
+            raise click.ClickException(
+                f"--as {username} needs {username}'s API token (--token-file FILE or "
+                f"{TOKEN_ENV}): the command line does not take a name as proof of who is "
+                "typing. Without --as and a token it acts as the local administrator."
+            )
+        return local_administrator()
+    owner = TokenStore(reconciler.db).lookup(token)
+    if owner is None:
+        raise click.ClickException(
+            f"the API token from {source} is not valid here (unknown, revoked or expired)"
+        )
+    if username and username != owner:
+        raise click.ClickException(f"--as {username}: the API token from {source} is {owner}'s")
+    return _user(reconciler, owner)
+
+
+def _identity_options(f: Any) -> Any:
+    f = click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=f"Act as the user whose API token this file holds (or set {TOKEN_ENV}); "
+        "without a token: as the local administrator, recorded as local:USER@HOST.",
+    )(f)
+    return click.option(
+        "--as", "username", default=None, help="Check that the token is this user's."
+    )(f)
+
+
+def _shown(user: model.User) -> str:
+    if user.display_name == LOCAL_ADMINISTRATOR and user.username.startswith("local:"):
+        return f"{user.username} ({LOCAL_ADMINISTRATOR})"
+    return user.username
+
+
 def _decision_command(name: str, verb: str) -> click.Command:
     @click.command(
         name=name,
-        help=f"{verb.capitalize()} a waiting run as a user (recorded; the run continues "
-        "at the next pass).",
+        help=f"{verb.capitalize()} a waiting run (recorded, with who decided; the run "
+        "continues at the next pass). Acts as the owner of --token-file/"
+        f"{TOKEN_ENV}, else as the local administrator.",
     )
     @click.argument("run_id")
-    @click.option("--as", "username", required=True, help="The user deciding (must hold the role).")
+    @_identity_options
     @click.option("--comment", default="", help="Why.")
     @click.option("--repo", default=".", show_default=True, help=REPO_HELP)
     @click.option("--data", default=".quicflow", show_default=True, help=DATA_HELP)
-    def command(run_id: str, username: str, comment: str, repo: str, data: str) -> None:
+    def command(
+        run_id: str,
+        username: str | None,
+        token_file: Path | None,
+        comment: str,
+        repo: str,
+        data: str,
+    ) -> None:
         async def main() -> str:
             reconciler = _reconciler(repo, data)
             try:
                 await reconciler.refresh()
-                user = _user(reconciler, username)
+                user = _identity(reconciler, username, token_file)
                 if name == "approve":
                     run = await reconciler.approve(run_id, user, comment, resume=False)
                 elif name == "reject":
                     run = await reconciler.reject(run_id, user, comment, resume=False)
                 else:
                     run = await reconciler.promote(run_id, user, resume=False)
-                return f"{verb}d {run.id} ({run.project}/{run.env} {run.version}); it continues at the next pass"
+                return (
+                    f"{verb}d {run.id} ({run.project}/{run.env} {run.version}) as "
+                    f"{_shown(user)}; it continues at the next pass"
+                )
             finally:
                 await reconciler.close()
 
@@ -196,9 +278,7 @@ promote = _decision_command("promote", "promote")
 @click.option(
     "--pin", is_flag=True, help="Deploy it now and pin the environment until Git changes."
 )
-@click.option(
-    "--as", "username", default=None, help="The user asking (checked against the project's roles)."
-)
+@_identity_options
 @click.option("--repo", default=".", show_default=True, help=REPO_HELP)
 @click.option("--data", default=".quicflow", show_default=True, help=DATA_HELP)
 def rollback(
@@ -207,16 +287,21 @@ def rollback(
     to_version: str | None,
     pin: bool,
     username: str | None,
+    token_file: Path | None,
     repo: str,
     data: str,
 ) -> None:
-    """Roll back on purpose: commit a revert to the config repo (default) or --pin a version now."""
+    """Roll back on purpose: commit a revert to the config repo (default) or --pin a version now.
+
+    Acts as the owner of --token-file/QUICFLOW_API_TOKEN (with their role), else as the
+    local administrator; either way who asked is recorded.
+    """
 
     async def main() -> str:
         reconciler = _reconciler(repo, data)
         try:
             await reconciler.refresh()
-            user = _user(reconciler, username) if username else None
+            user = _identity(reconciler, username, token_file)
             result = await reconciler.rollback(
                 project, env, actor=user, to_version=to_version, pin=pin
             )

@@ -111,8 +111,29 @@ async def test_a_pinned_run_killed_halfway_is_carried_on_not_dropped(tmp_path: P
         assert done.returncode == 0, done.stdout + done.stderr
     assert logs(data) == {"t1": ["1.0", "2.0"], "t2": ["1.0", "2.0"]}
 
+    made = subprocess.run(
+        quicflow("token", "create", "bob", data=data, repo=repo.path),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    token = tmp_path / "bob.token"
+    token.write_text(made.stdout)
     pinning = subprocess.Popen(
-        quicflow("rollback", "app", "prod", "--pin", "--as", "bob", data=data, repo=repo.path),
+        quicflow(
+            "rollback",
+            "app",
+            "prod",
+            "--pin",
+            "--as",
+            "bob",
+            "--token-file",
+            str(token),
+            data=data,
+            repo=repo.path,
+        ),
         env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -137,6 +137,14 @@ class World:
             timeout=60,
         )
 
+    def token_file(self, user: str) -> str:
+        """A file holding a fresh API token of ``user``, made with ``quicflow token create``."""
+        made = self.cli("token", "create", user)
+        assert made.returncode == 0, made.stderr
+        path = self.tmp / f"{user}.token"
+        path.write_text(made.stdout)
+        return str(path)
+
     def state_log(self, fmt: str = "%s") -> list[str]:
         return git(self.repo.path, "log", f"--format={fmt}", "refs/quicflow/state").splitlines()
 
@@ -162,7 +170,7 @@ async def test_rollback_commits_a_revert_that_the_next_pass_deploys(world: World
     await deployed_one_then_two(world)
     before = git(world.repo.path, "rev-parse", "main")
 
-    refused = world.cli("rollback", "app", "prod", "--as", "dave")
+    refused = world.cli("rollback", "app", "prod", "--token-file", world.token_file("dave"))
     assert refused.returncode == 1
     assert "dave (viewer) may not rollback" in refused.stderr
     assert git(world.repo.path, "rev-parse", "main") == before  # nothing committed
@@ -172,7 +180,7 @@ async def test_rollback_commits_a_revert_that_the_next_pass_deploys(world: World
     staging = world.repo.commit(
         {"projects/app/environments/staging.yaml": env_yaml("2.1")}, message="staging 2.1"
     )
-    done = world.cli("rollback", "app", "prod", "--as", "bob")
+    done = world.cli("rollback", "app", "prod", "--token-file", world.token_file("bob"))
     assert done.returncode == 0, done.stderr
     assert "committed" in done.stdout
     revert = git(world.repo.path, "rev-parse", "main")
@@ -226,7 +234,7 @@ async def test_rollback_pin_deploys_now_and_holds_until_git_changes(world: World
     finally:
         await refused.close()
 
-    pinned = world.cli("rollback", "app", "prod", "--pin", "--as", "bob")
+    pinned = world.cli("rollback", "app", "prod", "--pin", "--token-file", world.token_file("bob"))
     assert pinned.returncode == 0, pinned.stderr
     assert "pinned to 1.0: succeeded" in pinned.stdout
     assert git(world.repo.path, "rev-parse", "main") == head  # Git untouched: still 2.0
