@@ -99,6 +99,7 @@ class Actions:
         refresh: Callable[[], Awaitable[Any]] | None = None,
         held: set[tuple[str, str]] | None = None,
         wake: Callable[[], None] | None = None,
+        elsewhere: Callable[[str, str], str] | None = None,
     ):
         self.lifecycle = lifecycle
         self.runs = lifecycle.runs
@@ -110,6 +111,8 @@ class Actions:
         # Environments a deploy is committing or starting: the dispatcher skips them.
         self.held = held if held is not None else set()
         self.wake = wake  # asks for a reconcile pass (one skipped a held environment)
+        # Replicas: which other replica reconciles a project/env ('' when this one does).
+        self.elsewhere = elsewhere or (lambda project, env: "")
         self.queue = queueing.DeployQueue()
         self._starting: set[tuple[str, str]] = set()
         self._starters: set[asyncio.Task[None]] = set()
@@ -154,6 +157,7 @@ class Actions:
         """
         target = self._deployable(project, env, actor, trigger, force)
         self._refuse_if_busy(project, env)
+        self._refuse_if_elsewhere(project, env)
         target, run_detail = await self._stick(target, version, actor, trigger, detail)
         self._refuse_if_busy(project, env, run_detail.get("bump_commit", ""))
         return await self._start(target, version, actor, trigger, force, run_detail)
@@ -179,6 +183,7 @@ class Actions:
         """
         key = (project, env)
         target = self._deployable(project, env, actor, trigger, False)
+        self._refuse_if_elsewhere(project, env)
         latest = self.runs.latest(project, env)
         if not self._busy(key) and latest is not None and self.lifecycle.owned_elsewhere(latest):
             self._refuse_if_busy(project, env)
@@ -233,6 +238,15 @@ class Actions:
     def _busy(self, key: tuple[str, str]) -> bool:
         """Whether a run executes at ``key`` in this process (or a queued one is starting)."""
         return key in self.lifecycle.tasks or key in self._starting
+
+    def _refuse_if_elsewhere(self, project: str, env: str) -> None:
+        """Replicas: a run starts only on the replica that holds the environment's lease."""
+        holder = self.elsewhere(project, env)
+        if holder:
+            raise PermanentError(
+                f"{project}/{env} is reconciled by replica {holder}, not this one: deploy "
+                "through that replica, or commit the version to Git"
+            )
 
     def _refuse_if_busy(self, project: str, env: str, committed: str = "") -> None:
         latest = self.runs.latest(project, env)
@@ -453,6 +467,9 @@ class Actions:
             raise PermanentError(f"gate {gate!r} of run {run_id} is already decided")
         kind = EventType.APPROVED if approved else EventType.REJECTED
         self.lifecycle.publish(run, kind, data={"by": actor.username})
+        if self.elsewhere(*run.key):
+            # Replicas: recorded in the shared store; the holder resumes it at its next pass.
+            resume = False
         if resume and self.lifecycle.resume(run) is not None:
             await asyncio.sleep(0)  # let the run start, so it is returned running
         return self.runs.get(run.id) or run

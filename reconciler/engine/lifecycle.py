@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -94,14 +94,24 @@ class RunLifecycle:
         owner = str(run.detail.get("owner", ""))
         return owner != self.owner and owners.alive(owner)
 
-    def recover(self) -> list[Run]:
-        """Mark runs a dead process left running as interrupted (waiting runs stay waiting)."""
+    def recover(self, taken: Collection[tuple[str, str]] | None = None) -> list[Run]:
+        """Mark runs a dead process left running as interrupted (waiting runs stay waiting).
+
+        With ``taken`` (replicas sharing a store), only the runs of those project/envs,
+        whose leases this replica just took over: their previous holder stopped renewing,
+        so it is dead (or cut off) wherever it ran, and its runs are interrupted here
+        whatever its host. Without, every run whose owner process is gone from this host.
+        """
         interrupted = []
         for run in self.runs.active():
+            if taken is not None:
+                ours = run.key in taken and str(run.detail.get("owner", "")) != self.owner
+            else:
+                ours = not self.owned_elsewhere(run)
             if (
                 run.state in (RunState.RUNNING, RunState.PENDING)
                 and run.key not in self.tasks
-                and not self.owned_elsewhere(run)
+                and ours
             ):
                 done = [s.key for s in self.runs.steps(run.id) if s.status.is_done]
                 run = self.runs.update(
@@ -115,14 +125,19 @@ class RunLifecycle:
                 self.logs.append(run.id, [(iso(self.now()), "engine", "system", line)])
                 self.logs.close_stream(run.id)
                 interrupted.append(run)
-        self.recovered = True
-        if self.local_steps is not None:
-            # A local step a dead process left running belongs to a run that may resume
-            # (and adopt it); every other one is killed now, before anything runs.
-            keep = self._issuers(self.runs.active() + self.runs.resumable())
-            for command in self.local_steps.sweep(keep.__contains__):
-                _log.warning("killed local step %s: its run will not resume", command)
+        if not self.recovered:
+            self.recovered = True
+            self.sweep_local_steps()
         return interrupted
+
+    def sweep_local_steps(self) -> None:
+        """Once, at start: kill the local steps a dead process of this data dir left running
+        for runs that will not resume (a run that may resume adopts its step)."""
+        if self.local_steps is None:
+            return
+        keep = self._issuers(self.runs.active() + self.runs.resumable())
+        for command in self.local_steps.sweep(keep.__contains__):
+            _log.warning("killed local step %s: its run will not resume", command)
 
     def _issuers(self, runs: list[Run]) -> set[str]:
         """The run ids whose commands ``runs`` may re-issue: their own, and those in flight."""

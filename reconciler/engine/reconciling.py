@@ -32,6 +32,7 @@ from reconciler.engine import (
     recording,
     refreshing,
     retiring,
+    sharding,
 )
 from reconciler.engine.bus import EventBus
 from reconciler.errors import ConfigProblem, QuicFlowError
@@ -42,6 +43,7 @@ from reconciler.gitops.repository import GitRepository
 from reconciler.log.store import LogStore
 from reconciler.runs import Run, RunState
 from reconciler.store.database import Database
+from reconciler.store.leases import Leases
 from reconciler.store.runs import RunStore
 from reconciler.targets.resolving import Executors
 
@@ -137,6 +139,12 @@ class Reconciler:
             live_color=self._live_color,
             local_steps=self.executors,
         )
+        # Replicas sharing a store divide the project/envs between them through leases.
+        self.shards = (
+            sharding.Shards(Leases(self.db), self.lifecycle.owner, sharding.ttl_from(environ))
+            if self.db.shared
+            else None
+        )
         self.dispatcher = dispatching.Dispatcher(
             self.lifecycle, self.executors, self.data_dir, claimed=self.claims.held_elsewhere
         )
@@ -160,6 +168,7 @@ class Reconciler:
             refresh=self.refresh,
             held=self.dispatcher.held,
             wake=self._wake.set,
+            elsewhere=self.reconciled_elsewhere,
         )
         # EngineControl's actions are those of ``actions.Actions``, over this lifecycle.
         self.deploy = self.actions.deploy
@@ -215,6 +224,10 @@ class Reconciler:
         succeeded, _ = self.runs.list(states=[RunState.SUCCEEDED], limit=200)  # newest first
         return observing.observations(reports, observing.live_colors(succeeded))
 
+    def reconciled_elsewhere(self, project: str, env: str) -> str:
+        """Replicas on a shared store: the one holding ``project/env`` if not this one, else ''."""
+        return self.shards.holder(project, env) if self.shards is not None else ""
+
     def unrunnable(self, env: model.Environment) -> str | None:
         """Why this process cannot run ``env`` at all (so no run is created and failed), or None."""
         desired = self.source.desired
@@ -233,16 +246,18 @@ class Reconciler:
 
     async def reconcile_once(self, only: str | None = None, wait: bool = True) -> PassReport:
         """One pass: refresh, plan, start or resume runs; with ``wait``, until they finish or wait."""
-        if not self.lifecycle.recovered:
+        if not self.lifecycle.recovered and self.shards is None:
             self.recover()
         report = PassReport(*await self.refresh())
         desired = self.source.desired
         if desired is None:
             return report
         project_only, _, env_only = (only or "").partition("/")
+        owned = self._claim_share(desired)
 
         def wanted(project: str, env: str) -> bool:
-            return project_only in ("", project) and env_only in ("", env)
+            mine = owned is None or (project, env) in owned
+            return mine and project_only in ("", project) and env_only in ("", env)
 
         await self.retirer.retire_due(wanted)
         rolled_back = reverting.rolled_back(self.repo.commit(desired.commit).message)
@@ -255,10 +270,30 @@ class Reconciler:
             report.runs = [r for r in report.runs if r.id not in ids] + finished
         return report
 
+    def _claim_share(self, desired: model.DesiredState) -> set[tuple[str, str]] | None:
+        """Replicas on a shared store: the project/envs this one holds now (None: all);
+        the runs of those it took over from a replica that stopped are interrupted here,
+        so this pass resumes them."""
+        if self.shards is None:
+            return None
+        owned, taken = self.shards.share(desired.environments(), self.lifecycle.tasks)
+        self.lifecycle.recover(taken)
+        return owned
+
     # -- running ---------------------------------------------------------------------
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Reconcile every ``poll_interval`` and whenever asked, until ``stop`` is set."""
+        renewing = None
+        if self.shards is not None:
+            renewing = asyncio.ensure_future(self.shards.keep_renewed(stop, self._wake.set))
+        try:
+            await self._loop(stop)
+        finally:
+            if renewing is not None:
+                renewing.cancel()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             # Cleared before the pass, not after: a request that arrives mid-pass (a config
             # webhook for a commit this pass did not fetch yet) must start another pass.
@@ -291,6 +326,8 @@ class Reconciler:
         self.actions.close()  # first: a run cancelled below must not start a queued deploy
         await self.lifecycle.close()
         await self.claims.close()  # after the runs ended: what they held is released
+        if self.shards is not None:
+            self.shards.leave()  # the other replicas take this one's share at once
         if self._builder is not None:
             await self._builder.close()
         await self.bus.close()

@@ -9,20 +9,62 @@ of them executes here. A replica that dies stops renewing: its leases expire aft
 periods — and interrupt the dead replica's runs, which the next pass resumes with
 their finished steps carried over (``reconciler.runs.carried_over``).
 
-``assign`` is pure; ``Shards`` applies it to ``reconciler.store.leases``.
+``assign`` is pure; ``Shards`` applies it to ``reconciler.store.leases``: ``share`` once
+per pass, ``keep_renewed`` between passes, ``leave`` on a clean stop.
+
+What a replica does not own it does not dispatch, resume or retire; runs it owned are
+interrupted and resumed by whoever takes its leases over. What stays per replica: the
+QUIC hub (an agent connects to one replica and runs the steps of the runs that replica
+owns) and live log streams (lines of another replica's run are in the store; the
+stream of this replica shows its own runs live).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
+import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from reconciler.errors import ConfigError
 from reconciler.store.leases import Lease, Leases
+
+_log = logging.getLogger(__name__)
 
 #: How long a lease lasts without renewal (seconds); renewed every third of it.
 DEFAULT_TTL = 15.0
+
+
+TTL_ENV = "QUICFLOW_LEASE_TTL"
+
+
+def ttl_from(environ: Mapping[str, str] | None = None) -> float:
+    """The lease period: ``QUICFLOW_LEASE_TTL`` seconds (at least 1), else ``DEFAULT_TTL``."""
+    text = (os.environ if environ is None else environ).get(TTL_ENV, "")
+    if not text:
+        return DEFAULT_TTL
+    try:
+        ttl = float(text)
+    except ValueError:
+        raise ConfigError(f"{TTL_ENV}={text!r} is not a number of seconds") from None
+    if ttl < 1:
+        raise ConfigError(f"{TTL_ENV}={text!r}: a lease lasts at least 1 second")
+    return ttl
+
+
+def key(project: str, env: str) -> str:
+    """The lease key of a project/env."""
+    return f"{project}/{env}"
+
+
+def unkey(text: str) -> tuple[str, str]:
+    project, _, env = text.partition("/")
+    return project, env
 
 
 def _rank(key: str, replica: str) -> bytes:
@@ -131,13 +173,56 @@ class Shards:
         self.owned = claim.owned
         return claim
 
-    def renew(self) -> None:
-        """Renew the leases held (between passes); a lease lost meanwhile is dropped."""
+    def renew(self) -> set[str]:
+        """Renew the leases held (between passes); those lost meanwhile are dropped, and returned."""
         now = self.clock()
         self.leases.beat(self.owner, now)
+        lost = set()
         for key in sorted(self.owned):
             if self.leases.take(key, self.owner, now, self.ttl) is None:
-                self.owned.discard(key)
+                lost.add(key)
+        self.owned -= lost
+        return lost
+
+    def holder(self, project: str, env: str) -> str:
+        """The replica that holds ``project/env`` ('' when this one does, or none does)."""
+        name = key(project, env)
+        if name in self.owned:
+            return ""
+        lease = self.leases.all().get(name)
+        if lease is None or lease.expires_at < self.clock():
+            return ""
+        return lease.owner
+
+    def share(
+        self, environments: Iterable[Any], executing: Collection[tuple[str, str]]
+    ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """One pass's claim over the config's ``environments`` (``project``/``name``):
+        the (project, env) pairs held now, and those just taken over."""
+        keys = [key(e.project, e.name) for e in environments]
+        claim = self.claim(keys, busy=[key(*k) for k in executing])
+        taken = {unkey(k) for k in claim.taken}
+        if taken:
+            _log.info("took over %d project/envs (holding %d)", len(taken), len(claim.owned))
+        return {unkey(k) for k in claim.owned}, taken
+
+    async def keep_renewed(self, stop: asyncio.Event, on_lost: Callable[[], None]) -> None:
+        """Renew the leases every third of their life until ``stop`` (a pass may wait on a
+        long poll meanwhile); a lease lost to another replica is logged and ``on_lost``
+        called, so a pass soon stops dispatching it."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.ttl / 3)
+            if stop.is_set():
+                return
+            try:
+                lost = self.renew()
+            except Exception as exc:  # the store is away: the leases expire, others take over
+                _log.error("renewing this replica's leases failed: %s", exc)
+                continue
+            if lost:
+                _log.error("leases lost to another replica: %s", ", ".join(sorted(lost)))
+                on_lost()
 
     def leave(self) -> None:
         """Stop cleanly: heartbeat and leases go at once, so others take over now."""

@@ -102,6 +102,10 @@ class ScheduleEngine(Protocol):
     @property
     def desired(self) -> model.DesiredState | None: ...
 
+    def reconciled_elsewhere(self, project: str, env: str) -> str:
+        """Replicas: the one that fires this environment's schedules if not this one."""
+        ...
+
     async def deploy(
         self,
         project: str,
@@ -182,8 +186,10 @@ class Scheduler:
         fired: list[tuple[str, datetime]] = []
         for project in desired.projects.values():
             for schedule in project.schedules:
-                if not schedule.enabled:
-                    continue
+                if not schedule.enabled or engine.reconciled_elsewhere(
+                    schedule.project, schedule.target_env
+                ):
+                    continue  # disabled, or fired by the replica that holds the environment
                 try:
                     slot = await self._tick_one(engine, schedule)
                 except Exception:  # noqa: BLE001 - a bad cron of one schedule must not stop others

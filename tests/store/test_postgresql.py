@@ -63,3 +63,44 @@ def test_replicas_opening_one_database_together_apply_each_migration_once() -> N
     finally:
         for store in stores:
             store.close()
+
+
+def test_replicas_on_one_database_act_on_a_delivery_and_a_cron_slot_once(tmp_path: Path) -> None:
+    """Three replicas (three connections, three threads) race for the same webhook
+    delivery id and the same cron slot: exactly one of them gets each, every time."""
+    from datetime import UTC, datetime, timedelta
+
+    from reconciler.store.schedules import ScheduleStore
+    from reconciler.store.triggers import TriggerRecords
+
+    dsn = fresh_dsn()
+    stores = [database.Database.open(tmp_path / f"r{i}", store=dsn) for i in range(3)]
+    try:
+        start = datetime(2026, 12, 3, 2, 0, tzinfo=UTC)
+        schedules = [ScheduleStore(db) for db in stores]
+        schedules[0].baseline("app.nightly", "0 2 * * *", start - timedelta(days=1), start)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            for round_ in range(20):
+                delivery = f"delivery-{round_}"
+                got = list(
+                    pool.map(
+                        lambda db, d=delivery: TriggerRecords(db).claim_delivery(
+                            "app.gh", d, start
+                        ),
+                        stores,
+                    )
+                )
+                assert sorted(got) == [False, False, True], (delivery, got)
+                slot = start + timedelta(days=round_)
+                fired = list(
+                    pool.map(
+                        lambda s, at=slot: s.claim(
+                            "app.nightly", "0 2 * * *", at, at + timedelta(days=1)
+                        ),
+                        schedules,
+                    )
+                )
+                assert sorted(fired) == [False, False, True], (slot, fired)
+    finally:
+        for db in stores:
+            db.close()
