@@ -35,7 +35,7 @@ from reconciler.engine import (
     sharding,
 )
 from reconciler.engine.bus import EventBus
-from reconciler.errors import ConfigProblem, QuicFlowError
+from reconciler.errors import ConfigError, ConfigProblem, QuicFlowError
 from reconciler.gitops import model, planning, reverting
 from reconciler.gitops.claims import Claims
 from reconciler.gitops.history import History
@@ -276,6 +276,11 @@ class Reconciler:
         so this pass resumes them."""
         if self.shards is None:
             return None
+        if self.repo.has_remote and not self.history.push:
+            raise ConfigError(
+                "replicas sharing a store need settings.push_history: true (the config repo "
+                "is mirrored from a URL): otherwise each keeps a deployment history of its own"
+            )
         owned, taken = self.shards.share(desired.environments(), self.lifecycle.tasks)
         self.lifecycle.recover(taken)
         return owned
