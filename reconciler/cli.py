@@ -8,6 +8,7 @@ Errors go to stderr, one per line; results to stdout.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -16,9 +17,11 @@ from agent import cli as agent_cli
 from reconciler import commands as engine_commands
 from reconciler import serving
 from reconciler.credential.commands import secrets_group
+from reconciler.drivers.kubernetes import describing
 from reconciler.errors import QuicFlowError, SourceError
 from reconciler.gitops import history as history_mod
 from reconciler.gitops import loading, planning, policy, rendering, scaffolding
+from reconciler.gitops import model as model_mod
 from reconciler.gitops.repository import GitRepository, redact_url
 from reconciler.hub import commands as hub_commands
 
@@ -122,6 +125,7 @@ def plan(
         if only:
             project, _, env = only.partition("/")
             the_plan = the_plan.only(project, env or None)
+        applies = _applies(the_plan, desired, deployed)
         report = None
         if base is not None:
             base_result = loader.load(base)
@@ -138,13 +142,28 @@ def plan(
         exc.show()
         sys.exit(1)
     if fmt == "json":
-        click.echo(rendering.plan_json(the_plan, report, base), nl=False)
+        click.echo(rendering.plan_json(the_plan, report, base, applies=applies), nl=False)
     elif fmt == "markdown":
-        click.echo(rendering.plan_markdown(the_plan, report), nl=False)
+        click.echo(rendering.plan_markdown(the_plan, report, applies=applies), nl=False)
     else:
-        click.echo(rendering.plan_text(the_plan, report, verbose), nl=False)
+        click.echo(rendering.plan_text(the_plan, report, verbose, applies=applies), nl=False)
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(2)
+
+
+def _applies(
+    the_plan: planning.Plan,
+    desired: model_mod.DesiredState,
+    deployed: Mapping[tuple[str, str], planning.DeployedRecord],
+) -> dict[str, list[str]]:
+    """What each Kubernetes deploy of the plan will apply, by ``project/env``."""
+    found = {}
+    for action in the_plan.changes:
+        env = desired.environment(action.project, action.env)
+        if env is not None and env.deploy.type is model_mod.DeployType.KUBERNETES:
+            record = deployed.get((action.project, action.env))
+            found[action.key] = describing.applies(env, record.color if record else None)
+    return found
 
 
 @main.command()

@@ -5,7 +5,7 @@ project) by Git blob. ``CredentialResolver`` loads the files of one desired-stat
 into the ``CredentialManager`` once — runs of several environments ask at the same
 time, from threads — and again only when the commit changes. ``resolve`` turns the
 secret refs of an environment (its variables, its tasks' variables, and the registry
-login of a container deploy) into values, each use recorded by the manager, plus a
+login of a container deploy, the kubeconfig of a Kubernetes one) into values, each use recorded by the manager, plus a
 Masker of every secret the project may see, so no run log line shows one.
 """
 
@@ -48,6 +48,12 @@ def secret_refs(env: model.Environment) -> dict[str, model.SecretRef]:
         for part in ("username", "password"):
             ref = model.SecretRef(registry, part)
             refs[name_of(ref)] = ref
+    # The Kubernetes driver reaches its cluster with this credential's default field
+    # (a kubeconfig or a token).
+    kubeconfig = env.deploy.spec.get("kubeconfig_credential")
+    if env.deploy.type is model.DeployType.KUBERNETES and kubeconfig:
+        ref = model.SecretRef(kubeconfig)
+        refs[name_of(ref)] = ref
     return refs
 
 

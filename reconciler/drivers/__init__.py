@@ -1,10 +1,12 @@
-"""Deploy drivers: how a release reaches a target (script, git_pull, container; kubernetes later).
+"""Deploy drivers: how a release reaches a target (script, git_pull, container, kubernetes).
 
 A driver knows *what* to do for its deploy type; strategies decide *when* and *where*;
 executors (``reconciler.targets``) decide *how a command gets there*. Every
 driver offers the same steps — deploy, verify, switch, retire, rollback — so rolling,
 canary and blue-green work over any of them. Drivers never build shell strings from
-config values: values travel as environment variables of fixed scripts.
+config values: values travel as environment variables of fixed scripts. The
+``kubernetes`` driver runs no command on a host: its one target is the cluster
+namespace, reached through the API server (``reconciler.drivers.kubernetes``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from reconciler.gitops import model
+from reconciler.targets import resolving
 from reconciler.targets.commands import CommandResult, TargetRef
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
@@ -94,6 +98,10 @@ def for_deploy(
     """The driver for a deploy config (imported lazily: drivers import this module)."""
     from reconciler.drivers import container, git_pull, script
 
+    if deploy.type is model.DeployType.KUBERNETES:
+        from reconciler.drivers.kubernetes import driving
+
+        return driving.KubernetesDriver(deploy, strategy)
     if deploy.type is model.DeployType.CONTAINER:
         return container.ContainerDriver(deploy, strategy)
     if deploy.type is model.DeployType.SCRIPT:
@@ -101,6 +109,18 @@ def for_deploy(
     if deploy.type is model.DeployType.GIT_PULL:
         return git_pull.GitPullDriver(deploy, strategy, repo_url)
     raise StepFailed("*", f"deploy type {deploy.type.value!r} is not available in this build yet")
+
+
+def targets_of(
+    env: model.Environment, desired: model.DesiredState, data_dir: Path
+) -> list[TargetRef]:
+    """The targets a run of ``env`` deploys to: for Kubernetes, its one cluster namespace."""
+    if env.deploy.type is model.DeployType.KUBERNETES:
+        from reconciler.drivers.kubernetes import specs
+
+        spec = specs.read(env.deploy)
+        return [TargetRef(specs.target_name(spec), "kubernetes", spec.server or "", None)]
+    return resolving.resolve(env, desired, data_dir)
 
 
 async def run_switch(

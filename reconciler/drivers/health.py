@@ -69,13 +69,19 @@ async def check(
     color: str | None = None,
     docker: Callable[[], Awaitable[Health]] | None = None,
     starts: StartPeriods | None = None,
+    probe: Callable[[], Awaitable[Health]] | None = None,
 ) -> Health:
     """Run every configured check against ``target`` (``port`` overrides for blue-green colors).
 
     ``docker`` reads the container's HEALTHCHECK status; only the container driver has one.
     ``starts`` tells when the target's start period began (None: no start period).
+    ``probe`` replaces the checks of ``spec`` with a driver's own (the Kubernetes driver
+    reads pods through the API server); ``spec`` still gives retries, interval and
+    start period.
     """
-    if not spec or not any(k in spec for k in ("http", "tcp", "command", "docker")):
+    if probe is None and (
+        not spec or not any(k in spec for k in ("http", "tcp", "command", "docker"))
+    ):
         return Health(True, "no health check configured")
     retries = int(spec.get("retries", 3))
     interval = parse_duration(spec.get("interval"), 1.0) or 0.0
@@ -88,7 +94,11 @@ async def check(
     attempts = failures = 0
     while True:
         probed_at = clock()
-        last = await _once(ctx, target, spec, port, timeout, color, docker)
+        last = (
+            await probe()
+            if probe is not None
+            else await _once(ctx, target, spec, port, timeout, color, docker)
+        )
         attempts += 1
         if last.ok:
             if starts is not None:

@@ -36,7 +36,12 @@ from reconciler.targets.resolving import resolve as resolve_targets
 
 #: Deploy types with a driver in this build.
 AVAILABLE = frozenset(
-    {model.DeployType.SCRIPT, model.DeployType.GIT_PULL, model.DeployType.CONTAINER}
+    {
+        model.DeployType.SCRIPT,
+        model.DeployType.GIT_PULL,
+        model.DeployType.CONTAINER,
+        model.DeployType.KUBERNETES,
+    }
 )
 
 
@@ -50,6 +55,11 @@ def unrunnable(
     """Why this process cannot run ``env`` (``hub``: the QUIC hub here, or None), or None."""
     if env.deploy.type not in AVAILABLE:
         return f"deploy type {env.deploy.type.value!r} is not available in this build"
+    if env.deploy.type is model.DeployType.KUBERNETES:
+        # Its one target is the cluster, reached from here through the API server.
+        if not desired.settings.features.get("kubernetes", True):
+            return "deploy type 'kubernetes' is turned off (settings.features.kubernetes)"
+        return None
     if not any(t.agent or t.selector for t in env.targets):
         return None
     if executors.agents is None or hub is None:

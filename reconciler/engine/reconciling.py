@@ -24,6 +24,7 @@ from reconciler.credential.resolving import CredentialResolver
 from reconciler.engine import (
     actions,
     claiming,
+    clusters,
     contexts,
     dispatching,
     image_builds,
@@ -105,6 +106,7 @@ class Reconciler:
         self._planner = planning.Planner()
         self._wake = asyncio.Event()
         self._builder: Builder | None = None
+        self._cluster_observations: list[planning.Observation] = []  # Kubernetes drift
         context = contexts.RunContexts(
             self.runs,
             self.logs,
@@ -219,10 +221,11 @@ class Reconciler:
     def _observations(self) -> list[planning.Observation]:
         """The agents' running containers (for drift), when a QUIC hub runs in this process."""
         if self.hub is None:
-            return []
+            return list(self._cluster_observations)
         reports = [(a.name, self.hub.status(a.name)) for a in self.hub.agents()]
         succeeded, _ = self.runs.list(states=[RunState.SUCCEEDED], limit=200)  # newest first
-        return observing.observations(reports, observing.live_colors(succeeded))
+        found = observing.observations(reports, observing.live_colors(succeeded))
+        return found + self._cluster_observations
 
     def reconciled_elsewhere(self, project: str, env: str) -> str:
         """Replicas on a shared store: the one holding ``project/env`` if not this one, else ''."""
@@ -261,6 +264,9 @@ class Reconciler:
 
         await self.retirer.retire_due(wanted)
         rolled_back = reverting.rolled_back(self.repo.commit(desired.commit).message)
+        self._cluster_observations = await clusters.observe(
+            desired, self.history.deployed()[1], self.credentials
+        )
         plan = self.plan()
         out = self.dispatcher.dispatch(desired, plan.actions, wanted, rolled_back, self.hub)
         report.runs, report.skipped = out.waiting, out.skipped

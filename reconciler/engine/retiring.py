@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from reconciler.drivers import StepFailed, for_deploy
+from reconciler.drivers import StepFailed, for_deploy, targets_of
 from reconciler.engine.claiming import Claimer
 from reconciler.engine.running import ContextFactory, iso
 from reconciler.errors import QuicFlowError
@@ -30,7 +30,6 @@ from reconciler.gitops.planning import DeployedRecord
 from reconciler.log.store import LogStore
 from reconciler.runs import Run, RunState
 from reconciler.store.runs import RunStore
-from reconciler.targets.resolving import resolve as resolve_targets
 
 #: States of a newer run that may deploy onto, or switch to, the color due for retirement.
 _BUSY = frozenset({RunState.PENDING, RunState.RUNNING}) | {
@@ -141,7 +140,7 @@ class Retirer:
         except QuicFlowError as exc:
             return f"not retired: {exc}"
         failed = []
-        for target in resolve_targets(env, desired, self.data_dir):
+        for target in targets_of(env, desired, self.data_dir):
             try:
                 await driver.retire(ctx, target, color)
             except (StepFailed, QuicFlowError) as exc:

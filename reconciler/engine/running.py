@@ -27,7 +27,7 @@ from reconciler import backoff
 from reconciler.builder.building import Builder, BuildError
 from reconciler.builds import BuildStatus
 from reconciler.credential.resolving import name_of
-from reconciler.drivers import StepFailed, for_deploy
+from reconciler.drivers import StepFailed, for_deploy, targets_of
 from reconciler.engine import image_builds, strategies
 from reconciler.engine.bus import EventBus
 from reconciler.engine.steps import Rejected, Steps, Waiting, current_step
@@ -41,7 +41,7 @@ from reconciler.rules import expressions
 from reconciler.runs import Decision, Run, RunState, StepKey, StepKind, StepStatus
 from reconciler.store.runs import RunStore
 from reconciler.targets.commands import CommandResult, TargetRef
-from reconciler.targets.resolving import Executors, resolve
+from reconciler.targets.resolving import Executors
 
 SecretResolver = Callable[[str, str | None, str], str]  # (credential, field, project) -> value
 Now = Callable[[], dt.datetime]
@@ -296,7 +296,7 @@ class RunExecutor:
         self.seed = dict(rollout_seed or {})
         self.rollout: Rollout | None = None
         self.built: dict[str, str] = {}  # image, image_digest, build_id of a ``uses: build``
-        self.targets = resolve(ctx.env, ctx.desired, ctx.data_dir)
+        self.targets = targets_of(ctx.env, ctx.desired, ctx.data_dir)
 
     async def execute(self) -> Outcome:
         ctx = self.ctx

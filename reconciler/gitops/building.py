@@ -95,7 +95,13 @@ def settings(raw: Mapping[str, Any] | None) -> model.Settings:
         logs=merging.freeze(merging.merge({"backend": "local"}, raw.get("logs"))),
         features=merging.freeze(
             merging.merge(
-                {"build": True, "webhooks": True, "schedules": True, "victoria_logs": False},
+                {
+                    "build": True,
+                    "webhooks": True,
+                    "schedules": True,
+                    "victoria_logs": False,
+                    "kubernetes": True,
+                },
                 raw.get("features"),
             )
         ),

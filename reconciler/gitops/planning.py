@@ -114,6 +114,9 @@ class Observation:
     target: str
     version: str | None = None
     image_digest: str | None = None
+    # What the observer found different from what was applied (replicas, image,
+    # selector) in words; non-empty is drift whatever the version says.
+    differs: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,9 +322,10 @@ def _judge(
     if record.config_hash != env.config_hash:
         return action(ActionKind.DEPLOY, Reason.CONFIG_CHANGED, "effective configuration changed")
     drifted = sorted(
-        o.target
+        f"{o.target} ({o.differs})" if o.differs else o.target
         for o in live
-        if (o.version is not None and o.version != record.version)
+        if o.differs
+        or (o.version is not None and o.version != record.version)
         or (
             o.image_digest is not None
             and record.image_digest is not None

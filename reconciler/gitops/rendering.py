@@ -8,7 +8,7 @@ Output is deterministic for the same inputs. Pure: returns strings.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from reconciler.gitops.planning import Action, ActionKind, Plan
@@ -23,7 +23,20 @@ _SYMBOL = {
 }
 
 
-def plan_json(plan: Plan, policy: PolicyReport | None = None, base: str | None = None) -> str:
+def plan_json(
+    plan: Plan,
+    policy: PolicyReport | None = None,
+    base: str | None = None,
+    *,
+    applies: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """The plan as JSON; ``applies`` adds, per ``project/env``, what the deploy applies."""
+    actions = []
+    for a in plan.actions:
+        entry = a.as_dict()
+        if applies and a.key in applies:
+            entry["applies"] = list(applies[a.key])
+        actions.append(entry)
     data: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "commit": plan.commit,
@@ -31,7 +44,7 @@ def plan_json(plan: Plan, policy: PolicyReport | None = None, base: str | None =
         "state_commit": plan.state_commit,
         "has_changes": plan.has_changes,
         "summary": dict(plan.counts),
-        "actions": [a.as_dict() for a in plan.actions],
+        "actions": actions,
     }
     if policy is not None:
         data["policy"] = {
@@ -62,7 +75,13 @@ def _describe(a: Action) -> str:
     return f"unchanged at {a.to_version}"
 
 
-def plan_text(plan: Plan, policy: PolicyReport | None = None, verbose: bool = False) -> str:
+def plan_text(
+    plan: Plan,
+    policy: PolicyReport | None = None,
+    verbose: bool = False,
+    *,
+    applies: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     lines = [
         f"Plan for config commit {plan.commit[:10]}"
         + (
@@ -78,6 +97,8 @@ def plan_text(plan: Plan, policy: PolicyReport | None = None, verbose: bool = Fa
         lines.append(f"  {_SYMBOL[a.kind]} {a.key}{flag}: {_describe(a)}{reason}")
         if a.kind is ActionKind.DEPLOY and a.detail:
             lines.append(f"      {a.detail}")
+        for line in (applies or {}).get(a.key, ()) if a.kind is ActionKind.DEPLOY else ():
+            lines.append(f"      {line}")
     if not shown:
         lines.append("  no changes")
     lines.append(_summary(plan))
@@ -86,7 +107,12 @@ def plan_text(plan: Plan, policy: PolicyReport | None = None, verbose: bool = Fa
     return "\n".join(lines) + "\n"
 
 
-def plan_markdown(plan: Plan, policy: PolicyReport | None = None) -> str:
+def plan_markdown(
+    plan: Plan,
+    policy: PolicyReport | None = None,
+    *,
+    applies: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     lines = [
         "### QUIC-Flow plan",
         "",
@@ -113,6 +139,8 @@ def plan_markdown(plan: Plan, policy: PolicyReport | None = None) -> str:
             )
     else:
         lines.append("No changes: every environment matches its deployed release.")
+    for key, described in sorted((applies or {}).items()):
+        lines += ["", f"`{key}` applies:", ""] + [f"- {_cell(line)}" for line in described]
     lines += ["", _summary(plan)]
     if policy is not None:
         lines += ["", "#### Permissions", ""]

@@ -109,4 +109,6 @@ async def run(rollout: Rollout) -> dict[str, Any]:
         await blue_green.run(rollout)
     else:
         await rolling.run(rollout)
+    # What the driver learnt for the state ref (the Kubernetes driver: the digest pods run).
+    rollout.result.update(getattr(rollout.driver, "recorded", None) or {})
     return rollout.result
