@@ -15,7 +15,7 @@ import click
 
 from agent import cli as agent_cli
 from reconciler import commands as engine_commands
-from reconciler import serving
+from reconciler import serving, tailing
 from reconciler.credential.commands import secrets_group
 from reconciler.drivers.kubernetes import describing
 from reconciler.errors import QuicFlowError, SourceError
@@ -26,6 +26,8 @@ from reconciler.gitops.repository import GitRepository, redact_url
 from reconciler.hub import commands as hub_commands
 
 REPO_HELP = "Config repo: a path (may be a subdirectory of a Git repository) or a URL."
+#: ``plan --base``: the change needs a role one of its authors does not hold.
+EXIT_NOT_ALLOWED = 3
 
 
 def _open(repo: str, data: str | None = None, fetch: bool = True) -> GitRepository:
@@ -249,6 +251,7 @@ main.add_command(hub_commands.agents)
 main.add_command(agent_cli.agent)
 main.add_command(serving.serve_command)
 main.add_command(serving.token)
+main.add_command(tailing.logs_command)
 for _command in (
     engine_commands.apply,
     engine_commands.approve,

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 import uvicorn
@@ -31,6 +33,7 @@ from reconciler.errors import SourceError
 from reconciler.gitops.repository import GitRepository
 from reconciler.hub import locations
 from reconciler.hub.server import Hub
+from reconciler.log.upkeep import LogUpkeep
 from reconciler.store import locking
 from reconciler.store.database import Database
 from reconciler.targets.local import LocalExecutor
@@ -71,10 +74,15 @@ async def serve(
     reconciler.hub = hub
     notifier: Notifier | None = None
     loop_task: asyncio.Task[None] | None = None
+    upkeep_task: asyncio.Task[None] | None = None
     try:
         if local is not None:
             await local.start()
         await reconciler.refresh()
+        # The log store's index and retention, and the sinks settings.logs asks for.
+        upkeep = LogUpkeep(reconciler.logs, data / "logs", lambda: _log_settings(reconciler))
+        await upkeep.refresh()
+        upkeep_task = asyncio.create_task(upkeep.run(stop), name="log upkeep")
         credentials = await open_credentials(reconciler)
         notifier = Notifier(
             reconciler.db, desired=lambda: reconciler.desired, credentials=credentials
@@ -105,10 +113,21 @@ async def serve(
                 await asyncio.wait_for(loop_task, 30)
         if notifier is not None:
             await notifier.close()
+        if upkeep_task is not None:  # ships or spools what the sinks hold
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(upkeep_task, 15)
         await reconciler.close()
         if local is not None:
             await local.stop()
         await hub.stop()
+
+
+def _log_settings(reconciler: Reconciler) -> tuple[Mapping[str, Any], bool] | None:
+    """``settings.logs`` and ``features.victoria_logs`` of the desired state, once loaded."""
+    desired = reconciler.desired
+    if desired is None:
+        return None
+    return desired.settings.logs, bool(desired.settings.features.get("victoria_logs", False))
 
 
 @click.command("serve")

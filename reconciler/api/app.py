@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from reconciler import streaming
 from reconciler.alert.notifier import Notifier
-from reconciler.api import auth, builds, operations, pages, routes, webhooks
+from reconciler.api import auth, builds, logs, operations, pages, routes, webhooks
 from reconciler.auth import limiting
 from reconciler.auth import tokens as api_tokens
 from reconciler.credential.manager import CredentialManager
@@ -107,6 +107,7 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
             *receiver.routes(),
             *api.routes(),
             *builds.BuildApi(engine, settings, streams).routes(),
+            *logs.LogApi(engine, logs.metrics_for(engine)).routes(),
             *operations.OperationsApi(engine, settings.credentials, settings.notifier).routes(),
             *status_page.routes(),
         ],

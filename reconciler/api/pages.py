@@ -17,6 +17,8 @@ or Chinese with ``?lang=zh``. Scripts run under a per-response CSP nonce.
 from __future__ import annotations
 
 import secrets
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ from reconciler.api import auth, routes, views
 from reconciler.auth import limiting
 from reconciler.auth import tokens as api_tokens
 from reconciler.engine.control import EngineControl
+from reconciler.log import queries as log_queries
+from reconciler.log import records
+from reconciler.log.victorialogs import QueryFailed
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOGIN_BODY_LIMIT = 4096
@@ -70,6 +75,10 @@ LABELS: dict[str, dict[str, str]] = {
         "live": "live",
         "export": "Download",
         "filter": "Filter",
+        "search_logs": "Search logs",
+        "all_levels": "any level",
+        "no_lines": "No line matches.",
+        "more": "Older lines",
         "login": "Log in",
         "logout": "Log out",
         "token": "API token",
@@ -140,6 +149,10 @@ LABELS: dict[str, dict[str, str]] = {
         "live": "实时",
         "export": "下载",
         "filter": "过滤",
+        "search_logs": "搜索日志",
+        "all_levels": "任意级别",
+        "no_lines": "没有匹配的日志行。",
+        "more": "更早的日志",
         "login": "登录",
         "logout": "退出",
         "token": "API 令牌",
@@ -234,6 +247,7 @@ class Pages:
             Route("/", self.overview, name="overview"),
             Route("/runs/{run_id}", self.run, name="run"),
             Route("/runs/{run_id}/logs", self.logs, name="logs"),
+            Route("/logs", self.log_search, name="log_search"),
             Route("/history", self.history, name="history"),
             Route("/agents", self.agents, name="agents"),
             Route("/login", self.login_form, methods=["GET"], name="login"),
@@ -374,6 +388,47 @@ class Pages:
             contains=contains or "",
             last_seq=lines[-1]["seq"] if lines else after,
             closed=self.engine.logs.is_closed(view["id"]),
+        )
+
+    async def log_search(self, request: Request) -> Response:
+        """Search the stored lines of every run and build the caller may see."""
+        principal = self._principal(request)
+        params = request.query_params
+        searched = any(
+            params.get(k) for k in ("filter", "project", "env", "level", "run_id", "task_id")
+        )
+        lines: list[dict[str, Any]] = []
+        error = ""
+        next_cursor = None
+        try:
+            query = log_queries.from_params(params, time.time_ns())
+        except log_queries.QueryError as exc:
+            query, error = None, str(exc)
+        desired = self.engine.desired
+        visible = sorted(
+            p.name
+            for p in (desired.projects.values() if desired else ())
+            if auth.visible(principal, p)
+        )
+        if query is not None and searched:
+            allowed = None if principal.sees_everything() else tuple(visible)
+            try:
+                _, found = await self.engine.logs.query(replace(query, projects=allowed))
+            except QueryFailed as exc:
+                found, error = [], str(exc)
+            lines = [line.as_dict() for line in found]
+            if found and len(found) == query.limit:
+                next_cursor = log_queries.cursor_of(found[-1].time_ns, found[-1].id)
+        return self.render(
+            request,
+            "log_search.html",
+            lines=lines,
+            params={k: v for k, v in params.items() if k != "cursor"},
+            projects=visible,
+            levels=records.LEVELS,
+            searched=searched,
+            error=error,
+            next_cursor=next_cursor,
         )
 
     async def history(self, request: Request) -> Response:

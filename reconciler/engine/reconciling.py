@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from reconciler.engine import (
     refreshing,
     retiring,
     sharding,
+    timing,
 )
 from reconciler.engine.bus import EventBus
 from reconciler.errors import ConfigError, ConfigProblem, QuicFlowError
@@ -107,6 +109,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._builder: Builder | None = None
         self._cluster_observations: list[planning.Observation] = []  # Kubernetes drift
+        self.pass_timings = timing.PassTimings()  # read by reconciler.metrics
         context = contexts.RunContexts(
             self.runs,
             self.logs,
@@ -267,7 +270,9 @@ class Reconciler:
         self._cluster_observations = await clusters.observe(
             desired, self.history.deployed()[1], self.credentials
         )
+        planning_started = time.perf_counter()
         plan = self.plan()
+        self.pass_timings.planned(time.perf_counter() - planning_started)
         out = self.dispatcher.dispatch(desired, plan.actions, wanted, rolled_back, self.hub)
         report.runs, report.skipped = out.waiting, out.skipped
         if wait and out.started:
@@ -311,6 +316,7 @@ class Reconciler:
             self._wake.clear()
             try:
                 await self.reconcile_once(wait=False)
+                self.pass_timings.finished(time.time())
             except QuicFlowError as exc:
                 _log.error("reconcile pass failed: %s", exc)
             desired = self.source.desired

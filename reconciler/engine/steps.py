@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from reconciler.errors import PermanentError
+from reconciler.log import scopes
 from reconciler.runs import Step, StepKey, StepStatus
 from reconciler.store.runs import RunStore
 
@@ -87,7 +88,8 @@ class Steps:
         self.store.put_step(step)
         token = current_step.set((str(key), attempts, issuer))
         try:
-            result = dict(await fn() or {})
+            with scopes.entered(str(key)):  # log lines written inside name their stage/task/target
+                result = dict(await fn() or {})
         except Waiting as wait:
             # Paused for a person or a window: the step resumes later, it did not fail.
             self.store.put_step(replace(step, status=StepStatus.WAITING, error=wait.reason))

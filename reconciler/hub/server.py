@@ -308,6 +308,10 @@ class Hub:
         """Connected agents with one of ``names`` (if given) carrying all ``selector`` labels."""
         return self.registry.select(names, selector)
 
+    def commands_in_flight(self) -> int:
+        """Commands sent to agents whose result has not come back yet."""
+        return len(self._pending)
+
     def status(self, agent_name: str) -> StatusReport | None:
         """The latest status report of ``agent_name``, if connected and reported."""
         info = self.registry.get(agent_name)

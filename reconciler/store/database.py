@@ -82,13 +82,16 @@ class Migration:
 
     Column types that differ between backends are written as ``$name`` (see
     ``Database.column_types``); ``legacy`` names the per-component schema version of
-    the old layout (``schema_versions``) that this migration is equal to.
+    the old layout (``schema_versions``) that this migration is equal to. ``only``
+    names the one backend (``Database.dialect``) whose SQL this is — a table rebuild,
+    SQLite's full-text index: the others record it as applied without running it.
     """
 
     version: int
     name: str
     script: str
     legacy: tuple[str, int] | None = None
+    only: str = ""
 
     def statements(self, column_types: Mapping[str, str]) -> list[str]:
         """The statements of this migration, written for a backend's column types."""
@@ -103,6 +106,9 @@ class Database(abc.ABC):
     paramstyle: ClassVar[str] = "qmark"
     #: How the portable ``$name`` column types of a migration are spelled here.
     column_types: ClassVar[Mapping[str, str]]
+    #: Which backend this is (``"sqlite"``, ``"postgresql"``): a migration whose ``only``
+    #: names another one is recorded without running.
+    dialect: ClassVar[str] = ""
     #: Whether other reconciler processes (replicas) may share this store: they then
     #: divide the work through leases (``reconciler.engine.sharding``).
     shared: ClassVar[bool] = False
@@ -167,8 +173,9 @@ class Database(abc.ABC):
         for migration in sorted(migrations, key=lambda m: m.version):
             if migration.version in done:
                 continue
-            for statement in migration.statements(self.column_types):
-                conn.execute(statement)
+            if not migration.only or migration.only == self.dialect:
+                for statement in migration.statements(self.column_types):
+                    conn.execute(statement)
             record(conn, migration)
             applied.append(migration.version)
         return applied

@@ -1,16 +1,79 @@
 """Log lines in the operational store: ``log_lines`` numbered per stream, ``log_streams`` closed.
 
 Lines are numbered inside the write transaction, never from a cache: another process
-may append to the same stream (an agent's log, a second apply).
+may append to the same stream (an agent's log, a second apply). Each line carries
+where it came from (run or build, project, environment, stage, task, target, channel,
+level) and its time in nanoseconds; its integer ``id`` grows with every line written.
+
+``log_streams`` counts the lines and bytes of each stream in the same transaction, so
+the size of the store is a sum over streams, not a scan. On SQLite a contentless
+trigram FTS5 table (``log_search``) indexes the text; it is filled behind the writes
+(``index``), and a search also scans the lines written since, so no answer waits for
+the index and none misses a line. On PostgreSQL text is matched with ``strpos`` inside
+the other filters.
+
+Retention (``prune_before``, ``prune_oldest``) deletes whole lines, oldest first, and
+takes them out of the index and the counters in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from reconciler.store import database, paging
 
 _LINES = paging.Query("log_lines", order=("seq",))
+#: A trigram index cannot answer a search for fewer than three characters.
+_MIN_INDEXED = 3
+_CHUNK = 500
+#: What ``usage`` counts per line besides its text: its fields and the index entries.
+LINE_OVERHEAD = 96
+_COLUMNS = (
+    "stream, seq, at, source, channel, line, time_ns, run_id, build_id, project, env, "
+    "stage, task, target, level"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line to store (its text already masked), with where and when it was written."""
+
+    at: str
+    source: str
+    channel: str
+    line: str
+    time_ns: int = 0
+    level: str = "info"
+    stage: str = ""
+    task: str = ""
+    target: str = ""
+
+
+def _time_ns(at: str) -> int:
+    """``at`` (ISO 8601) in ns since the epoch; now when it does not parse."""
+    try:
+        moment = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return time.time_ns()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def _entry(value: Entry | Sequence[str]) -> Entry:
+    if isinstance(value, Entry):
+        return value
+    at, source, channel, line = value
+    return Entry(at, source, channel, line, _time_ns(at))
+
+
+def size_of(line: str) -> int:
+    """What one line counts towards a store's size: its UTF-8 text and ``LINE_OVERHEAD``."""
+    return len(line.encode()) + LINE_OVERHEAD
 
 
 class LogLines:
@@ -18,22 +81,59 @@ class LogLines:
 
     def __init__(self, db: database.Database):
         self.db = db
+        self.indexed = db.dialect == "sqlite"
 
-    def append(self, stream: str, entries: Sequence[tuple[str, str, str, str]]) -> int:
-        """Store (at, source, channel, line) entries; return the last sequence number."""
+    def append(
+        self,
+        stream: str,
+        entries: Sequence[Entry | tuple[str, str, str, str]],
+        scope: Mapping[str, str] | None = None,
+    ) -> int:
+        """Store entries ((at, source, channel, line) or ``Entry``); the last sequence number.
+
+        ``scope`` gives the stream's ``run_id``, ``build_id``, ``project`` and ``env``.
+        """
+        lines = [_entry(e) for e in entries]
+        scope = scope or {}
+        run_id, build_id = scope.get("run_id", ""), scope.get("build_id", "")
+        project, env = scope.get("project", ""), scope.get("env", "")
+        size = sum(size_of(e.line) for e in lines)
         with self.db.transaction() as conn:
             start = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM log_lines WHERE stream = ?",
                 (stream,),
             ).fetchone()["next"]
             conn.executemany(
-                "INSERT INTO log_lines (stream, seq, at, source, channel, line) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO log_lines ({_COLUMNS}) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (stream, start + i, at, source, channel, line)
-                    for i, (at, source, channel, line) in enumerate(entries)
+                    (
+                        stream,
+                        start + i,
+                        e.at,
+                        e.source,
+                        e.channel,
+                        e.line,
+                        e.time_ns,
+                        run_id,
+                        build_id,
+                        project,
+                        env,
+                        e.stage,
+                        e.task,
+                        e.target,
+                        e.level,
+                    )
+                    for i, e in enumerate(lines)
                 ],
             )
-        return int(start) + len(entries) - 1
+            conn.execute(
+                "INSERT INTO log_streams (stream, closed, lines, bytes) VALUES (?, 0, ?, ?)"
+                " ON CONFLICT (stream) DO UPDATE SET lines = log_streams.lines + excluded.lines,"
+                " bytes = log_streams.bytes + excluded.bytes",
+                (stream, len(lines), size),
+            )
+        return int(start) + len(lines) - 1
 
     def close(self, stream: str) -> None:
         """Mark ``stream`` as finished."""
@@ -63,3 +163,180 @@ class LogLines:
         if contains:
             query = query.where(self.db.contains("line"), contains)
         return query.rows(self.db, limit)
+
+    def scope_of(self, stream: str) -> dict[str, str]:
+        """``run_id``, ``build_id``, ``project``, ``env`` of a run's or a build's stream."""
+        runs = self.db.query("SELECT project, env FROM runs WHERE id = ?", (stream,))
+        if runs:
+            return {"run_id": stream, "project": runs[0]["project"], "env": runs[0]["env"]}
+        builds = self.db.query("SELECT project FROM builds WHERE id = ?", (stream,))
+        if builds:
+            return {"build_id": stream, "project": builds[0]["project"]}
+        return {}
+
+    # -- search -------------------------------------------------------------------------
+
+    def search(
+        self,
+        *,
+        streams: Sequence[str] | None = None,
+        projects: Sequence[str] | None = None,
+        env: str | None = None,
+        stage: str | None = None,
+        task: str | None = None,
+        target: str | None = None,
+        levels: Sequence[str] | None = None,
+        text: str | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        after: tuple[int, int] | None = None,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[database.Row]:
+        """Lines matching every filter given, by (time, id), newest first unless told.
+
+        ``streams`` are run or build ids, ``projects`` the projects the caller may see;
+        ``text`` is a case-sensitive substring; ``start_ns`` is inclusive, ``end_ns``
+        exclusive; ``after`` is the (time_ns, id) of the last line of the previous page.
+        """
+        query = (
+            paging.Query("log_lines")
+            .among("stream", streams)
+            .among("project", projects)
+            .equal("env", env)
+            .equal("stage", stage)
+            .equal("task", task)
+            .equal("target", target)
+            .among("level", levels)
+            .compare("time_ns", ">=", start_ns)
+            .compare("time_ns", "<", end_ns)
+        )
+        if text:
+            if self.indexed and streams is None and len(text) >= _MIN_INDEXED:
+                # Lines the index holds, and those written since it was last brought up.
+                query = query.where(
+                    "id IN (SELECT rowid FROM log_search WHERE log_search MATCH ?"
+                    " UNION ALL SELECT id FROM log_lines WHERE id >"
+                    " (SELECT upto FROM log_search_progress WHERE id = 1))",
+                    '"' + text.replace('"', '""') + '"',
+                )
+            query = query.where(self.db.contains("line"), text)
+        direction = "DESC" if newest_first else "ASC"
+        if after is not None:
+            mark = "<" if newest_first else ">"
+            query = query.where(
+                f"(time_ns {mark} ? OR (time_ns = ? AND id {mark} ?))", after[0], after[0], after[1]
+            )
+        return query.ordered(f"time_ns {direction}", f"id {direction}").rows(self.db, limit)
+
+    def export(self, stream: str, batch: int = 5000) -> Iterable[database.Row]:
+        """Every line of ``stream`` in order, read ``batch`` lines at a time."""
+        after = 0
+        while True:
+            rows = self.read(stream, after, batch)
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1]["seq"]
+
+    def streams_of(self, stream_ids: Sequence[str]) -> dict[str, database.Row]:
+        """The ``log_streams`` rows of ``stream_ids`` (closed, lines, bytes)."""
+        if not stream_ids:
+            return {}
+        rows = paging.Query("log_streams").among("stream", stream_ids).rows(self.db)
+        return {r["stream"]: r for r in rows}
+
+    # -- the index ----------------------------------------------------------------------
+
+    def index(self, batch: int = 2000) -> int:
+        """Add up to ``batch`` lines written since the last call to the text index; how many."""
+        if not self.indexed:
+            return 0
+        with self.db.transaction() as conn:
+            upto = conn.execute("SELECT upto FROM log_search_progress WHERE id = 1").fetchone()[
+                "upto"
+            ]
+            rows = conn.execute(
+                "SELECT id, line FROM log_lines WHERE id > ? ORDER BY id LIMIT ?", (upto, batch)
+            ).fetchall()
+            if not rows:
+                return 0
+            conn.executemany(
+                "INSERT INTO log_search (rowid, line) VALUES (?, ?)",
+                [(r["id"], r["line"]) for r in rows],
+            )
+            conn.execute("UPDATE log_search_progress SET upto = ? WHERE id = 1", (rows[-1]["id"],))
+        return len(rows)
+
+    def unindexed(self) -> int:
+        """How many lines the text index has yet to take in (0 where there is none)."""
+        if not self.indexed:
+            return 0
+        rows = self.db.query(
+            "SELECT COUNT(*) AS n FROM log_lines WHERE id >"
+            " (SELECT upto FROM log_search_progress WHERE id = 1)"
+        )
+        return int(rows[0]["n"])
+
+    # -- retention ----------------------------------------------------------------------
+
+    def usage(self) -> tuple[int, int]:
+        """(lines, bytes) stored, as counted by ``size_of``."""
+        row = self.db.query(
+            "SELECT COALESCE(SUM(lines), 0) AS lines, COALESCE(SUM(bytes), 0) AS bytes"
+            " FROM log_streams"
+        )[0]
+        return int(row["lines"]), int(row["bytes"])
+
+    def prune_before(self, cutoff_ns: int, batch: int = 5000) -> int:
+        """Delete up to ``batch`` of the oldest lines written before ``cutoff_ns``; how many."""
+        rows = self.db.query(
+            "SELECT id, stream, line FROM log_lines WHERE time_ns < ? ORDER BY time_ns, id LIMIT ?",
+            (cutoff_ns, batch),
+        )
+        return self._delete(rows)
+
+    def prune_oldest(self, free: int, batch: int = 5000) -> int:
+        """Delete the oldest lines (at most ``batch``) until ``free`` bytes are freed; how many."""
+        if free <= 0:
+            return 0
+        rows = self.db.query(
+            "SELECT id, stream, line FROM log_lines ORDER BY time_ns, id LIMIT ?", (batch,)
+        )
+        chosen: list[database.Row] = []
+        freed = 0
+        for row in rows:
+            if freed >= free:
+                break
+            chosen.append(row)
+            freed += size_of(row["line"])
+        return self._delete(chosen)
+
+    def _delete(self, rows: Sequence[database.Row]) -> int:
+        if not rows:
+            return 0
+        per_stream: dict[str, list[int]] = {}
+        for row in rows:
+            counted = per_stream.setdefault(row["stream"], [0, 0])
+            counted[0] += 1
+            counted[1] += size_of(row["line"])
+        with self.db.transaction() as conn:
+            if self.indexed:
+                upto = conn.execute("SELECT upto FROM log_search_progress WHERE id = 1").fetchone()[
+                    "upto"
+                ]
+                conn.executemany(
+                    "INSERT INTO log_search (log_search, rowid, line) VALUES ('delete', ?, ?)",
+                    [(r["id"], r["line"]) for r in rows if r["id"] <= upto],
+                )
+            ids = [r["id"] for r in rows]
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                conn.execute(
+                    f"DELETE FROM log_lines WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                )
+            conn.executemany(
+                "UPDATE log_streams SET lines = lines - ?, bytes = bytes - ? WHERE stream = ?",
+                [(n, size, stream) for stream, (n, size) in per_stream.items()],
+            )
+        return len(rows)

@@ -23,6 +23,7 @@ from reconciler.store import database, legacy, migrations
 class SQLiteDatabase(database.Database):
     """One SQLite connection (WAL) shared by the store's repositories."""
 
+    dialect = "sqlite"
     column_types = {
         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
         "float": "REAL",

@@ -1,0 +1,167 @@
+"""What a log line is: its fields, its level, its time in nanoseconds.
+
+Pure, no I/O. ``LogLine`` is one stored line as every reader sees it (SSE, query,
+export, pages, VictoriaLogs): the stream it belongs to (a run's or a build's id) and
+its sequence number there, the time (ISO text and nanoseconds since the epoch), the
+run or build, project, environment, stage, task and target it was written for, the
+``source`` that wrote it (``web-1/deploy``, ``engine``), its ``channel`` (the output
+stream: ``stdout``, ``stderr`` or ``system``), its ``level`` and its text, masked
+before it was stored.
+
+``level_of`` infers a level where a writer gives none: a leading level word
+(``ERROR``, ``[warn]``, ``level=debug``, ``FATAL:``) wins; otherwise engine lines
+saying something failed are errors, ``stderr`` is ``warn`` (tools print progress
+there too, so it is not an error by itself) and the rest ``info``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+LEVELS = ("debug", "info", "warn", "error")
+_ALIASES = {
+    "trace": "debug",
+    "debug": "debug",
+    "info": "info",
+    "notice": "info",
+    "warn": "warn",
+    "warning": "warn",
+    "error": "error",
+    "err": "error",
+    "fatal": "error",
+    "critical": "error",
+    "crit": "error",
+    "panic": "error",
+}
+_LEADING_LEVEL = re.compile(
+    r"^\s*(?:\d{4}-\d\d-\d\d[T ][\d:.,]+(?:Z|[+-]\d\d:?\d\d)?\s+)?"  # a timestamp first
+    r"(?:\[(?P<bracketed>[A-Za-z]+)\]|level=(?P<kv>[A-Za-z]+)|(?P<word>[A-Za-z]+)(?=[:\s]|$))"
+)
+_FAILED = re.compile(r"\b(failed|timed out|error|refused|rolled back)\b", re.IGNORECASE)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def normalize_level(text: str) -> str:
+    """The level ``text`` names (``WARNING`` → ``warn``); ValueError when it names none."""
+    level = _ALIASES.get(text.strip().lower())
+    if level is None:
+        raise ValueError(f"unknown level {text!r}: one of {', '.join(LEVELS)}")
+    return level
+
+
+def level_of(channel: str, message: str) -> str:
+    """The level of a line nobody gave one (see the module docstring)."""
+    match = _LEADING_LEVEL.match(message)
+    if match:
+        word = match.group("bracketed") or match.group("kv") or match.group("word") or ""
+        named = _ALIASES.get(word.lower())
+        # A bare word counts only in capitals or followed by a colon ("ERROR x", "error: x").
+        bare = match.group("word") is not None
+        if named and (not bare or word.isupper() or message[match.end() :].startswith(":")):
+            return named
+    if channel == "system" and _FAILED.search(message):
+        return "error"
+    return "warn" if channel == "stderr" else "info"
+
+
+def ns_of(moment: dt.datetime) -> int:
+    """``moment`` in nanoseconds since the epoch (naive times are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def parse_time(text: str) -> int:
+    """An RFC 3339 / ISO 8601 time in ns since the epoch; ValueError when it is none."""
+    value = text.strip()
+    if not value:
+        raise ValueError("empty time")
+    # Python reads at most microseconds: keep the nanosecond digits aside.
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)\.(\d+)(.*)$", value)
+    extra = 0
+    if match:
+        digits = match.group(2)
+        value = f"{match.group(1)}.{digits[:6].ljust(6, '0')}{match.group(3)}"
+        extra = int(digits[6:9].ljust(3, "0")) if len(digits) > 6 else 0
+    moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    return ns_of(moment) + extra
+
+
+def format_ns(ns: int) -> str:
+    """``ns`` since the epoch as RFC 3339 with nanoseconds, UTC (``…T10:00:00.000000001Z``)."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    moment = _EPOCH + dt.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction:09d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One stored log line (its text masked before it was stored)."""
+
+    stream: str
+    seq: int
+    at: str
+    source: str
+    channel: str
+    line: str
+    time_ns: int = 0
+    run_id: str = ""
+    build_id: str = ""
+    project: str = ""
+    env: str = ""
+    stage: str = ""
+    task: str = ""
+    target: str = ""
+    level: str = "info"
+    id: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "source": self.source,
+            "channel": self.channel,
+            "line": self.line,
+            "stream": self.stream,
+            "time_ns": self.time_ns,
+            "run_id": self.run_id,
+            "build_id": self.build_id,
+            "project": self.project,
+            "env": self.env,
+            "stage": self.stage,
+            "task": self.task,
+            "target": self.target,
+            "level": self.level,
+        }
+
+    def as_text(self) -> str:
+        """The line as one line of a plain-text export."""
+        source = f" [{self.source}]" if self.source else ""
+        return f"{self.at}{source} {self.channel}: {self.line}\n"
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> LogLine:
+        """A line read back from the store (a row with the ``log_lines`` columns)."""
+        return cls(
+            row["stream"],
+            int(row["seq"]),
+            row["at"],
+            row["source"],
+            row["channel"],
+            row["line"],
+            int(row["time_ns"]),
+            row["run_id"],
+            row["build_id"],
+            row["project"],
+            row["env"],
+            row["stage"],
+            row["task"],
+            row["target"],
+            row["level"],
+            int(row["id"]),
+        )
