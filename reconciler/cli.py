@@ -1,7 +1,9 @@
 """The ``quicflow`` command line: validate, plan, history, init (and the server's commands).
 
 Exit codes are a contract for CI jobs on the config repo: ``validate`` 0 valid, 1
-invalid, 2 usage error; ``plan --detailed-exitcode`` 0 no changes, 2 changes, 1 error.
+invalid, 2 usage error; ``plan --detailed-exitcode`` 0 no changes, 2 changes, 1 error;
+``plan --base`` 3 when an author of the change is not allowed to make it (unless
+``--no-require-allowed``), whatever else it would exit with.
 Errors go to stderr, one per line; results to stdout.
 """
 
@@ -103,6 +105,12 @@ def validate(repo: str, rev: str) -> None:
 @click.option(
     "--verbose", "-v", is_flag=True, help="Also list unchanged environments (text format)."
 )
+@click.option(
+    "--require-allowed/--no-require-allowed",
+    default=True,
+    show_default=True,
+    help=f"With --base: exit {EXIT_NOT_ALLOWED} when an author may not make the change.",
+)
 def plan(
     repo: str,
     base: str | None,
@@ -111,8 +119,14 @@ def plan(
     detailed_exitcode: bool,
     only: str | None,
     verbose: bool,
+    require_allowed: bool,
 ) -> None:
-    """Show what would roll out, where and how — and, with --base, who may merge it."""
+    """Show what would roll out, where and how — and, with --base, who may merge it.
+
+    With --base the change is judged from where the branch forked from BASE (its
+    merge-base), with the roles BASE declares now; the plan exits 3 when an author is
+    not allowed (--no-require-allowed: only report it).
+    """
     try:
         git = _open(repo)
         loader = loading.Loader(git)
@@ -130,13 +144,7 @@ def plan(
         applies = _applies(the_plan, desired, deployed)
         report = None
         if base is not None:
-            base_result = loader.load(base)
-            base_desired = base_result.desired  # an invalid base is judged as if empty
-            authors = [
-                (c.author_name, c.author_email)
-                for c in git.commits_between(git.resolve(base), head_result.commit)
-            ]
-            report = policy.report(base_desired, desired, authors)
+            report = _policy_report(git, loader, base, head_result.commit, desired)
     except QuicFlowError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -149,6 +157,10 @@ def plan(
         click.echo(rendering.plan_markdown(the_plan, report, applies=applies), nl=False)
     else:
         click.echo(rendering.plan_text(the_plan, report, verbose, applies=applies), nl=False)
+    if report is not None and require_allowed and not report.allowed:
+        for refusal in report.refusals():
+            click.echo(f"not allowed: {refusal}", err=True)
+        sys.exit(EXIT_NOT_ALLOWED)
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(2)
 
@@ -166,6 +178,42 @@ def _applies(
             record = deployed.get((action.project, action.env))
             found[action.key] = describing.applies(env, record.color if record else None)
     return found
+
+
+def _policy_report(
+    git: GitRepository,
+    loader: loading.Loader,
+    base: str,
+    head_commit: str,
+    head: model_mod.DesiredState,
+) -> policy.PolicyReport:
+    """The roles the change from ``base`` to ``head_commit`` needs, and its authors' check.
+
+    Changes are read from the merge-base (a stale branch is not charged with what main
+    did since it forked); roles from ``base`` as it is — never from the change.
+    """
+    base_commit = git.resolve(base)
+    base_result = loader.load(base_commit)
+    problem = ""
+    if not base_result.ok:
+        count = len(base_result.problems)
+        problem = (
+            f"{base} ({base_commit[:10]}) is invalid ({count} problem{'s' if count != 1 else ''}"
+            f"; run 'quicflow validate --rev {base}')"
+        )
+    fork = git.merge_base(base_commit, head_commit) or base_commit
+    changes_from = base_result.desired
+    if fork != base_commit:
+        forked = loader.load(fork)
+        changes_from = forked.desired if forked.ok else base_result.desired
+    authors = [(c.author_name, c.author_email) for c in git.commits_between(fork, head_commit)]
+    return policy.report(
+        changes_from,
+        head,
+        authors,
+        roles_from=base_result.desired if base_result.ok else None,
+        base_problem=problem,
+    )
 
 
 @main.command()
@@ -258,6 +306,7 @@ for _command in (
     engine_commands.reject,
     engine_commands.promote,
     engine_commands.rollback,
+    engine_commands.cancel,
 ):
     main.add_command(_command)
 

@@ -39,6 +39,7 @@ from reconciler.engine.reconciling import PassReport, Reconciler
 from reconciler.errors import PermanentError, PermissionDenied, QuicFlowError, SourceError
 from reconciler.gitops import model
 from reconciler.gitops.repository import GitRepository
+from reconciler.rules import windows
 from reconciler.runs import RunState
 from reconciler.store import locking
 from reconciler.targets.resolving import Executors
@@ -276,7 +277,14 @@ promote = _decision_command("promote", "promote")
     help="Version to restore (default: the one before the current).",
 )
 @click.option(
-    "--pin", is_flag=True, help="Deploy it now and pin the environment until Git changes."
+    "--pin",
+    is_flag=True,
+    help="Deploy it now and pin the environment until its version changes in Git.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="An emergency: run it even while the release window is closed (owners; recorded).",
 )
 @_identity_options
 @click.option("--repo", default=".", show_default=True, help=REPO_HELP)
@@ -286,6 +294,7 @@ def rollback(
     env: str,
     to_version: str | None,
     pin: bool,
+    force: bool,
     username: str | None,
     token_file: Path | None,
     repo: str,
@@ -294,7 +303,9 @@ def rollback(
     """Roll back on purpose: commit a revert to the config repo (default) or --pin a version now.
 
     Acts as the owner of --token-file/QUICFLOW_API_TOKEN (with their role), else as the
-    local administrator; either way who asked is recorded.
+    local administrator; either way who asked is recorded. Outside the environment's
+    release window the rollback waits for it (visible, and cancellable with ``quicflow
+    cancel``) unless an owner gives --force.
     """
 
     async def main() -> str:
@@ -303,13 +314,77 @@ def rollback(
             await reconciler.refresh()
             user = _identity(reconciler, username, token_file)
             result = await reconciler.rollback(
-                project, env, actor=user, to_version=to_version, pin=pin
+                project, env, actor=user, to_version=to_version, pin=pin, force=force
             )
             if isinstance(result, str):
-                return f"committed {result[:10]}: {project}/{env} back to the previous version; the next pass deploys it"
+                return (
+                    f"committed {result[:10]}: {project}/{env} back to the previous version; "
+                    f"the next pass deploys it{_window_note(reconciler, project, env, force)}"
+                )
             await reconciler.wait_idle()
             final = reconciler.runs.get(result.id) or result
-            return f"{final.id}  {project}/{env} pinned to {final.version}: {final.state.value}"
+            line = f"{final.id}  {project}/{env} pinned to {final.version}: {final.state.value}"
+            if final.state is RunState.WAITING_WINDOW:
+                line += (
+                    f" (release window closed; it runs by itself when it opens at "
+                    f"{final.detail.get('next_opening') or 'no known time'}; cancel it with: "
+                    f"quicflow cancel {final.id}; an owner may instead roll back with --force)"
+                )
+            elif final.forced:
+                line += " (forced past the closed release window)"
+            return line
+        finally:
+            await reconciler.close()
+
+    _echo_or_refuse(main())
+
+
+def _window_note(reconciler: Reconciler, project: str, env: str, force: bool) -> str:
+    """What the release window means for a revert the next pass deploys."""
+    desired = reconciler.desired
+    found = desired.environment(project, env) if desired else None
+    if found is None or not found.release_windows:
+        return ""
+    now = reconciler.now()
+    if windows.is_open(found.release_windows, now):
+        return ""
+    if force:
+        return ", forced past its closed release window"
+    opening = windows.next_opening(found.release_windows, now)
+    return (
+        f", but its release window is closed: the run waits until {opening.isoformat() if opening else 'it opens'}"
+        " (cancel a waiting run with: quicflow cancel RUN_ID; an owner may roll back with --force)"
+    )
+
+
+@click.command()
+@click.argument("run_id")
+@_identity_options
+@click.option("--repo", default=".", show_default=True, help=REPO_HELP)
+@click.option("--data", default=".quicflow", show_default=True, help=DATA_HELP)
+def cancel(
+    run_id: str, username: str | None, token_file: Path | None, repo: str, data: str
+) -> None:
+    """Cancel a run that waits (for an approval, a promotion or a release window).
+
+    A run executing in a running ``serve`` is stopped through its API instead. Acts as
+    the owner of --token-file/QUICFLOW_API_TOKEN, else as the local administrator.
+    """
+
+    async def main() -> str:
+        reconciler = _reconciler(repo, data)
+        try:
+            await reconciler.refresh()
+            user = _identity(reconciler, username, token_file)
+            found = reconciler.runs.get(run_id)
+            if found is not None and reconciler.lifecycle.owned_elsewhere(found):
+                raise PermanentError(
+                    f"run {run_id} is executing in another process "
+                    f"({found.detail.get('owner', '?')}); cancel it through its API: "
+                    f"POST /api/release/runs/{run_id}/cancel"
+                )
+            run = await reconciler.cancel(run_id, user)
+            return f"{run.id}  {run.project}/{run.env} {run.version}: {run.state.value} by {_shown(user)}"
         finally:
             await reconciler.close()
 

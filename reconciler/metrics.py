@@ -175,6 +175,27 @@ class _StoreCollector:
         yield from self._deliveries(db)
         yield from self._reconcile(engine, now)
         yield from self._logs(engine)
+        yield from self._history(engine)
+
+    @staticmethod
+    def _history(engine: Any) -> Iterator[Metric]:
+        """Whether what this reconciler recorded in Git reached origin (push_history)."""
+        history = getattr(engine, "history", None)
+        if history is None:
+            return
+        status = history.status()
+        unpushed = GaugeMetricFamily(
+            "quicflow_history_unpushed_commits",
+            "State commits recorded here that origin does not have (a failed history push).",
+        )
+        unpushed.add_metric((), status.unpushed)
+        failures = GaugeMetricFamily(
+            "quicflow_history_push_failures",
+            "History pushes that failed in a row (0 once one succeeds; retried every poll).",
+        )
+        failures.add_metric((), status.failed_pushes if status.pushing else 0)
+        yield unpushed
+        yield failures
 
     @staticmethod
     def _builds(db: Any) -> Iterator[Metric]:

@@ -9,6 +9,12 @@ One engine per data dir: ``serve`` holds the data dir's engine lock
 (``store.locking``) from before its hub and local agent start until it exits, so a
 second ``serve`` or ``apply`` on the same data dir refuses to start instead of
 revoking this one's local agent token.
+
+A failed start harms nothing. The HTTP port is bound first of all (a port in use exits
+1 at once, naming ``--http``), and the reconcile loop starts only once the HTTP server
+has started: if any start-up step fails — the hub's port, the local agent, the app's
+lifespan — ``serve`` exits non-zero before its first deploy, so no run is started, none
+is cancelled, and nothing is written to Git.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +32,16 @@ import click
 import uvicorn
 
 from reconciler.alert.notifier import Notifier
+from reconciler.api import auth
 from reconciler.api.app import ServerSettings, create_app
 from reconciler.auth.tokens import TokenStore
 from reconciler.commands import open_credentials
+from reconciler.durations import parse_duration
 from reconciler.engine.agents import LOCAL_AGENT, HubExecutor, LocalAgent
 from reconciler.engine.reconciling import Reconciler
-from reconciler.errors import SourceError
-from reconciler.gitops.repository import GitRepository
+from reconciler.errors import QuicFlowError, SourceError
+from reconciler.events import Event, EventType
+from reconciler.gitops.repository import GitRepository, is_remote_url, redact_url
 from reconciler.hub import locations
 from reconciler.hub.server import Hub
 from reconciler.log.upkeep import LogUpkeep
@@ -57,10 +68,14 @@ async def serve(
     quic: tuple[str, int],
     local_agent: bool,
     stop: asyncio.Event | None = None,
+    http_socket: socket.socket | None = None,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> None:
     """Run everything until ``stop`` is set or a signal arrives.
 
-    The caller holds ``data``'s engine lock (``serve_command`` takes it first thing).
+    The caller holds ``data``'s engine lock (``serve_command`` takes it first thing) and
+    may pass the HTTP socket it bound already (``listen``). The reconcile loop starts
+    only after the HTTP server did; ``StartupFailed`` when it did not.
     """
     stop = stop or asyncio.Event()
     hub = Hub(locations.hub_dir(data), host=quic[0], port=quic[1])
@@ -72,6 +87,7 @@ async def serve(
     )
     reconciler = Reconciler(repo, data, executors=executors)
     reconciler.hub = hub
+    reconciler.bus.subscribe(_log_runs(reconciler))  # one line per run start and end
     notifier: Notifier | None = None
     loop_task: asyncio.Task[None] | None = None
     upkeep_task: asyncio.Task[None] | None = None
@@ -89,23 +105,47 @@ async def serve(
         )
         await notifier.start(reconciler.bus)
         app = create_app(
-            reconciler, ServerSettings(database=reconciler.db, credentials=credentials)
+            reconciler,
+            ServerSettings(
+                database=reconciler.db, credentials=credentials, trusted_proxies=trusted_proxies
+            ),
         )
         server = uvicorn.Server(
             uvicorn.Config(
-                app, host=http[0], port=http[1], log_level="info", lifespan="on", access_log=False
+                app,
+                host=http[0],
+                port=http[1],
+                log_level="info",
+                lifespan="on",
+                access_log=False,
+                # X-Forwarded-For is believed only from --trusted-proxy (ServerSettings).
+                proxy_headers=False,
             )
         )
+        # The port bound, not the one asked for: ``--http HOST:0`` picks a free one.
+        http_port = http_socket.getsockname()[1] if http_socket is not None else http[1]
         _log.info(
             "QUIC-Flow serving http://%s:%d, QUIC hub on %s:%d%s",
             http[0],
-            http[1],
+            http_port,
             quic[0],
             hub.port,
             " with a local agent" if local else "",
         )
+        # Returns on SIGTERM/SIGINT (uvicorn installs the handlers).
+        sockets = [http_socket] if http_socket is not None else None
+        http_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
+        while not server.started and not http_task.done():
+            await asyncio.wait({http_task}, timeout=0.05)
+        if not server.started:
+            failure = http_task.exception() if not http_task.cancelled() else None
+            raise StartupFailed(
+                f"the HTTP server on {http[0]}:{http[1]} did not start"
+                f"{f': {failure}' if failure else ''}; nothing was deployed"
+            )
+        _log.info("HTTP server started; starting the reconcile loop")
         loop_task = asyncio.create_task(reconciler.run_forever(stop), name="reconcile")
-        await server.serve()  # returns on SIGTERM/SIGINT (uvicorn installs the handlers)
+        await http_task
     finally:
         stop.set()
         if loop_task is not None:
@@ -130,6 +170,62 @@ def _log_settings(reconciler: Reconciler) -> tuple[Mapping[str, Any], bool] | No
     return desired.settings.logs, bool(desired.settings.features.get("victoria_logs", False))
 
 
+_RUN_ENDS = frozenset(
+    {
+        EventType.RUN_SUCCEEDED,
+        EventType.RUN_FAILED,
+        EventType.RUN_CANCELLED,
+        EventType.RUN_SUPERSEDED,
+    }
+)
+
+
+def run_log_line(event: Event, previous: str | None) -> str | None:
+    """The one log line of a run's start or end (None for any other event)."""
+    if event.type is not EventType.RUN_STARTED and event.type not in _RUN_ENDS:
+        return None
+    change = f"{previous or '(nothing)'} -> {event.version}"
+    trigger = event.data.get("trigger", "?")
+    where = f"{event.project}/{event.env}"
+    if event.type is EventType.RUN_STARTED:
+        return f"run {event.run_id} started: {where} {change} (trigger {trigger})"
+    outcome = event.data.get("state", event.type.value)
+    error = f": {event.error.splitlines()[0][:300]}" if event.error else ""
+    return f"run {event.run_id} ended {outcome}: {where} {change} (trigger {trigger}){error}"
+
+
+def _log_runs(reconciler: Reconciler) -> Callable[[Event], Awaitable[None]]:
+    async def handle(event: Event) -> None:
+        if event.type is not EventType.RUN_STARTED and event.type not in _RUN_ENDS:
+            return
+        run = reconciler.runs.get(event.run_id)
+        line = run_log_line(event, run.previous_version if run else None)
+        if line is not None:
+            (_log.warning if event.type is EventType.RUN_FAILED else _log.info)(line)
+
+    return handle
+
+
+class StartupFailed(Exception):
+    """A start-up step of ``serve`` failed; nothing was deployed."""
+
+
+def listen(address: tuple[str, int]) -> socket.socket:
+    """A TCP socket bound and listening on ``address`` (``--http``), or a clear CLI error."""
+    host, port = address
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise click.ClickException(
+            f"--http {host}:{port}: cannot listen there: {exc.strerror or exc} "
+            "(another process has the port? choose another with --http HOST:PORT); "
+            "nothing was started or deployed"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 @click.command("serve")
 @click.option("--repo", default=".", show_default=True, help=REPO_HELP)
 @click.option("--data", default=".quicflow", show_default=True, help="Data directory.")
@@ -144,13 +240,26 @@ def _log_settings(reconciler: Reconciler) -> tuple[Mapping[str, Any], bool] | No
     help="QUIC hub listen address (UDP).",
 )
 @click.option("--local-agent", is_flag=True, help="Start an agent on loopback for local targets.")
-def serve_command(repo: str, data: str, http: str, quic: str, local_agent: bool) -> None:
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDRESS|CIDR",
+    help="A reverse proxy whose X-Forwarded-For is believed (repeatable); others' is ignored.",
+)
+def serve_command(
+    repo: str, data: str, http: str, quic: str, local_agent: bool, trusted_proxies: tuple[str, ...]
+) -> None:
     """Serve: reconcile loop, API and status page, QUIC hub, notifications — one process."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every handshake at INFO
     http_address, quic_address = _address(http, "--http"), _address(quic, "--quic")
+    try:
+        auth.proxy_networks(trusted_proxies)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxy") from None
     engine_lock = locking.DataDirLock(Path(data), "serve")
     try:
         # First of all: a second engine on this data dir must not touch its mirror, hub
@@ -158,13 +267,34 @@ def serve_command(repo: str, data: str, http: str, quic: str, local_agent: bool)
         engine_lock.acquire()
     except locking.DataDirInUse as exc:
         raise click.ClickException(str(exc)) from None
+    http_socket: socket.socket | None = None
     try:
+        # Before anything that could deploy: a port in use ends here, having touched nothing.
+        http_socket = listen(http_address)
         try:
             git = GitRepository.open(repo, cache_dir=Path(data) / "repos")
         except SourceError as exc:
             raise click.ClickException(str(exc)) from None
-        asyncio.run(serve(git, Path(data), http_address, quic_address, local_agent))
+        try:
+            asyncio.run(
+                serve(
+                    git,
+                    Path(data),
+                    http_address,
+                    quic_address,
+                    local_agent,
+                    None,
+                    http_socket,
+                    trusted_proxies,
+                )
+            )
+        except StartupFailed as exc:
+            raise click.ClickException(f"serve could not start: {exc}") from None
+        except OSError as exc:  # a port of the hub in use, a data dir not writable
+            raise click.ClickException(f"serve failed: {exc}") from None
     finally:
+        if http_socket is not None:
+            http_socket.close()
         engine_lock.release()
 
 
@@ -177,24 +307,65 @@ def token() -> None:
 @click.argument("user")
 @click.option("--data", default=".quicflow", show_default=True, help="Data directory.")
 @click.option("--repo", default=".", show_default=True, help=REPO_HELP)
-def token_create(user: str, data: str, repo: str) -> None:
+@click.option(
+    "--ttl",
+    default=None,
+    metavar="DURATION",
+    help="Expire the token after DURATION (e.g. 12h, 30d); default: never.",
+)
+def token_create(user: str, data: str, repo: str, ttl: str | None) -> None:
     """Issue a token for USER and print it, alone, on stdout."""
+    lifetime = None
+    if ttl is not None:
+        try:
+            seconds = parse_duration(ttl)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ttl") from None
+        if not seconds or seconds <= 0:
+            raise click.BadParameter("must be longer than 0s", param_hint="--ttl")
+        lifetime = timedelta(seconds=seconds)
     try:
         git = GitRepository.open(repo, cache_dir=Path(data) / "repos")
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
     from reconciler.gitops.loading import Loader
 
-    desired = Loader(git).load().desired
+    try:
+        result = Loader(git).load()
+    except QuicFlowError as exc:
+        where = redact_url(repo) if is_remote_url(repo) else repo
+        raise click.ClickException(f"--repo {where}: {exc}") from None
+    desired = result.desired
     if desired is None:
-        raise click.ClickException("the config repo is invalid; run 'quicflow validate'")
+        raise click.ClickException(
+            f"the config repo is invalid at {result.commit[:10]} "
+            f"({len(result.problems)} problems); run 'quicflow validate'"
+        )
     if user not in desired.users:
         raise click.ClickException(f"unknown user {user!r}: users are declared in quicflow.yaml")
     db = Database.open(Path(data))
     try:
-        click.echo(TokenStore(db).create(user))
+        click.echo(TokenStore(db).create(user, ttl=lifetime))
     finally:
         db.close()
+
+
+@token.command("list")
+@click.argument("user", required=False)
+@click.option("--data", default=".quicflow", show_default=True, help="Data directory.")
+def token_list(user: str | None, data: str) -> None:
+    """List API tokens (never their values): id, user, created, expires, last used."""
+    db = Database.open(Path(data))
+    try:
+        found = TokenStore(db).list(user)
+    finally:
+        db.close()
+    click.echo(f"{'ID':<14}{'USER':<16}{'CREATED':<27}{'EXPIRES':<27}LAST USED")
+    for info in found:
+        click.echo(
+            f"{info.id:<14}{info.username:<16}{info.created_at:<27}"
+            f"{info.expires_at or 'never':<27}{info.last_used_at or 'never'}"
+        )
 
 
 @token.command("revoke")

@@ -1,8 +1,10 @@
-"""Test helper: a config repo's remote that lets the reconciler fetch but not push.
+"""Test helper: a config repo's remote served by a real ``git daemon``.
 
 ``git daemon`` (from Debian's ``git``) serves bare repositories over ``git://``; without
 ``--enable=receive-pack`` every push is refused, as a protected branch or a read-only
-token refuses one on a real Git host. Repositories under ``base`` are served as
+token refuses one on a real Git host. With it, pushes run the repository's hooks, so an
+``update`` hook can decline some refs only (``refuse_quicflow_refs``), as a host that
+protects ``refs/quicflow/*`` does. Repositories under ``base`` are served as
 ``git://127.0.0.1:PORT/NAME``.
 """
 
@@ -27,6 +29,41 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def read_only_daemon(base: Path) -> Iterator[str]:
     """Serve the bare repositories under ``base`` read-only; yields ``git://127.0.0.1:PORT``."""
+    with _daemon(base, ()) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def pushable_daemon(base: Path) -> Iterator[str]:
+    """Serve the bare repositories under ``base`` with pushes allowed (their hooks run, as
+    on a Git host: an ``update`` hook can refuse a ref); yields ``git://127.0.0.1:PORT``."""
+    with _daemon(base, ("--enable=receive-pack",)) as url:
+        yield url
+
+
+REFUSE_QUICFLOW_REFS = """\
+#!/bin/sh
+# A Git host that protects refs/quicflow/*: every update of them is declined.
+case "$1" in
+  refs/quicflow/*) echo "$1 is protected on this host" >&2; exit 1 ;;
+esac
+exit 0
+"""
+
+
+def refuse_quicflow_refs(bare: Path, refuse: bool = True) -> None:
+    """Install (or remove) an ``update`` hook in ``bare`` that declines refs/quicflow/*."""
+    hook = bare / "hooks" / "update"
+    if not refuse:
+        hook.unlink(missing_ok=True)
+        return
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(REFUSE_QUICFLOW_REFS)
+    hook.chmod(0o755)
+
+
+@contextlib.contextmanager
+def _daemon(base: Path, options: tuple[str, ...]) -> Iterator[str]:
     port = _free_port()
     daemon = subprocess.Popen(
         [
@@ -34,6 +71,7 @@ def read_only_daemon(base: Path) -> Iterator[str]:
             "daemon",
             "--export-all",
             "--reuseaddr",
+            *options,
             f"--base-path={base}",
             "--listen=127.0.0.1",
             f"--port={port}",

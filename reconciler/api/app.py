@@ -27,14 +27,14 @@ from starlette.routing import Route
 
 from reconciler import streaming
 from reconciler.alert.notifier import Notifier
-from reconciler.api import auth, builds, logs, operations, pages, routes, webhooks
+from reconciler.api import auth, builds, logs, operations, pages, readonly, routes, webhooks
 from reconciler.auth import limiting
 from reconciler.auth import tokens as api_tokens
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine.control import EngineControl
 from reconciler.store import triggers
 from reconciler.store.database import Database
-from reconciler.trigger import signatures
+from reconciler.trigger import refusals, signatures
 from reconciler.trigger.scheduling import Scheduler
 
 _log = logging.getLogger(__name__)
@@ -54,8 +54,13 @@ class ServerSettings:
     run_scheduler: bool = True
     webhook_body_limit: int = webhooks.DEFAULT_BODY_LIMIT
     webhook_max_skew: timedelta = signatures.DEFAULT_MAX_SKEW
+    webhook_refusal_limit: int = 20  # refused deliveries per trigger, source and window …
+    webhook_refusal_window: float = 60.0  # … seconds, before 429
     auth_max_failures: int = 10  # failed authentications per address and window …
-    auth_failure_window: float = 60.0  # … seconds, before 429
+    auth_failure_window: float = 60.0  # … seconds, before bad credentials get 429
+    # Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For is believed;
+    # from anyone else the header is ignored. Empty: the TCP peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
     session_ttl: timedelta = timedelta(hours=12)
     secure_cookies: bool = False  # set behind HTTPS so the session cookie is never sent in clear
     clock: Callable[[], datetime] = field(default=_utc_now)
@@ -77,6 +82,7 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
         settings.webhook_body_limit,
         settings.webhook_max_skew,
         settings.clock,
+        refusals.RefusalCounter(settings.webhook_refusal_limit, settings.webhook_refusal_window),
     )
     status_page = pages.Pages(
         engine, tokens, limiter, int(settings.session_ttl.total_seconds()), settings.secure_cookies
@@ -93,6 +99,7 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
         try:
             yield
         finally:
+            receiver.flush()
             streams.close()
             if task is not None:
                 task.cancel()
@@ -103,7 +110,7 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
         debug=settings.debug,
         routes=[
             Route("/healthz", routes.healthz),
-            Route("/readyz", routes.readiness(engine)),
+            Route("/readyz", routes.readiness(engine, tokens.lookup)),
             *receiver.routes(),
             *api.routes(),
             *builds.BuildApi(engine, settings, streams).routes(),
@@ -113,7 +120,11 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
         ],
         middleware=[
             Middleware(
-                auth.AuthMiddleware, tokens=tokens, limiter=limiter, desired=lambda: engine.desired
+                auth.AuthMiddleware,
+                tokens=tokens,
+                limiter=limiter,
+                desired=lambda: engine.desired,
+                trusted_proxies=settings.trusted_proxies,
             )
         ],
         exception_handlers={
@@ -126,6 +137,7 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
     app.state.engine = engine
     app.state.tokens = tokens
     app.state.records = records
+    app.state.webhooks = receiver
     app.state.scheduler = scheduler
     app.state.streams = streams
     return app
@@ -140,10 +152,14 @@ async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
     if request.url.path.startswith(auth.API_PREFIX):
+        message = str(error.detail)
+        if error.status_code == 405:
+            # Configuration is changed by a commit, never by the API: say which file.
+            message = readonly.hint(request.url.path) or message
         return auth.error_response(
             error.status_code,
             codes.get(error.status_code, "http_error"),
-            str(error.detail),
+            message,
             headers=dict(error.headers or {}),
         )
     return HTMLResponse(

@@ -11,8 +11,17 @@ Authentication
 
     Failed authentication (a wrong bearer token or login) is counted per source address
     (``reconciler.auth.limiting``); past ``max_failures`` in ``window`` seconds the
-    address gets 429 until the window has passed, for good tokens too, so guessing is
-    no faster than the limit.
+    address's *bad* credentials get 429 until the window has passed, without being
+    counted or looked into further. A good token is always let in: many users behind
+    one NAT or proxy must not be locked out because one of them (or a stale script)
+    keeps sending a wrong token. Guessing stays hopeless — a token is 256 random bits —
+    and the limiter keeps floods of bad credentials cheap.
+
+    The source address is the TCP peer, unless that peer is one of the configured
+    ``trusted_proxies`` (addresses or CIDR networks): then ``X-Forwarded-For`` is read
+    from the right, skipping trusted proxies, and the first other address is the
+    client. From anyone else the header is ignored, so a client cannot pick the address
+    it is counted (and recorded) under.
 
     Anonymous access is off. When the config repo sets
     ``settings.anonymous_status_page``, requests without credentials may read (GET) the
@@ -32,7 +41,8 @@ Authorization
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ipaddress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,16 +140,19 @@ class AuthMiddleware:
         tokens: api_tokens.TokenStore,
         limiter: limiting.FailureLimiter,
         desired: Callable[[], model.DesiredState | None],
+        trusted_proxies: Iterable[str] = (),
     ):
         self.app = app
         self.tokens = tokens
         self.limiter = limiter
         self.desired = desired
+        self.proxies = proxy_networks(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope.setdefault("state", {})[_ADDRESS] = forwarded_address(scope, self.proxies)
         path: str = scope["path"]
         if path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
@@ -159,12 +172,12 @@ class AuthMiddleware:
         method = scope["method"]
         authorization = headers.get("authorization", "")
         if authorization:
-            wait = self.limiter.retry_after(address)
-            if wait is not None:
-                raise too_many_failures(wait)
             scheme, _, token = authorization.partition(" ")
             username = self.tokens.lookup(token.strip()) if scheme.lower() == "bearer" else None
             if username is None:
+                wait = self.limiter.retry_after(address)
+                if wait is not None:
+                    raise too_many_failures(wait)
                 self.limiter.fail(address)
                 raise ApiError(
                     401,
@@ -233,8 +246,53 @@ def too_many_failures(wait: float) -> ApiError:
     )
 
 
+_ADDRESS = "client_address"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def proxy_networks(proxies: Iterable[str]) -> tuple[Network, ...]:
+    """The trusted proxies as networks; ValueError naming an entry that is neither."""
+    networks = []
+    for entry in proxies:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"trusted proxy {entry!r} is not an IP address or CIDR network"
+            ) from None
+    return tuple(networks)
+
+
+def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def forwarded_address(scope: Scope, proxies: tuple[Network, ...]) -> str:
+    """The client of a request: the TCP peer, or — behind trusted proxies only — the
+    nearest untrusted address of ``X-Forwarded-For``."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if not proxies or not _trusted(peer, proxies):
+        return peer
+    hops: list[str] = []
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"x-forwarded-for":
+            hops += [h.strip() for h in value.decode("latin-1").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop[:64]
+    return hops[0][:64] if hops else peer
+
+
 def client_address(scope: Scope) -> str:
-    """The source address of a request (uvicorn's proxy_headers decides whom to trust)."""
+    """The source address of a request, as the middleware resolved it (see above)."""
+    resolved = scope.get("state", {}).get(_ADDRESS)
+    if resolved:
+        return str(resolved)
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
 
@@ -288,6 +346,13 @@ def refused(verdict: permissions.Verdict, what: str = "project", name: str = "")
     if verdict.refusal is permissions.Refusal.NOT_MEMBER:
         return not_found(what, name)
     return ApiError(403, "forbidden", verdict.reason)
+
+
+def require_login(principal: Principal, what: str) -> None:
+    """Refuse anonymous readers ``what`` (records naming people and addresses): 401."""
+    verdict = permissions.may_read_operations(principal.actor(), what)
+    if not verdict.allowed:
+        raise refused(verdict)
 
 
 def authorize(

@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from starlette.requests import Request
@@ -115,6 +115,9 @@ LABELS: dict[str, dict[str, str]] = {
         "too_many": "Too many failed attempts; try again later.",
         "no_history": "No deployment has been recorded yet.",
         "back": "Back to the run",
+        "decisions": "Decisions",
+        "approved": "approved",
+        "rejected": "rejected",
     },
     "zh": {
         "title": "QUIC-Flow 发布状态",
@@ -189,6 +192,9 @@ LABELS: dict[str, dict[str, str]] = {
         "too_many": "失败次数过多，请稍后再试。",
         "no_history": "尚无发布记录。",
         "back": "返回发布详情",
+        "decisions": "审批记录",
+        "approved": "已批准",
+        "rejected": "已驳回",
     },
 }
 
@@ -287,6 +293,7 @@ class Pages:
             other_lang=request.url.path + ("?" + urlencode(other_params) if other_params else ""),
             ready=desired is not None,
             problems=len(self.engine.problems),
+            config=views.config_view(self.engine),
             **context,
         )
         csp = (
@@ -355,7 +362,9 @@ class Pages:
         project = desired.projects.get(run.project) if run and desired else None
         if run is None or project is None or not auth.visible(principal, project):
             return None
-        return views.run_view(run, self.engine.runs.steps(run.id))
+        return views.run_view(
+            run, self.engine.runs.steps(run.id), self.engine.runs.decisions(run.id)
+        )
 
     async def run(self, request: Request) -> Response:
         """One run: stages, tasks, steps and progress, kept live by a small script."""
@@ -441,8 +450,12 @@ class Pages:
         return self.render(request, "history.html", entries=entries[:200])
 
     async def agents(self, request: Request) -> Response:
-        """Declared agents and, when a hub runs, which are connected."""
-        self._principal(request)
+        """Declared agents and, when a hub runs, which are connected (needs a login)."""
+        principal = self._principal(request)
+        if principal.is_anonymous:
+            return RedirectResponse(
+                "/login?next=" + quote(request.url.path, safe=""), status_code=303
+            )
         connected = {a["name"]: a for a in views.agents_view(self.engine)}
         desired = self.engine.desired
         declared = sorted(desired.agents.values(), key=lambda a: a.name) if desired else []
@@ -489,16 +502,17 @@ class Pages:
         form = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=4)
         token = (form.get("token") or [""])[0].strip()
         target = _safe_next((form.get("next") or ["/"])[0])
-        wait = self.limiter.retry_after(address)
-        if wait is not None:
-            response = self.render(
-                request, "login.html", status_code=429, next=target, failure="too_many"
-            )
-            response.headers["Retry-After"] = str(int(wait + 0.999))
-            return response
         username = self.tokens.lookup(token)
         desired = self.engine.desired
         if username is None or desired is None or username not in desired.users:
+            # A good token always logs in; bad ones are limited per address.
+            wait = self.limiter.retry_after(address)
+            if wait is not None:
+                response = self.render(
+                    request, "login.html", status_code=429, next=target, failure="too_many"
+                )
+                response.headers["Retry-After"] = str(int(wait + 0.999))
+                return response
             self.limiter.fail(address)
             return self.render(
                 request, "login.html", status_code=401, next=target, failure="login_failed"

@@ -154,6 +154,7 @@ class ReleaseApi:
         run = P + "/runs/{run_id}"
         return [
             Route(P + "/me", self.me),
+            Route(P + "/config", self.config),
             Route(P + "/projects", self.projects),
             Route(project, self.project),
             Route(project + "/environments", self.project_environments),
@@ -388,13 +389,21 @@ class ReleaseApi:
     async def run(self, request: Request) -> Response:
         """GET /runs/{id}: the run with stages, tasks, steps and progress."""
         run, _ = self._run(request)
-        return JSONResponse(views.run_view(run, self.engine.runs.steps(run.id)))
+        steps, decisions = self.engine.runs.steps(run.id), self.engine.runs.decisions(run.id)
+        return JSONResponse(views.run_view(run, steps, decisions))
 
     async def run_stream(self, request: Request) -> Response:
         """GET /runs/{id}/events: SSE of the run view whenever it changes."""
         run, _ = self._run(request)
         return sse_response(
-            streaming.run_events(self.engine, run.id, self.streams.closing, views.run_view)
+            streaming.run_events(
+                self.engine,
+                run.id,
+                self.streams.closing,
+                lambda found, steps: views.run_view(
+                    found, steps, self.engine.runs.decisions(found.id)
+                ),
+            )
         )
 
     # -- logs ---------------------------------------------------------------------------
@@ -479,6 +488,7 @@ class ReleaseApi:
     async def trigger_records(self, request: Request) -> Response:
         """GET /triggers/records?trigger=&project=&status=&limit=&offset=."""
         principal = principal_of(request)
+        auth.require_login(principal, "trigger records")
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         offset = _int_param(request, "offset", 0, 0)
         project = request.query_params.get("project") or None
@@ -503,9 +513,14 @@ class ReleaseApi:
         items = [self.scheduler.describe(s) for p in projects for s in p.schedules]
         return JSONResponse(views.page(items, len(items), len(items), 0))
 
-    async def agents(self, request: Request) -> Response:
-        """GET /agents: connected agents (empty without a hub)."""
+    async def config(self, request: Request) -> Response:
+        """GET /config: the commit in force; the newest commit's problems when it was refused."""
         principal_of(request)
+        return JSONResponse(views.config_view(self.engine))
+
+    async def agents(self, request: Request) -> Response:
+        """GET /agents: connected agents (empty without a hub); anonymous readers get 401."""
+        auth.require_login(principal_of(request), "the agent list")
         items = views.agents_view(self.engine)
         return JSONResponse(views.page(items, len(items), len(items), 0))
 
@@ -515,12 +530,24 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def readiness(engine: EngineControl) -> Callable[[Request], Awaitable[Response]]:
-    """GET /readyz: ready once a valid desired state is loaded."""
+def readiness(
+    engine: EngineControl, lookup: Callable[[str], str | None] | None = None
+) -> Callable[[Request], Awaitable[Response]]:
+    """GET /readyz: ready once a valid desired state is loaded and history reaches origin
+    (503 ``degraded`` while records made here could not be pushed).
+
+    The config commit in force is shown only to callers sending a valid API token
+    (``lookup`` says whose a token is): anonymous probes learn the status, its reason and
+    the history's push state, not which commit runs.
+    """
 
     async def readyz(request: Request) -> Response:
         desired = engine.desired
         problems = len(engine.problems)
+        # Which config commit is in force is for callers with a token, not for anyone.
+        authorization = request.headers.get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        known = scheme.lower() == "bearer" and lookup is not None and lookup(token.strip())
         if desired is None:
             return JSONResponse(
                 {
@@ -530,6 +557,26 @@ def readiness(engine: EngineControl) -> Callable[[Request], Awaitable[Response]]
                 },
                 status_code=503,
             )
-        return JSONResponse({"status": "ready", "commit": desired.commit, "problems": problems})
+        history = engine.history.status()
+        if not history.healthy:
+            # Deploys go on, but what they recorded is only on this host's disk: an
+            # operator (and a probe) must see it, not a reassuring "ready".
+            degraded: dict[str, Any] = {
+                "status": "degraded",
+                "reason": history.problem,
+                "problems": problems,
+                "history": history.as_dict(),
+            }
+            if known:
+                degraded["commit"] = desired.commit
+            return JSONResponse(degraded, status_code=503)
+        ready: dict[str, Any] = {
+            "status": "ready",
+            "problems": problems,
+            "history": history.as_dict(),
+        }
+        if known:
+            ready["commit"] = desired.commit
+        return JSONResponse(ready)
 
     return readyz

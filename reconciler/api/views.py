@@ -19,7 +19,7 @@ from reconciler.engine.control import EngineControl
 from reconciler.gitops import model
 from reconciler.gitops.planning import Action, DeployedRecord, Plan
 from reconciler.log.store import LogLine
-from reconciler.runs import Run, RunState, Step, StepKind
+from reconciler.runs import Decision, Run, RunState, Step, StepKind
 
 
 def _last_run(run: Run | None) -> dict[str, Any] | None:
@@ -148,13 +148,26 @@ def overview(engine: EngineControl, principal: auth.Principal) -> list[dict[str,
     ]
 
 
-def run_view(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
+def decision_view(decision: Decision) -> dict[str, Any]:
+    """Who approved or rejected a gate, when, and what they said."""
+    return {
+        "gate": decision.gate,
+        "decision": "approved" if decision.approved else "rejected",
+        "by": decision.user,
+        "at": decision.at,
+        "comment": decision.comment,
+    }
+
+
+def run_view(run: Run, steps: Iterable[Step], decisions: Iterable[Decision] = ()) -> dict[str, Any]:
     """A run with its steps grouped as stages → tasks, plus the strategy's progress.
 
     Step keys are typed (``reconciler.runs.StepKey``): ``stage:NAME``,
     ``task:STAGE/TASK``; every other step (``deploy:web-1``, ``analysis:1``, ``batch:2``…)
     is a strategy/target step. ``progress`` counts targets deployed out of the targets
-    the rollout covers (gates, checks and pauses are steps, not progress).
+    the rollout covers (gates, checks and pauses are steps, not progress). ``gate`` is
+    the gate a waiting run waits at; ``decisions`` says who approved or rejected which
+    gate, when, and their comment.
     """
     stages: dict[str, dict[str, Any]] = {}
     other: list[dict[str, Any]] = []
@@ -179,6 +192,8 @@ def run_view(run: Run, steps: Iterable[Step]) -> dict[str, Any]:
     view = run.as_dict()
     view.update(
         {
+            "decisions": [decision_view(d) for d in decisions],
+            "gate": run.detail.get("gate") if run.state.is_waiting else None,
             "stages": list(stages.values()),
             "steps": other,
             "final": run.state.is_final,
@@ -357,3 +372,32 @@ def log_text(engine: EngineControl, run_id: str, contains: str | None) -> str:
             out.append(f"{line.at}{source} {line.channel}: {line.line}\n")
         after = lines[-1].seq
     return "".join(out)
+
+
+def config_view(engine: EngineControl) -> dict[str, Any]:
+    """GET /api/release/config and the page's notice: the commit in force, and the newest
+    commit with each of its problems as ``path:line:col: message`` when it was refused."""
+    status = engine.config_status()
+    history = engine.history.status()
+    return {
+        "in_force": status.in_force,
+        "newest": {
+            "commit": status.newest,
+            "valid": status.valid,
+            "author": status.author or None,
+            "summary": status.summary or None,
+        },
+        "problems": [
+            {
+                "text": str(p),
+                "path": p.path,
+                "line": p.line,
+                "column": p.column,
+                "message": p.message,
+                "json_path": p.json_path,
+            }
+            for p in status.problems
+        ],
+        "history": history.as_dict(),
+        "history_problem": history.problem or None,
+    }

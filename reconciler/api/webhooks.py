@@ -15,14 +15,23 @@ filters, acts and records; its ``DeliveryResult`` becomes the JSON answer:
 (``status`` ``queued`` with no ``run_id`` for a push queued behind a running deploy: its
 record names the run once it starts), the API's error format when it was refused.
 
+Unauthenticated callers learn nothing about which trigger ids exist: an unknown id is
+answered exactly as a declared trigger whose secret the caller does not know. A source
+sending refused deliveries is answered 429 (with ``Retry-After``) once it passes the
+refusal limit, and its refusals are counted in one trigger record per window.
+GitHub's default ``application/x-www-form-urlencoded`` deliveries are read from their
+``payload`` field.
+
 The trigger records (``trigger_records`` and ``webhook_deliveries`` tables) are kept
 by ``reconciler.store.triggers.TriggerRecords``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -33,7 +42,7 @@ from reconciler.api import auth
 from reconciler.credential.manager import CredentialManager
 from reconciler.engine.control import EngineControl
 from reconciler.store import triggers
-from reconciler.trigger import deliveries, signatures
+from reconciler.trigger import commits, deliveries, refusals, signatures
 
 DEFAULT_BODY_LIMIT = 1 << 20
 
@@ -68,9 +77,16 @@ class WebhookReceiver:
         body_limit: int = DEFAULT_BODY_LIMIT,
         max_skew: timedelta = signatures.DEFAULT_MAX_SKEW,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        counter: refusals.RefusalCounter | None = None,
     ):
+        data_dir = getattr(engine, "data_dir", None)
+        check = (
+            commits.AppRepoCommits(Path(data_dir) / "app-repos", credentials).verify
+            if data_dir is not None
+            else None
+        )
         self.deliveries = deliveries.WebhookDeliveries(
-            engine, records, credentials, body_limit, max_skew
+            engine, records, credentials, body_limit, max_skew, counter, check
         )
         self.body_limit = body_limit
         self.clock = clock
@@ -114,6 +130,10 @@ class WebhookReceiver:
         )
         return _response(result)
 
+    def flush(self) -> None:
+        """Write the refusal counts still held in memory (on stop)."""
+        self.deliveries.flush(self.clock())
+
     async def _body(self, request: Request) -> bytes | None:
         """The body, or None when it is larger than the limit (the delivery path refuses it)."""
         try:
@@ -124,7 +144,14 @@ class WebhookReceiver:
 
 def _response(result: deliveries.DeliveryResult) -> JSONResponse:
     if not result.accepted:
-        return auth.error_response(result.status, result.code, result.message, result.field)
+        headers = (
+            {"Retry-After": str(max(1, math.ceil(result.retry_after)))}
+            if result.retry_after is not None
+            else None
+        )
+        return auth.error_response(
+            result.status, result.code, result.message, result.field, headers
+        )
     body: dict[str, Any] = {"status": result.code, "reason": result.message}
     if result.record_id is not None:
         body["record"] = result.record_id

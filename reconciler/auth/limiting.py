@@ -1,9 +1,11 @@
 """The failed-authentication limiter: per source address, a sliding window of failures.
 
 Failed authentication (a wrong bearer token or login) is counted per source address;
-past ``max_failures`` in ``window`` seconds the address is refused until the window has
-passed, for good tokens too, so guessing is no faster than the limit. The counts are
-kept in memory only (bounded by ``max_addresses``).
+past ``max_failures`` in ``window`` seconds the address's bad credentials are refused
+(429) until the window has passed. Callers ask only after a credential failed: a good
+token is never refused here, so users sharing an address (a NAT, a proxy) are not
+locked out by one of them sending a wrong token. The counts are kept in memory only
+(bounded by ``max_addresses``).
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ decide nothing themselves:
   credential's project (who may change its config); global credentials: admins only.
 - ``may_view`` / ``sees_every_project``: members see their projects, admins all of
   them, and anonymous readers all of them while ``settings.anonymous_status_page`` is on.
+- ``may_read_operations``: records that name people and addresses — trigger records
+  (committers, source IPs), the agent list (hosts, addresses), credential audits — need
+  a login: an open status page gives anonymous readers the release state, never more
+  than a viewer sees.
 - ``may_act``: a run action as the HTTP layer names it, worded for an HTTP answer.
 
 An ``Actor`` is a user as seen on one project (their role there); ``None`` for an actor
@@ -307,6 +311,13 @@ def may_read_credential_audit(actor: Actor, project: str | None) -> Verdict:
         return ALLOWED
     needed = " or ".join(role.value for role in roles_allowed(_AUDIT, False))
     return Verdict(False, f"the audit of a project's credentials needs {needed}", Refusal.ROLE)
+
+
+def may_read_operations(actor: Actor, what: str) -> Verdict:
+    """Read ``what`` (trigger records, the agent list): any logged-in user, never anonymous."""
+    if actor.anonymous:
+        return Verdict(False, f"{what} need a login", Refusal.ANONYMOUS)
+    return ALLOWED
 
 
 def sees_every_project(actor: Actor, anonymous_status_page: bool) -> bool:

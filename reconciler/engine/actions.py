@@ -523,11 +523,19 @@ class Actions:
         actor: model.User | None,
         to_version: str | None = None,
         pin: bool = False,
+        force: bool = False,
     ) -> Run | str:
-        """Roll back: by default commit a revert to Git (returns the commit id); ``pin`` runs it now."""
+        """Roll back: by default commit a revert to Git (returns the commit id); ``pin`` runs it now.
+
+        ``force`` (an owner's, as a forced deploy) runs it outside a closed release
+        window — at once with ``pin``, at the next pass for a revert, whose commit says
+        so (``Quicflow-Force``) — and history records the force and who asked.
+        """
         target = self._env(project, env)
         who = self._actor(actor, project)
         _check(permissions.may_rollback(who, project, target.protected))
+        if force:
+            _check(permissions.may_deploy(who, project, env, target.protected, force=True))
         version = to_version or self.previous_good_version(project, env)
         if version is None:
             raise PermanentError(
@@ -540,6 +548,7 @@ class Actions:
                 version,
                 actor=actor,
                 trigger=Trigger.ROLLBACK,
+                force=force,
                 detail={
                     "pin": "true",
                     "pin_desired_version": target.version,
@@ -555,6 +564,7 @@ class Actions:
             target,
             version,
             actor.username if actor else "quicflow",
+            force,
         )
 
     def previous_good_version(self, project: str, env: str) -> str | None:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from reconciler.engine.bus import EventBus
 from reconciler.engine.queueing import Listener, QueuedDeploy
+from reconciler.engine.refreshing import ConfigStatus
 from reconciler.errors import ConfigProblem
 from reconciler.gitops import model
 from reconciler.gitops.history import History
@@ -39,6 +40,9 @@ class EngineControl(Protocol):
     @property
     def problems(self) -> tuple[ConfigProblem, ...]:
         """Problems of the newest commit when it was invalid, else empty."""
+
+    def config_status(self) -> ConfigStatus:
+        """The commit in force and, when the newest one was refused, it and its problems."""
 
     def deployed(self) -> dict[tuple[str, str], DeployedRecord]:
         """What the state ref says is deployed."""
@@ -103,5 +107,9 @@ class EngineControl(Protocol):
         actor: model.User | None,
         to_version: str | None = None,
         pin: bool = False,
+        force: bool = False,
     ) -> Run | str:
-        """Roll back: by default commit a revert to Git (returns the commit id); ``pin`` runs it now."""
+        """Roll back: by default commit a revert to Git (returns the commit id); ``pin`` runs it now.
+
+        ``force`` (owners) runs it outside a closed release window; it is recorded.
+        """

@@ -17,12 +17,19 @@ webhook/API deploy that could not be committed) is carried on even though the pl
 holds, as long as Git still asks for what it was pinned against: a pending pin is
 never silently dropped. Environments a webhook or API deploy is committing or
 starting right now (``held``) are left to it.
+
+A release is never repeated because Git forgot it. When the plan would deploy what the
+newest run of this process already deployed — same version and configuration,
+succeeded, later than what the state ref records — the state ref lost that record (a
+ref deleted or rewritten by hand, a mirror wiped, a history write that failed): the run
+is recorded again (``rerecord``) and nothing is deployed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,8 @@ from reconciler.gitops import model, planning
 from reconciler.runs import Run, RunState, Trigger
 from reconciler.targets.resolving import Executors
 from reconciler.targets.resolving import resolve as resolve_targets
+
+_log = logging.getLogger(__name__)
 
 #: Deploy types with a driver in this build.
 AVAILABLE = frozenset(
@@ -79,6 +88,23 @@ class Dispatched:
     started: list[asyncio.Task[Run]] = field(default_factory=list)
     waiting: list[Run] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    recorded_again: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def already_deployed(
+    latest: Run | None, env: model.Environment, record: planning.DeployedRecord | None
+) -> bool:
+    """Whether ``latest`` (this process's newest run of ``env``) deployed what Git asks
+    for now, after what the state ref ``record`` says: the state ref lost its record."""
+    if latest is None or latest.state is not RunState.SUCCEEDED or latest.detail.get("pin"):
+        return False
+    if (latest.version, latest.config_hash) != (env.version, env.config_hash):
+        return False
+    if record is None:
+        return True
+    if (record.version, record.config_hash) == (env.version, env.config_hash):
+        return False  # recorded: whatever the plan says (drift), it is not a lost record
+    return record.run_id != latest.id and record.finished_at < latest.finished_at
 
 
 class Dispatcher:
@@ -90,6 +116,8 @@ class Dispatcher:
         executors: Executors,
         data_dir: Path,
         claimed: Callable[[tuple[str, str]], str | None] | None = None,
+        recorded: Callable[[str, str], planning.DeployedRecord | None] | None = None,
+        rerecord: Callable[[Run, model.Environment], Awaitable[None]] | None = None,
     ):
         self.lifecycle = lifecycle
         self.runs = lifecycle.runs
@@ -98,6 +126,12 @@ class Dispatcher:
         self.claimed = claimed  # why another reconciler holds an environment now, or None
         # Environments a webhook or API deploy is committing or starting (``actions``).
         self.held: set[tuple[str, str]] = set()
+        # What the state ref records, and how a run it lost is recorded again.
+        self.recorded = recorded
+        self.rerecord = rerecord
+        self._recording_again: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._forced: frozenset[str] = frozenset()
+        self._rollback_actor = ""
 
     def dispatch(
         self,
@@ -106,9 +140,16 @@ class Dispatcher:
         wanted: Callable[[str, str], bool],
         rolled_back: frozenset[str],
         hub: Any,
+        forced: frozenset[str] = frozenset(),
+        rollback_actor: str = "",
     ) -> Dispatched:
-        """Dispatch the deploy ``actions`` that are ``wanted(project, env)``, then resume."""
+        """Dispatch the deploy ``actions`` that are ``wanted(project, env)``, then resume.
+
+        ``rolled_back``: environments the head commit rolls back (by ``rollback_actor``);
+        ``forced``: those of them an owner forced past a closed release window.
+        """
         out = Dispatched()
+        self._forced, self._rollback_actor = forced, rollback_actor
         for action in actions:
             if action.kind is planning.ActionKind.ORPHAN or not wanted(action.project, action.env):
                 continue
@@ -123,6 +164,8 @@ class Dispatcher:
                     env.config_hash,
                 ):
                     carried = None  # it asked for something else than this deploy
+                if carried is None and self._recorded_again(env, action, out):
+                    continue
                 trigger = Trigger.ROLLBACK if env.key in rolled_back else Trigger.POLL
                 trigger = carried.trigger if carried is not None else trigger
                 self._deploy(desired, env, trigger, action.from_version, hub, out, carried)
@@ -160,7 +203,13 @@ class Dispatcher:
             out.skipped.append((env.key, reason))
             return
         if carried is None:
-            task = self.lifecycle.schedule(env, trigger, None, previous)
+            rollback = trigger is Trigger.ROLLBACK
+            actor = None
+            if rollback and self._rollback_actor:
+                name = self._rollback_actor
+                actor = desired.users.get(name) or model.User(username=name, email="")
+            force = rollback and env.key in self._forced
+            task = self.lifecycle.schedule(env, trigger, actor, previous, force=force)
         else:
             task = self.lifecycle.schedule(
                 env,
@@ -178,6 +227,34 @@ class Dispatcher:
         if latest is not None and latest.state.is_waiting:
             out.waiting.append(latest)
 
+    def _recorded_again(
+        self, env: model.Environment, action: planning.Action, out: Dispatched
+    ) -> bool:
+        """Whether ``action`` would repeat a release this process made and the state ref
+        lost; if so, that run is recorded again instead (once at a time)."""
+        if self.recorded is None or self.rerecord is None or action.reason is planning.Reason.DRIFT:
+            return False
+        key = (env.project, env.name)
+        busy = self._recording_again.get(key)
+        if busy is not None and not busy.done():
+            return True
+        latest = self.runs.latest(*key)
+        if key in self.lifecycle.tasks or not already_deployed(latest, env, self.recorded(*key)):
+            return False
+        assert latest is not None
+        _log.warning(
+            "%s %s was already deployed by run %s, but the state ref does not record it "
+            "(lost from Git); recording it again instead of deploying it again",
+            env.key,
+            env.version,
+            latest.id,
+        )
+        task = asyncio.get_running_loop().create_task(self.rerecord(latest, env))
+        self._recording_again[key] = task
+        task.add_done_callback(lambda _t, key=key: self._recording_again.pop(key, None))
+        out.recorded_again.append(task)
+        return True
+
     def _interrupted_request(self, env: model.Environment) -> Run | None:
         """The newest run of ``env`` if the reconciler stopped during it (its request is pending)."""
         latest = self.runs.latest(env.project, env.name)
@@ -187,8 +264,8 @@ class Dispatcher:
 
 
 def pin_holds(run: Run, env: model.Environment) -> bool:
-    """Whether ``run`` pins and Git still asks for what it was pinned against."""
-    return bool(run.detail.get("pin")) and (
-        str(run.detail.get("pin_desired_version")),
-        str(run.detail.get("pin_desired_hash")),
-    ) == (env.version, env.config_hash)
+    """Whether ``run`` pins and Git still asks for the version it was pinned against
+    (a configuration change alone does not end a pin)."""
+    return bool(run.detail.get("pin")) and str(run.detail.get("pin_desired_version")) == (
+        env.version
+    )

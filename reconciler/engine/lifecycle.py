@@ -181,9 +181,11 @@ class RunLifecycle:
         current = self.runs.latest(*key)
         if current is not None and current.state.is_waiting:
             same = (current.version, current.config_hash) == (version, env.config_hash)
-            if same and trigger is not Trigger.MANUAL:
+            # A forced request (an emergency rollback) replaces the same release waiting
+            # for its window unforced; anything else resumes it.
+            if same and trigger is not Trigger.MANUAL and (current.forced or not force):
                 return self.resume(current)
-            self._supersede(current, version)
+            self._supersede(current, version, "superseded by a forced run" if same else "")
         now = self.now()
         desired = self.desired()
         run = Run(

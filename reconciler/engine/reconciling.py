@@ -106,9 +106,9 @@ class Reconciler:
         self.credentials = CredentialResolver(repo, self.db, environ)
         self.source = refreshing.DesiredStateSource(repo, self.history, push)
         self._planner = planning.Planner()
+        self._cluster_observations: list[planning.Observation] = []  # Kubernetes drift
         self._wake = asyncio.Event()
         self._builder: Builder | None = None
-        self._cluster_observations: list[planning.Observation] = []  # Kubernetes drift
         self.pass_timings = timing.PassTimings()  # read by reconciler.metrics
         context = contexts.RunContexts(
             self.runs,
@@ -129,7 +129,8 @@ class Reconciler:
             self.history,
             executing=lambda: self.lifecycle.tasks.keys(),
         )
-        record = recording.HistoryWriter(self.history, self.claims).record
+        writer = recording.HistoryWriter(self.history, self.claims, decisions=self.runs.decisions)
+        record = writer.record
         self.lifecycle = lifecycle.RunLifecycle(
             self.runs,
             self.logs,
@@ -151,7 +152,12 @@ class Reconciler:
             else None
         )
         self.dispatcher = dispatching.Dispatcher(
-            self.lifecycle, self.executors, self.data_dir, claimed=self.claims.held_elsewhere
+            self.lifecycle,
+            self.executors,
+            self.data_dir,
+            claimed=self.claims.held_elsewhere,
+            recorded=self.history.record,
+            rerecord=writer.rerecord,
         )
         self.retirer = retiring.Retirer(
             self.runs,
@@ -211,6 +217,10 @@ class Reconciler:
     def problems(self) -> tuple[ConfigProblem, ...]:
         return self.source.problems
 
+    def config_status(self) -> refreshing.ConfigStatus:
+        """The commit in force and, when the newest one was refused, it and its problems."""
+        return self.source.status()
+
     def deployed(self) -> dict[tuple[str, str], planning.DeployedRecord]:
         return self.actions.deployed()
 
@@ -266,15 +276,25 @@ class Reconciler:
             return mine and project_only in ("", project) and env_only in ("", env)
 
         await self.retirer.retire_due(wanted)
-        rolled_back = reverting.rolled_back(self.repo.commit(desired.commit).message)
+        rollbacks = reverting.rollback_of(self.repo.commit(desired.commit).message)
         self._cluster_observations = await clusters.observe(
             desired, self.history.deployed()[1], self.credentials
         )
         planning_started = time.perf_counter()
         plan = self.plan()
         self.pass_timings.planned(time.perf_counter() - planning_started)
-        out = self.dispatcher.dispatch(desired, plan.actions, wanted, rolled_back, self.hub)
+        out = self.dispatcher.dispatch(
+            desired,
+            plan.actions,
+            wanted,
+            rollbacks.envs,
+            self.hub,
+            forced=rollbacks.forced,
+            rollback_actor=rollbacks.actor,
+        )
         report.runs, report.skipped = out.waiting, out.skipped
+        if wait and out.recorded_again:
+            await asyncio.gather(*out.recorded_again)
         if wait and out.started:
             finished = list(await asyncio.gather(*out.started))  # each recorded as it ends
             ids = {f.id for f in finished}

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 
 from reconciler.engine.claiming import Claimer
 from reconciler.engine.running import Outcome
 from reconciler.errors import QuicFlowError
 from reconciler.gitops import model, planning
 from reconciler.gitops.history import History, RunOutcome
-from reconciler.runs import Run, RunState
+from reconciler.runs import Decision, Run, RunState
 
 _log = logging.getLogger(__name__)
 
@@ -31,8 +32,29 @@ RECORDED = frozenset(
 )
 
 
-def outcome_of(run: Run, env: model.Environment, outcome: Outcome) -> RunOutcome:
-    """What history records of ``run``, which ended with ``outcome``."""
+def decision_lines(decisions: Iterable[Decision]) -> tuple[str, ...]:
+    """Who decided the run's gates, as history records it: ``approved approval:qa by bob``
+    (with the decision's comment, when there is one, on the same line)."""
+    out = []
+    for d in decisions:
+        verb = "approved" if d.approved else "rejected"
+        if d.gate.startswith("promote:"):
+            verb = "promoted" if d.approved else "rejected promotion"
+        line = f"{verb} {d.gate} by {d.user}" + (f" at {d.at}" if d.at else "")
+        comment = " ".join(d.comment.split())[:200]  # one line, whatever was typed
+        out.append(line + (f': "{comment}"' if comment else ""))
+    return tuple(out)
+
+
+def outcome_of(
+    run: Run,
+    env: model.Environment,
+    outcome: Outcome,
+    recorded_again: bool = False,
+    decisions: Iterable[Decision] = (),
+) -> RunOutcome:
+    """What history records of ``run``, which ended with ``outcome`` (``decisions``: those
+    people took on its gates)."""
     pin = None
     if run.detail.get("pin") and outcome.state is RunState.SUCCEEDED:
         pin = planning.Pin(
@@ -65,22 +87,43 @@ def outcome_of(run: Run, env: model.Environment, outcome: Outcome) -> RunOutcome
         pin=pin,
         image_digest=str(digest) if digest else None,
         color=color,
+        actor=run.actor,
+        decisions=decision_lines(decisions),
+        recorded_again=recorded_again,
     )
 
 
 class HistoryWriter:
     """Writes ended runs to ``history`` in batches; ``record`` returns once its run is written."""
 
-    def __init__(self, history: History, claims: Claimer | None = None):
+    def __init__(
+        self,
+        history: History,
+        claims: Claimer | None = None,
+        decisions: Callable[[str], Iterable[Decision]] | None = None,
+    ):
         self.history = history
         self.claims = claims
+        self.decisions = decisions  # the decisions taken on a run's gates (the run store)
         self._pending: list[tuple[RunOutcome, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def record(self, run: Run, env: model.Environment, outcome: Outcome) -> None:
         """Record ``run`` (ended with ``outcome``) in the next batch and wait for it."""
         done = asyncio.get_running_loop().create_future()
-        self._pending.append((outcome_of(run, env, outcome), done))
+        decided = self.decisions(run.id) if self.decisions is not None else ()
+        self._pending.append((outcome_of(run, env, outcome, decisions=decided), done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        await done
+
+    async def rerecord(self, run: Run, env: model.Environment) -> None:
+        """Record again ``run``, which succeeded, after the state ref lost its record."""
+        outcome = Outcome(RunState.SUCCEEDED, result=run.detail, touched=())
+        done = asyncio.get_running_loop().create_future()
+        decided = self.decisions(run.id) if self.decisions is not None else ()
+        again = outcome_of(run, env, outcome, recorded_again=True, decisions=decided)
+        self._pending.append((again, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
         await done

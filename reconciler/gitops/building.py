@@ -87,6 +87,7 @@ def settings(raw: Mapping[str, Any] | None) -> model.Settings:
         poll_interval=parse_duration(raw.get("poll_interval"), 60.0) or 60.0,
         branch=raw.get("branch", "main"),
         push_history=raw.get("push_history", True),
+        enforce_policy=raw.get("enforce_policy", False),
         public_url=raw.get("public_url"),
         anonymous_status_page=raw.get("anonymous_status_page", False),
         http_listen=raw.get("http", {}).get("listen", "127.0.0.1:8080"),

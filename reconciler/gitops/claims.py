@@ -17,14 +17,22 @@ owner alive) is the engine's decision (``engine.claiming``).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from reconciler.errors import SourceError
-from reconciler.gitops.repository import CLAIMS_PREFIX, GitRepository, PushRejected, RefMoved
+from reconciler.gitops.repository import (
+    CLAIMS_PREFIX,
+    GitRepository,
+    PushRefused,
+    PushRejected,
+    RefMoved,
+)
 
+_log = logging.getLogger(__name__)
 CLAIM_FILE = "claim.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._/-]")
 
@@ -104,7 +112,8 @@ class Claims:
 
         Lost when the ref moved since ``base`` was read, here or on origin; a claim that
         could not be pushed (origin unreachable) is not a claim another reconciler sees,
-        so it is lost too, with the reason.
+        so it is lost too, with the reason — unless origin declines our refs altogether
+        (``PushRefused``): then it holds here only, with a warning.
         """
         ref = self.ref(claim.project, claim.env)
         with self.repo.lock:
@@ -116,6 +125,18 @@ class Claims:
                 return Written(True)
             try:
                 self.repo.push_refs([ref])
+            except PushRefused as exc:
+                # Origin declines our refs altogether (a host protecting refs/quicflow/*):
+                # no claim can be shared there, ours or another's. Refusing to deploy would
+                # only make a run that fails at every poll; the claim holds here, and the
+                # history it guards is reported unpushed until origin takes it.
+                _log.warning(
+                    "%s/%s claimed here only: %s; reconcilers on other hosts cannot see it",
+                    claim.project,
+                    claim.env,
+                    exc,
+                )
+                return Written(True, str(exc))
             except PushRejected as exc:
                 return Written(False, str(exc), contended=True)
             except SourceError as exc:

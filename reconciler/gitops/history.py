@@ -9,14 +9,18 @@
 
 Both are pushed to the config repo's remote when one is configured (``push=True``) and
 fetched explicitly by readers; reading the state ref is how the planner learns what is
-deployed.
+deployed. A fetch never loses what was recorded here and not pushed yet
+(``GitRepository.integrate_history``): with ``push_history: false`` every record stays
+local on top of origin's, and a push that failed is retried at every poll
+(``push_pending``) until origin has it. ``status`` says how far behind origin is and why.
 
 The state ref moves by compare-and-set: a batch is built on the state commit it read
 and the ref moves only if it still points there. When another writer moved it first
 (a second reconciler recording another environment), the batch is built again on the
 new state and tried again. Pushes are fast-forwards only: when origin's state moved on,
-origin's history is fetched and the batch rebuilt on it — origin's records are never
-overwritten — and a push that still cannot land is reported in ``push_error``.
+origin's history is fetched and what origin lacks is replayed on top of it — origin's
+records are never overwritten — and a push that still cannot land is reported in
+``push_error``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from reconciler.gitops.repository import (
     STATE_REF,
     CommitInfo,
     GitRepository,
+    PushRefused,
     PushRejected,
     RefMoved,
 )
@@ -68,6 +73,44 @@ class RunOutcome:
     forced: bool = False
     pin: Pin | None = None
     color: str | None = None  # blue-green: the color it switched traffic to (None: did not)
+    actor: str = ""  # who asked (a manual deploy, a force, a pin, a rollback); '' the system
+    decisions: tuple[str, ...] = ()  # who decided its gates: "approved approval:qa by bob"
+    recorded_again: bool = False  # the state ref had lost this run's record
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStatus:
+    """Whether this reconciler's history reached origin: for the log, the page and /readyz."""
+
+    pushing: bool  # push_history is on and there is a remote
+    unpushed: int  # state commits origin lacks (recorded here only)
+    push_error: str | None  # why the last push failed (None: it did not)
+    failed_pushes: int  # pushes failed in a row (0 after one that worked)
+    conflicts: tuple[str, ...] = ()  # environments origin and we both recorded (ours kept)
+
+    @property
+    def healthy(self) -> bool:
+        """Nothing recorded here is missing on origin (or nothing is meant to be pushed)."""
+        return not self.pushing or (self.push_error is None and self.unpushed == 0)
+
+    @property
+    def problem(self) -> str:
+        """What an operator must know, in one sentence ('' when healthy)."""
+        if self.healthy:
+            return ""
+        runs = f"{self.unpushed} run record{'s' if self.unpushed != 1 else ''}"
+        why = f": {self.push_error}" if self.push_error else ""
+        return f"{runs} not pushed to origin (tried {self.failed_pushes} times){why}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pushing": self.pushing,
+            "unpushed": self.unpushed,
+            "push_error": self.push_error,
+            "failed_pushes": self.failed_pushes,
+            "conflicts": list(self.conflicts),
+            "healthy": self.healthy,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +135,7 @@ class History:
         self.repo = repo
         self.push = push
         self.push_error: str | None = None
+        self.failed_pushes = 0
         self._cache = _Cache()
 
     # -- reading -----------------------------------------------------------------
@@ -153,17 +197,46 @@ class History:
         state_commits = self._commit_locally(outcomes)
         if not self.push:
             return state_commits
+        rewritten = self._push(f"{len(outcomes)} run(s)")
+        return [rewritten.get(commit, commit) for commit in state_commits]
+
+    def push_pending(self) -> bool:
+        """Push what was recorded here and origin lacks (a failed push, retried at every
+        poll); whether origin has everything now. Nothing to do when not pushing."""
+        if not self.push or not self.repo.has_remote:
+            return True
+        with self.repo.lock:
+            waiting = self.repo.unpushed(STATE_REF) + self.repo.unpushed(NOTES_REF)
+            if not waiting and self.push_error is None:
+                return True
+            _log.info("pushing history recorded here that origin lacks (%d commits)", waiting)
+            self._push("earlier run(s)")
+        return self.push_error is None
+
+    def _push(self, what: str) -> dict[str, str]:
+        """Push the state ref and notes; on a refusal because origin moved on, take origin's
+        history (ours replayed on top) and push again. The state commits it rewrote."""
+        rewritten: dict[str, str] = {}
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 self.repo.push_history()
+                if self.push_error is not None:
+                    _log.warning(
+                        "history pushed to origin again after %d failed pushes", self.failed_pushes
+                    )
                 self.push_error = None
-                return state_commits
+                self.failed_pushes = 0
+                return rewritten
+            except PushRefused as exc:
+                # Origin declined (a hook, a protected ref): pushing again now changes nothing.
+                self.push_error = f"{exc} (kept here, pushed again at the next poll)"
+                break
             except PushRejected as exc:
                 # Origin's history moved on (another reconciler recorded there): take it and
-                # build this batch again on top, never overwrite it.
+                # replay ours on top, never overwrite it.
                 _log.warning(
-                    "origin's history moved on; recording %d run(s) on top of it (%d/%d): %s",
-                    len(outcomes),
+                    "origin's history moved on; recording %s on top of it (%d/%d): %s",
+                    what,
                     attempt,
                     ATTEMPTS,
                     exc,
@@ -174,15 +247,29 @@ class History:
                 except SourceError as fetch_error:
                     self.push_error = str(fetch_error)
                     break
-                state_commits = self._commit_locally(outcomes)
+                integrated = self.repo.integrations.get(STATE_REF)
+                moved = dict(integrated.rewritten or {}) if integrated is not None else {}
+                rewritten = {old: moved.get(new, new) for old, new in rewritten.items()}
+                rewritten.update({old: new for old, new in moved.items() if old not in rewritten})
             except SourceError as exc:
-                # Recorded locally all the same; the next push sends every ref, so it catches up.
+                # Recorded locally all the same; pushed again at the next poll.
                 self.push_error = str(exc)
                 break
-        _log.warning(
-            "%d run(s) recorded in Git, but not pushed: %s", len(outcomes), self.push_error
+        self.failed_pushes += 1
+        _log.warning("%s recorded in Git, but not pushed: %s", what, self.push_error)
+        return rewritten
+
+    def status(self) -> HistoryStatus:
+        """Whether what this reconciler recorded reached origin (no network: as last seen)."""
+        pushing = self.push and self.repo.has_remote
+        integrated = self.repo.integrations.get(STATE_REF)
+        return HistoryStatus(
+            pushing=pushing,
+            unpushed=self.repo.unpushed(STATE_REF) if pushing else 0,
+            push_error=self.push_error if pushing else None,
+            failed_pushes=self.failed_pushes,
+            conflicts=integrated.conflicts if integrated is not None else (),
         )
-        return state_commits
 
     def _commit_locally(self, outcomes: Sequence[RunOutcome]) -> list[str]:
         """Write the batch on the state ref by compare-and-set (rebuilt when it moved) and
@@ -219,13 +306,16 @@ class History:
         """Append ``new_lines`` to the config commit's note, re-reading it when another
         writer changed the notes at the same moment (its lines are kept)."""
         for attempt in range(1, ATTEMPTS + 1):
-            existing = (self.repo.read_note(config_commit) or "").rstrip("\n")
+            # The note is read at the notes commit the write is built on: a note another
+            # writer adds in between makes the write fail, and it is read again.
+            tip = self.repo.ref_target(NOTES_REF)
+            existing = (self.repo.read_note(config_commit, at=tip) or "").rstrip("\n")
             have = existing.splitlines() if existing else []
             fresh = [line for line in new_lines if line not in have]
             if not fresh:
                 return
             try:
-                self.repo.write_note(config_commit, "\n".join(have + fresh) + "\n")
+                self.repo.write_note(config_commit, "\n".join(have + fresh) + "\n", base=tip)
                 return
             except RefMoved:
                 if attempt == ATTEMPTS:
@@ -375,8 +465,13 @@ def note_line(outcome: RunOutcome, previous: DeployedRecord | None) -> str:
         extra.append(f"{len(outcome.targets)} target{'s' if len(outcome.targets) != 1 else ''}")
     if outcome.trigger:
         extra.append(f"trigger {outcome.trigger}")
+    if outcome.actor:
+        extra.append(f"by {outcome.actor}")
     if outcome.forced:
         extra.append("forced outside release window")
+    if outcome.pin is not None:
+        extra.append(f"pinned to {outcome.pin.version}")
+    extra.extend(outcome.decisions)
     if outcome.error:
         extra.append(f"error: {outcome.error.splitlines()[0][:200]}")
     return (
@@ -395,10 +490,15 @@ def _commit_message(outcome: RunOutcome, previous: DeployedRecord | None) -> str
         f"Trigger: {outcome.trigger or 'unknown'}",
         f"Strategy: {outcome.strategy}",
     ]
+    if outcome.actor:
+        lines.append(f"Actor: {outcome.actor}")
+    lines.extend(f"Decision: {decision}" for decision in outcome.decisions)
     if outcome.forced:
         lines.append("Forced: outside release window")
     if outcome.pin is not None:
         lines.append(f"Pinned: {outcome.pin.version} until the environment changes in Git")
+    if outcome.recorded_again:
+        lines.append("Recorded-Again: the state ref had lost this run's record; not redeployed")
     if outcome.error:
         lines.append(f"Error: {outcome.error.splitlines()[0][:500]}")
     return "\n".join(lines) + "\n"

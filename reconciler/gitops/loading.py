@@ -11,6 +11,8 @@ json.path)``. It caches by content, the way Git names it:
 - the whole result by the config root's tree id: a commit that changes nothing under
   the config directory costs nothing.
 
+A file larger than ``MAX_FILE_BYTES`` (1 MiB) is reported, not parsed.
+
 Layout of a config repo::
 
     quicflow.yaml
@@ -36,6 +38,9 @@ _YAML = (".yaml", ".yml")
 GLOBAL_FILE = "quicflow.yaml"
 CREDENTIALS_FILE = "credentials.sops.yaml"
 PROJECT_FILE = "project.yaml"
+#: The largest config file read (a file over it is reported, not parsed): a config file is
+#: a few kilobytes; a huge one is a mistake that would cost seconds and memory every load.
+MAX_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +192,13 @@ class Loader:
 
         if problems or gdoc is None:
             return LoadResult(commit, None, tuple(sorted(problems, key=ConfigProblem.sort_key)))
+        settings = building.settings(gdoc.get("settings"))
+        if "branch" not in (gdoc.get("settings") or {}) and self.repo.remote_url is not None:
+            # A URL without a branch: the remote's default branch is the desired state.
+            settings = replace(settings, branch=self.repo.default_branch or settings.branch)
         desired = model.DesiredState(
             commit=commit,
-            settings=building.settings(gdoc.get("settings")),
+            settings=settings,
             users=building.users(gdoc["users"]),
             projects=dict(sorted(projects.items())),
             agents=building.agents(gdoc.get("agents")),
@@ -353,6 +362,13 @@ class Loader:
 
     def _parse(self, kind: str, blob_id: str) -> _Doc:
         self.stats.parsed_files += 1
+        size = self.repo.blob_size(blob_id)
+        if size > MAX_FILE_BYTES:
+            message = (
+                f"file is {size / (1 << 20):.1f} MiB; a config file may be at most "
+                f"{MAX_FILE_BYTES // (1 << 20)} MiB"
+            )
+            return _Doc(None, (parsing.SyntaxProblem(1, 1, message),))
         try:
             data = parsing.parse(self.repo.blob(blob_id))
         except parsing.YamlSyntaxError as exc:

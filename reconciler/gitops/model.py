@@ -139,6 +139,7 @@ class Settings:
     poll_interval: float = 60.0
     branch: str = "main"
     push_history: bool = True
+    enforce_policy: bool = False
     public_url: str | None = None
     anonymous_status_page: bool = False
     http_listen: str = "127.0.0.1:8080"

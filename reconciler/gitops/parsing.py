@@ -3,7 +3,10 @@
 - libyaml (``CSafeLoader``) does the scanning, so parsing thousands of files is cheap.
 - Booleans follow YAML 1.2 (only true/false), so ``restart_policy: no`` stays the
   string "no" instead of silently becoming False.
-- A duplicate key is an error (plain PyYAML keeps the last one without a word).
+- A duplicate key is an error (plain PyYAML keeps the last one without a word). Merge
+  keys follow YAML 1.1: ``<<: *base`` then ``key: value`` overrides what ``base`` set,
+  as in ``docker-compose`` files; only a key written twice in one mapping is refused.
+- Text must be UTF-8; a byte that is not is reported at its line and column.
 - ``locate`` finds the line and column of a JSON path by composing the text again;
   it runs only when there is a problem to report.
 
@@ -38,10 +41,16 @@ _StrictLoader.add_implicit_resolver(
 )
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
     seen: dict[Any, yaml.Node] = {}
+    # Duplicates are looked for among the keys written in this mapping, before merge keys
+    # are expanded: a key written after ``<<: *base`` overrides base's (YAML 1.1).
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
         # Scalar keys are compared by their resolved text without constructing them
         # twice (this runs for every mapping of every file); others are constructed.
         if isinstance(key_node, yaml.ScalarNode):
@@ -56,6 +65,7 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) 
                 key_node.start_mark,
             )
         seen[key] = key_node
+    loader.flatten_mapping(node)  # merged keys first, so the mapping's own keys win
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
@@ -77,6 +87,22 @@ class SyntaxProblem:
 
 def parse(text: bytes | str) -> Any:
     """Parse one YAML document; raise SyntaxProblem-bearing ValueError on bad YAML."""
+    if isinstance(text, bytes):
+        raw = text
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise YamlSyntaxError(
+                SyntaxProblem(
+                    line,
+                    column,
+                    f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} column "
+                    f"{column} ({exc.reason}); save the file as UTF-8",
+                )
+            ) from None
+        text = text.removeprefix("\ufeff")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:

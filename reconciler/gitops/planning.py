@@ -11,7 +11,8 @@ project/environment — then each pair is judged:
 - drift                a live target runs something else    → deploy
 - failed before        this exact (version, config) failed  → hold (no crash loops)
 - pinned               pinned (rollback --pin, or a webhook/API deploy that could not
-                       be committed to Git), Git unchanged → hold
+                       be committed to Git), Git's version unchanged → hold (a change of
+                       configuration alone keeps the pin)
 - unchanged            nothing to do                        → none
 - orphaned             recorded, no longer declared         → orphan (reported, never torn down)
 
@@ -66,7 +67,9 @@ class Pin:
 
     Made by ``rollback --pin`` and by a webhook or API deploy the reconciler could not
     commit to the config repo; ``desired_version``/``desired_hash`` are what Git asked
-    for when the pin was made, and any change of them in Git releases the pin.
+    for when the pin was made. Only a change of the environment's version in Git
+    releases the pin: a configuration change alone (a project variable) keeps it, so the
+    version rolled back from is never redeployed by an unrelated commit.
     """
 
     version: str
@@ -295,13 +298,18 @@ def _judge(
 
     if record is not None and record.pin is not None:
         pin = record.pin
-        if (env.version, env.config_hash) == (pin.desired_version, pin.desired_hash):
+        if env.version == pin.desired_version:
             by = f" by run {record.run_id}" if record.run_id else ""
+            also = (
+                "; its configuration changed in Git meanwhile (not applied while pinned)"
+                if env.config_hash != pin.desired_hash
+                else ""
+            )
             return action(
                 ActionKind.HOLD,
                 Reason.PINNED,
                 f"pinned to {pin.version}{by}; Git's {env.version} waits until the "
-                "environment changes in Git",
+                f"environment's version changes in Git{also}",
                 pin,
             )
     if record is not None and record.last_failure is not None:

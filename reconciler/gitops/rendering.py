@@ -51,6 +51,7 @@ def plan_json(
             "allowed": policy.allowed,
             "requirements": [r.as_dict() for r in policy.requirements],
             "authors": [a.as_dict() for a in policy.authors],
+            "problem": policy.problem or None,
         }
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
@@ -144,6 +145,8 @@ def plan_markdown(
     lines += ["", _summary(plan)]
     if policy is not None:
         lines += ["", "#### Permissions", ""]
+        if policy.problem:
+            lines += [f"❌ {_cell(policy.problem)}", ""]
         if not policy.requirements:
             lines.append("This change needs no project role.")
         else:
@@ -174,6 +177,8 @@ def _summary(plan: Plan) -> str:
 
 def _policy_text(policy: PolicyReport) -> Iterable[str]:
     yield "Permissions this change needs:"
+    if policy.problem:
+        yield f"  NOT allowed: {policy.problem}"
     if not policy.requirements:
         yield "  none"
     for r in policy.requirements:

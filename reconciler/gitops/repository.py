@@ -11,16 +11,24 @@ read, and the ref is moved only if it still points there (``RefMoved`` otherwise
 Pushes never force: origin accepts only a fast-forward of what it has, so a push built
 on an outdated read is refused (``PushRejected``) instead of overwriting what another
 reconciler wrote.
+
+Fetches never lose local history. Origin's state ref and notes are fetched into
+``refs/quicflow/fetched/…``, not over ours, and then integrated (``integrate_history``):
+ours is fast-forwarded when origin's is ahead, kept when ours is ahead (records not
+pushed yet, or ``push_history: false``), and when the two diverged, our own commits are
+replayed on top of origin's — an environment both sides recorded keeps our record and
+is reported as a conflict — while notes are merged line by line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -29,15 +37,25 @@ import pygit2
 
 from reconciler.errors import SourceError
 
+_log = logging.getLogger(__name__)
+
 STATE_REF = "refs/quicflow/state"
 NOTES_REF = "refs/notes/quicflow"
 CLAIMS_PREFIX = "refs/quicflow/claims/"
+#: Local notes (never fetched or pushed) on the branch commits the reconciler made itself.
+MADE_NOTES_REF = "refs/notes/quicflow-made"
+#: Where origin's state ref and notes land when fetched: beside ours, never over them.
+FETCHED_STATE_REF = "refs/quicflow/fetched/state"
+FETCHED_NOTES_REF = "refs/quicflow/fetched/notes"
+FETCHED = {STATE_REF: FETCHED_STATE_REF, NOTES_REF: FETCHED_NOTES_REF}
 # Default refspecs carry neither our state ref nor our notes: fetch them explicitly.
-HISTORY_REFSPECS = (f"+{STATE_REF}:{STATE_REF}", f"+{NOTES_REF}:{NOTES_REF}")
+HISTORY_REFSPECS = (f"+{STATE_REF}:{FETCHED_STATE_REF}", f"+{NOTES_REF}:{FETCHED_NOTES_REF}")
 # Claims (one ref per environment being deployed) come along; a glob may match nothing.
 CLAIMS_REFSPEC = f"+{CLAIMS_PREFIX}*:{CLAIMS_PREFIX}*"
 _READ = object()  # ``base`` not given: commit on top of what the ref points at now
 _REMOTE_URL = re.compile(r"^(file|git|https?|ssh)://")
+# What a remote answers when the ref moved on (as opposed to declining the update).
+_MOVED_ON = re.compile(r"non-fast-forward|fetch first|stale info|cannot lock ref", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +119,40 @@ class PushRejected(SourceError):
     """Origin refused a push: its ref moved on since we fetched it (not a fast-forward)."""
 
 
+class PushRefused(PushRejected):
+    """Origin itself declined the update (a hook, a protected ref, a read-only token):
+    fetching and pushing again does not help, only a change on origin does."""
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    """What integrating origin's copy of one of our refs did to ours.
+
+    ``outcome``: ``unchanged`` (same commit, or origin has none), ``took`` (ours was
+    missing or behind: now origin's), ``ahead`` (ours has commits origin lacks: kept),
+    ``rebased`` (diverged: ours replayed on origin's), ``merged`` (notes: both kept),
+    ``refused`` (ours could not be moved: another writer moved it meanwhile).
+    """
+
+    ref: str
+    outcome: str
+    ours: str | None
+    theirs: str | None
+    result: str | None
+    ahead: int = 0
+    conflicts: tuple[str, ...] = ()
+    rewritten: Mapping[str, str] | None = None
+
+    @property
+    def summary(self) -> str:
+        text = f"{self.ref}: {self.outcome}"
+        if self.ahead:
+            text += f", {self.ahead} commit{'s' if self.ahead != 1 else ''} not on origin"
+        if self.conflicts:
+            text += "; recorded on both sides, ours kept: " + ", ".join(self.conflicts)
+        return text
+
+
 class _Callbacks(pygit2.RemoteCallbacks):
     """Credentials for HTTP(S) remotes: a token (user 'x-access-token' unless given)."""
 
@@ -136,9 +188,11 @@ class GitRepository:
         self.remote_url = remote_url
         self._username: str | None = None
         self._token: str | None = None
-        # Held by whoever writes our refs and pushes them, and by fetches that overwrite
-        # them from origin: a fetch must not land between a local write and its push.
+        # Held by whoever writes our refs and pushes them, and by fetches that integrate
+        # origin's copies: a fetch must not land between a local write and its push.
         self.lock = threading.RLock()
+        #: What the last fetch's integration of origin's history did (state ref, notes).
+        self.integrations: dict[str, Integration] = {}
 
     # -- opening -----------------------------------------------------------------
 
@@ -191,7 +245,36 @@ class GitRepository:
         self = cls(repo, subdir, remote_url=url)
         self._username, self._token = username, token
         self.fetch()
+        self.follow_remote_head()
         return self
+
+    def follow_remote_head(self) -> None:
+        """Point a mirror's HEAD at the remote's default branch, so a URL without a branch
+        reads what the remote calls its main line (``trunk``, ``master``, …)."""
+        remote = self._remote()
+        if remote is None or self.remote_url is None:
+            return
+        try:
+            heads = remote.list_heads(callbacks=_Callbacks(self._username, self._token))
+        except pygit2.GitError as exc:
+            _log.warning(
+                "could not read the default branch of %s: %s", redact_url(self.remote_url), exc
+            )
+            return
+        target = next(
+            (h.symref_target for h in heads if h.name == "HEAD" and h.symref_target), None
+        )
+        if target and self.ref_target(target) is not None:
+            self._repo.set_head(target)
+
+    @property
+    def default_branch(self) -> str | None:
+        """The branch HEAD names (a mirror's: the remote's default branch), if any."""
+        try:
+            target = self._repo.references["HEAD"].target
+        except KeyError:
+            return None
+        return target.removeprefix("refs/heads/") if isinstance(target, str) else None
 
     @classmethod
     def create(
@@ -236,6 +319,8 @@ class GitRepository:
         try:
             with self.lock:
                 remote.fetch(specs, callbacks=_Callbacks(self._username, self._token))
+                if include_history:
+                    self.integrate_history()
         except pygit2.GitError as exc:
             # A remote without our refs yet is normal; anything else is a real failure.
             message = str(exc)
@@ -246,6 +331,7 @@ class GitRepository:
                         branches or None, callbacks=_Callbacks(self._username, self._token)
                     )
                     self._fetch_history_refs_one_by_one(remote)
+                    self.integrate_history()
                 return
             raise SourceError(
                 f"fetch from {redact_url(remote.url or '')} failed: {message}"
@@ -268,6 +354,7 @@ class GitRepository:
                         f"fetch from {redact_url(remote.url or '')} failed: {exc}"
                     ) from None
                 self._fetch_history_refs_one_by_one(remote)
+            self.integrate_history()
 
     def _fetch_history_refs_one_by_one(self, remote: pygit2.Remote) -> None:
         for spec in (CLAIMS_REFSPEC, *HISTORY_REFSPECS):
@@ -278,7 +365,154 @@ class GitRepository:
 
     def push_history(self) -> None:
         """Push our state ref and notes to the remote, when there is one (never forced)."""
-        self.push_refs([ref for ref in (STATE_REF, NOTES_REF) if self.ref_target(ref)])
+        refs = [ref for ref in (STATE_REF, NOTES_REF) if self.ref_target(ref)]
+        self.push_refs(refs)
+        if self.has_remote:
+            # Origin has them now: what was fetched from it is what we pushed.
+            for ref in refs:
+                target = self.ref_target(ref)
+                if target is not None:
+                    self._repo.references.create(FETCHED[ref], pygit2.Oid(hex=target), force=True)
+
+    def unpushed(self, ref: str = STATE_REF) -> int:
+        """How many commits of our ``ref`` origin lacks, as of the last fetch or push."""
+        ours = self.ref_target(ref)
+        if ours is None or not self.has_remote:
+            return 0
+        theirs = self.ref_target(FETCHED[ref])
+        if theirs is None:
+            return sum(1 for _ in self._repo.walk(pygit2.Oid(hex=ours)))
+        ahead, _ = self._repo.ahead_behind(pygit2.Oid(hex=ours), pygit2.Oid(hex=theirs))
+        return int(ahead)
+
+    # -- integrating origin's history ----------------------------------------------
+
+    def integrate_history(self) -> dict[str, Integration]:
+        """Bring what was fetched of origin's state ref and notes into ours, losing nothing.
+
+        Called by every fetch of our refs (under ``lock``); the outcome of each ref is
+        kept in ``integrations`` and logged when it is not a plain fast-forward.
+        """
+        with self.lock:
+            state = self._integrate(STATE_REF, self._rebase)
+            notes = self._integrate(NOTES_REF, self._merge_notes)
+            self.integrations = {STATE_REF: state, NOTES_REF: notes}
+        for found in (state, notes):
+            if found.conflicts or found.outcome == "refused":
+                _log.error("history from origin: %s", found.summary)
+            elif found.outcome in ("rebased", "merged"):
+                _log.warning(
+                    "history from origin diverged from ours; %s (nothing of either was lost)",
+                    found.summary,
+                )
+        return self.integrations
+
+    def _integrate(self, ref: str, diverged: _Diverged) -> Integration:
+        ours, theirs = self.ref_target(ref), self.ref_target(FETCHED[ref])
+        if theirs is None or ours == theirs:
+            ahead = self.unpushed(ref) if ours is not None and theirs is None else 0
+            return Integration(ref, "unchanged", ours, theirs, ours, ahead)
+        try:
+            if ours is None or self._repo.descendant_of(
+                pygit2.Oid(hex=theirs), pygit2.Oid(hex=ours)
+            ):
+                self.move_ref(ref, theirs, ours)
+                return Integration(ref, "took", ours, theirs, theirs)
+            if self._repo.descendant_of(pygit2.Oid(hex=ours), pygit2.Oid(hex=theirs)):
+                return Integration(ref, "ahead", ours, theirs, ours, self.unpushed(ref))
+            return diverged(ref, ours, theirs)
+        except RefMoved as exc:
+            _log.warning("%s: not integrated from origin this time: %s", ref, exc)
+            return Integration(ref, "refused", ours, theirs, self.ref_target(ref))
+
+    def _rebase(self, ref: str, ours: str, theirs: str) -> Integration:
+        """Replay our commits that origin lacks on top of origin's, file by file.
+
+        A file origin changed since the two forked and ours changed too keeps ours (what
+        this reconciler did) and is reported as a conflict.
+        """
+        base = self._repo.merge_base(pygit2.Oid(hex=ours), pygit2.Oid(hex=theirs))
+        base_files = _flatten(self._repo, self._repo[base].tree) if base is not None else {}
+        their_files = _flatten(self._repo, self._repo[theirs].peel(pygit2.Commit).tree)
+        changed_there = {
+            path
+            for path in base_files.keys() | their_files.keys()
+            if base_files.get(path) != their_files.get(path)
+        }
+        walker = self._repo.walk(
+            pygit2.Oid(hex=ours), pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE
+        )
+        walker.hide(pygit2.Oid(hex=theirs))
+        index = pygit2.Index()
+        index.read_tree(self._repo[theirs].peel(pygit2.Commit).tree)
+        parent, rewritten, conflicts = theirs, {}, set()
+        for commit in walker:
+            before = _flatten(self._repo, commit.parents[0].tree) if commit.parents else {}
+            after = _flatten(self._repo, commit.tree)
+            for path in before.keys() | after.keys():
+                if before.get(path) == after.get(path):
+                    continue
+                if path in changed_there and their_files.get(path) != after.get(path):
+                    conflicts.add(path)
+                if path in after:
+                    oid, mode = after[path]
+                    index.add(pygit2.IndexEntry(path, oid, mode))
+                elif path in index:
+                    index.remove(path)
+            tree = index.write_tree(self._repo)
+            new = self._repo.create_commit(
+                None,
+                commit.author,
+                commit.committer,
+                commit.message,
+                tree,
+                [pygit2.Oid(hex=parent)],
+            )
+            parent = rewritten[str(commit.id)] = str(new)
+        self.move_ref(ref, parent, ours)
+        return Integration(
+            ref,
+            "rebased",
+            ours,
+            theirs,
+            parent,
+            len(rewritten),
+            tuple(sorted(conflicts)),
+            rewritten,
+        )
+
+    def _merge_notes(self, ref: str, ours: str, theirs: str) -> Integration:
+        """A merge commit of both notes refs: every note of either side, lines of both kept."""
+        mine = _notes_by_object(self._repo, self._repo[ours].peel(pygit2.Commit).tree)
+        other = _notes_by_object(self._repo, self._repo[theirs].peel(pygit2.Commit).tree)
+        builder = self._repo.TreeBuilder()
+        for name in sorted(mine.keys() | other.keys()):
+            a, b = mine.get(name), other.get(name)
+            if a is None or b is None or a == b:
+                blob = a or b
+            else:
+                lines = self._repo[b].data.decode(errors="replace").splitlines()
+                lines += [
+                    line
+                    for line in self._repo[a].data.decode(errors="replace").splitlines()
+                    if line not in lines
+                ]
+                blob = self._repo.create_blob(("\n".join(lines) + "\n").encode())
+            assert blob is not None
+            builder.insert(name, blob, pygit2.enums.FileMode.BLOB)
+        sig = _signature(Identity())
+        merged = str(
+            self._repo.create_commit(
+                None,
+                sig,
+                sig,
+                "Merge notes from origin\n",
+                builder.write(),
+                [pygit2.Oid(hex=ours), pygit2.Oid(hex=theirs)],
+            )
+        )
+        self.move_ref(ref, merged, ours)
+        return Integration(ref, "merged", ours, theirs, merged, self.unpushed(ref))
 
     def push_refs(self, refs: Sequence[str]) -> None:
         """Push ``refs`` to the remote as fast-forwards only; ``PushRejected`` when origin's
@@ -292,13 +526,18 @@ class GitRepository:
             remote.push([f"{ref}:{ref}" for ref in refs], callbacks=callbacks)
         except pygit2.GitError as exc:
             # libgit2 checks the fast-forward itself, against origin's refs it just listed.
-            message = str(exc)
+            message = str(exc).replace(remote.url or where, where)
             if "non-fastforwardable" in message or "not present locally" in message:
                 raise PushRejected(f"push to {where} refused: {message}") from None
             raise SourceError(f"push to {where} failed: {message}") from None
         if callbacks.rejected:
-            refused = "; ".join(f"{ref}: {why}" for ref, why in sorted(callbacks.rejected.items()))
-            raise PushRejected(f"push to {where} refused: {refused}")
+            refused = "; ".join(
+                f"{ref}: {why.replace(remote.url or where, where)}"
+                for ref, why in sorted(callbacks.rejected.items())
+            )
+            if any(_MOVED_ON.search(why) for why in callbacks.rejected.values()):
+                raise PushRejected(f"push to {where} refused: {refused}")
+            raise PushRefused(f"push to {where} refused: {refused}")
 
     # -- reading -----------------------------------------------------------------
 
@@ -336,6 +575,11 @@ class GitRepository:
             time=c.commit_time,
             parents=tuple(str(p) for p in c.parent_ids),
         )
+
+    def merge_base(self, one: str, other: str) -> str | None:
+        """The best common ancestor of two commits (where a branch forked), or None."""
+        found = self._repo.merge_base(pygit2.Oid(hex=one), pygit2.Oid(hex=other))
+        return str(found) if found is not None else None
 
     def commits_between(self, base: str | None, head: str) -> list[CommitInfo]:
         """Commits reachable from ``head`` but not from ``base``, oldest first."""
@@ -396,6 +640,10 @@ class GitRepository:
     def blob(self, blob_id: str) -> bytes:
         """The contents of a blob."""
         return self._repo[blob_id].data
+
+    def blob_size(self, blob_id: str) -> int:
+        """The size of a blob in bytes, without reading it."""
+        return int(self._repo.get(blob_id).size)
 
     def changed_paths(self, old_commit: str, new_commit: str) -> list[str]:
         """Paths that differ between two commits (whole repository, POSIX paths)."""
@@ -501,24 +749,58 @@ class GitRepository:
             # Another writer holds the lock right now: as good as having moved it.
             raise RefMoved(f"{ref} is being updated by another writer: {exc}") from None
 
-    def read_note(self, commit_id: str, ref: str = NOTES_REF) -> str | None:
-        """The note attached to a commit under ``ref``, if any."""
-        try:
-            return self._repo.lookup_note(commit_id, ref).message
-        except KeyError:
+    def read_note(
+        self, commit_id: str, ref: str = NOTES_REF, at: str | None | object = _READ
+    ) -> str | None:
+        """The note attached to a commit under ``ref`` (as of notes commit ``at``), if any."""
+        if at is _READ:
+            try:
+                return self._repo.lookup_note(commit_id, ref).message
+            except KeyError:
+                return None
+        if at is None:
             return None
+        assert isinstance(at, str)
+        tree = self._repo[at].peel(pygit2.Commit).tree
+        for path in (commit_id, f"{commit_id[:2]}/{commit_id[2:]}"):
+            found = _blob_id_at(tree, path)
+            if found is not None:
+                return self._repo[found].data.decode(errors="replace")
+        return None
 
     def write_note(
-        self, commit_id: str, text: str, ref: str = NOTES_REF, identity: Identity = Identity()
+        self,
+        commit_id: str,
+        text: str,
+        ref: str = NOTES_REF,
+        identity: Identity = Identity(),
+        base: str | None | object = _READ,
     ) -> None:
         """Attach (replace) the note of a commit under ``ref``; ``RefMoved`` when another
-        writer updated the notes ref at the same moment (libgit2 moves it only from the
-        notes commit it read)."""
+        writer updated the notes ref meanwhile.
+
+        Written as a notes commit by compare-and-set like our other refs (libgit2's own
+        note writing lost a concurrent writer's note now and then); a note kept in a
+        fan-out directory (``ab/cdef…``, as git writes many notes) is replaced in place.
+        """
+        tip = self.ref_target(ref) if base is _READ else base
+        assert tip is None or isinstance(tip, str)
+        index = pygit2.Index()
+        path = commit_id
+        if tip is not None:
+            tree = self._repo[tip].peel(pygit2.Commit).tree
+            index.read_tree(tree)
+            fanned = f"{commit_id[:2]}/{commit_id[2:]}"
+            if _blob_id_at(tree, commit_id) is None and _blob_id_at(tree, fanned) is not None:
+                path = fanned
+        blob = self._repo.create_blob(text.encode())
+        index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
         sig = _signature(identity)
-        try:
-            self._repo.create_note(text, sig, sig, commit_id, ref, True)
-        except (pygit2.GitError, OSError) as exc:
-            raise RefMoved(f"{ref} is being updated by another writer: {exc}") from None
+        parents = [pygit2.Oid(hex=tip)] if tip else []
+        made = self._repo.create_commit(
+            None, sig, sig, "Notes added by quicflow\n", index.write_tree(self._repo), parents
+        )
+        GitRepository.move_ref(self, ref, str(made), tip)
 
     def update_file_on_branch(
         self,
@@ -554,7 +836,19 @@ class GitRepository:
                 except SourceError:
                     self._undo(ref, commit, parent, full, before if synced else None)
                     raise
+            self.mark_made_here(commit, message.splitlines()[0] if message else "")
         return commit
+
+    def mark_made_here(self, commit_id: str, what: str) -> None:
+        """Note (locally) that this reconciler made ``commit_id`` after its own checks."""
+        try:
+            self.write_note(commit_id, f"made by quicflow: {what}\n", ref=MADE_NOTES_REF)
+        except RefMoved as exc:
+            _log.warning("could not note %s as made here: %s", short(commit_id), exc)
+
+    def made_here(self, commit_ids: Sequence[str]) -> frozenset[str]:
+        """Which of ``commit_ids`` this reconciler made itself (``mark_made_here``)."""
+        return frozenset(c for c in commit_ids if self.read_note(c, MADE_NOTES_REF) is not None)
 
     def _sync_work_tree(
         self, ref: str, full: str, before: pygit2.Oid | None, content: bytes
@@ -621,6 +915,28 @@ class GitRepository:
             raise SourceError(
                 f"push of {branch} to {redact_url(remote.url or '')} failed: {exc}"
             ) from None
+
+
+_Diverged = Callable[[str, str, str], Integration]
+
+
+def _flatten(
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
+) -> dict[str, tuple[pygit2.Oid, int]]:
+    """Every file of ``tree``: path → (blob id, mode)."""
+    files: dict[str, tuple[pygit2.Oid, int]] = {}
+    for entry in tree:
+        path = f"{prefix}{entry.name}"
+        if entry.type_str == "tree":
+            files.update(_flatten(repo, repo[entry.id], f"{path}/"))
+        else:
+            files[path] = (entry.id, entry.filemode)
+    return files
+
+
+def _notes_by_object(repo: pygit2.Repository, tree: pygit2.Tree) -> dict[str, pygit2.Oid]:
+    """A notes tree's notes by the object they annotate (fan-out directories undone)."""
+    return {path.replace("/", ""): oid for path, (oid, _) in _flatten(repo, tree).items()}
 
 
 def _blob_id_at(tree: pygit2.Tree, path: str) -> pygit2.Oid | None:

@@ -1,8 +1,10 @@
 """Trigger records and claimed webhook deliveries in the operational store.
 
-``trigger_records`` says what each delivery (or schedule firing) led to;
-``webhook_deliveries`` holds the delivery ids already taken, so a replay or a
-provider's redelivery is acted on once. Verifying, filtering and acting on a delivery
+``trigger_records`` says what each delivery (or schedule firing) led to — refused
+deliveries from one source are counted in one record (``occurrences``, ``last_at``)
+once they repeat; ``webhook_deliveries`` holds the delivery ids already taken, each
+with the SHA-256 of the body it came with, so a replay or a provider's redelivery is
+acted on once and a delivery id reused for another body is recognised. Verifying, filtering and acting on a delivery
 are ``reconciler.trigger.deliveries``'s.
 """
 
@@ -56,6 +58,8 @@ class TriggerRecord:
     reason: str
     run_id: str
     source_ip: str
+    occurrences: int = 1
+    last_at: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """The record as the API shows it."""
@@ -76,6 +80,8 @@ class TriggerRecord:
             "reason": self.reason,
             "run_id": self.run_id or None,
             "source_ip": self.source_ip or None,
+            "count": self.occurrences,
+            "last_at": self.last_at or self.at,
         }
 
 
@@ -99,6 +105,7 @@ class TriggerRecords:
         claim: str,
         status: str,
         reason: str = "",
+        body_sha256: str = "",
         **fields: str,
     ) -> tuple[str, int]:
         """Claim delivery id ``claim`` and record the outcome in one transaction: (reason, id).
@@ -107,7 +114,7 @@ class TriggerRecords:
         commonest path. A delivery seen before is recorded as the duplicate it is.
         """
         with self.db.transaction() as conn:
-            if not _claim(conn, trigger_id, claim, at):
+            if not _claim(conn, trigger_id, claim, at, body_sha256):
                 status, reason = DUPLICATE, f"duplicate delivery {claim}: already handled"
             return reason, _insert_record(conn, at, trigger_id, status, reason, fields)
 
@@ -116,6 +123,13 @@ class TriggerRecords:
         self.db.execute(
             "UPDATE trigger_records SET status = ?, reason = ?, run_id = ? WHERE id = ?",
             (status, reason, run_id, record_id),
+        )
+
+    def tally(self, record_id: int, occurrences: int, last_at: datetime, reason: str) -> None:
+        """Set how many refusals one aggregate record stands for, and the newest one's time."""
+        self.db.execute(
+            "UPDATE trigger_records SET occurrences = ?, last_at = ?, reason = ? WHERE id = ?",
+            (occurrences, _at(last_at), reason, record_id),
         )
 
     def get(self, record_id: int) -> TriggerRecord | None:
@@ -140,10 +154,20 @@ class TriggerRecords:
         )
         return [_record(r) for r in found], total
 
-    def claim_delivery(self, trigger_id: str, delivery_id: str, at: datetime) -> bool:
+    def claim_delivery(
+        self, trigger_id: str, delivery_id: str, at: datetime, body_sha256: str = ""
+    ) -> bool:
         """Take a delivery id; False when it was seen before (a replay or a redelivery)."""
         with self.db.transaction() as conn:
-            return _claim(conn, trigger_id, delivery_id, at)
+            return _claim(conn, trigger_id, delivery_id, at, body_sha256)
+
+    def claimed_body(self, trigger_id: str, delivery_id: str) -> str | None:
+        """The body digest a taken delivery id came with ('' unknown), None when not taken."""
+        found = self.db.query(
+            "SELECT body_sha256 FROM webhook_deliveries WHERE trigger_id = ? AND delivery_id = ?",
+            (trigger_id, delivery_id),
+        )
+        return str(found[0]["body_sha256"]) if found else None
 
     def release_delivery(self, trigger_id: str, delivery_id: str) -> None:
         """Forget a delivery id so a redelivery is acted on."""
@@ -153,11 +177,17 @@ class TriggerRecords:
         )
 
 
-def _claim(conn: database.Connection, trigger_id: str, delivery_id: str, at: datetime) -> bool:
+def _at(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _claim(
+    conn: database.Connection, trigger_id: str, delivery_id: str, at: datetime, body_sha256: str
+) -> bool:
     cursor = conn.execute(
-        "INSERT INTO webhook_deliveries (trigger_id, delivery_id, received_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (trigger_id, delivery_id) DO NOTHING",
-        (trigger_id, delivery_id, at.astimezone(UTC).isoformat(timespec="seconds")),
+        "INSERT INTO webhook_deliveries (trigger_id, delivery_id, received_at, body_sha256)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (trigger_id, delivery_id) DO NOTHING",
+        (trigger_id, delivery_id, at.astimezone(UTC).isoformat(timespec="seconds"), body_sha256),
     )
     return cursor.rowcount == 1
 
@@ -174,7 +204,7 @@ def _insert_record(
     if unknown:
         raise ValueError(f"trigger records have no column {', '.join(sorted(unknown))}")
     columns = ["at", "trigger_id", "status", "reason", *fields]
-    values = [at.astimezone(UTC).isoformat(timespec="milliseconds"), trigger_id, status, reason]
+    values = [_at(at), trigger_id, status, reason]
     sql = (
         f"INSERT INTO trigger_records ({', '.join(columns)})"
         f" VALUES ({', '.join('?' * len(columns))}) RETURNING id"

@@ -6,26 +6,37 @@ the config repo's own webhook; both answer a plain ``DeliveryResult`` (the statu
 it maps onto, a code, the message, the trigger record's id). In order, each refusal
 leaving a trigger record:
 
-1. unknown trigger → 404 (no record: nothing to attribute it to);
+1. a trigger and source address past its refusal limit → 429 with ``Retry-After``,
+   before anything is verified (``refusals``: per trigger and source, a window's
+   refusals after the first few are counted in one trigger record, not one each);
 2. a body over the limit (the caller read at most ``body_limit`` bytes and passes
    None) → 413;
 3. signature / token / timestamp checked by ``signatures`` (constant-time; Gitee
    timestamps further than ``max_skew`` from ``now`` are stale) → 401 naming the header
    at fault; the secret is the trigger's credential, read through the
    ``CredentialManager`` (an audited use) and kept in memory for at most a minute per
-   trigger and config commit, so forged floods cannot flood the audit log;
-4. the delivery id is claimed; a repeat is acknowledged (200, ``skipped``) and not acted
-   on again. When the action fails the claim is released, so the provider's
-   "redeliver" can retry it;
-5. the payload is parsed by ``pushes``; other events (``ping``, merge requests) and
-   deleted refs are skipped;
+   trigger and config commit, so forged floods cannot flood the audit log.
+   An **unknown** trigger id is answered exactly as a declared one whose secret the
+   caller does not know (verified against a random secret, as a provider chosen by a
+   keyed hash of the id), so unauthenticated callers cannot tell which names exist;
+   it leaves no record (nothing to attribute it to);
+4. the delivery id is claimed with the SHA-256 of its body; a repeat with the same body
+   is acknowledged (200, ``skipped``) and not acted on again, the same id with another
+   body is refused (401: a captured Gitee token/timestamp pair carrying a forged
+   body). When the action fails the claim is released, so the provider's "redeliver"
+   can retry it;
+5. the payload is parsed by ``pushes`` (GitHub's form-encoded deliveries from their
+   ``payload`` field); other events (``ping``, merge requests) and deleted refs are
+   skipped;
 6. filters: the event kind must be in the trigger's ``events``; a branch push must match
    one of ``branches`` (globs; none listed = every branch; tags are not filtered);
 7. the action: ``deploy`` → ``engine.deploy_or_queue`` of the **tag name** (tag
    events) or the **commit id** (branch pushes), which the engine commits to the config
    repo (or pins) so the next poll keeps it; ``reconcile`` → ``engine.reconcile_now``;
    ``build`` → a build of the pushed tag or commit on the engine's Builder with the
-   build settings of ``target_env`` (skipped when the engine has no Builder).
+   build settings of ``target_env`` (skipped when the engine has no Builder). For
+   providers that do not sign the body (Gitee), the pushed commit must first be found
+   in the project's app repo (``commits``), else the delivery is refused (422).
 
 A push that arrives while a deploy of its environment runs is **queued** behind it,
 newest wins: its record says ``queued`` and is updated when the engine decides — to
@@ -34,7 +45,8 @@ its place, or ``failed`` (the claim is then released, so a redelivery may try ag
 
 Results: 202 when a run (or build) started or the deploy was queued, 200 when skipped,
 400 for a payload that is not what the provider documents, 422 when the engine refused
-the action, 503 when it asked to retry later, 500 for anything else.
+the action, 429 while rate-limited, 503 when it asked to retry later, 500 for anything
+else.
 
 What this module must not do: see HTTP (it imports no web framework; headers come in
 as a mapping and the body as bytes, and ``reconciler.api.webhooks`` turns the result
@@ -43,9 +55,12 @@ into a response) or read the wall clock (``now`` is a parameter).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -58,7 +73,7 @@ from reconciler.engine.control import EngineControl
 from reconciler.gitops import model
 from reconciler.rules import branches
 from reconciler.runs import Trigger
-from reconciler.trigger import pushes, signatures
+from reconciler.trigger import commits, pushes, refusals, signatures
 
 _log = logging.getLogger(__name__)
 
@@ -89,12 +104,15 @@ class DeliveryRecords(Protocol):
         claim: str,
         status: str,
         reason: str = "",
+        body_sha256: str = "",
         **fields: str,
     ) -> tuple[str, int]:
         """Claim delivery id ``claim`` and record the outcome at once: (reason, id)."""
         ...
 
-    def claim_delivery(self, trigger_id: str, delivery_id: str, at: datetime) -> bool:
+    def claim_delivery(
+        self, trigger_id: str, delivery_id: str, at: datetime, body_sha256: str = ""
+    ) -> bool:
         """Take a delivery id; False when it was seen before."""
         ...
 
@@ -105,6 +123,20 @@ class DeliveryRecords(Protocol):
     def update(self, record_id: int, status: str, reason: str, run_id: str = "") -> None:
         """Say what a queued delivery led to after all."""
         ...
+
+    def tally(self, record_id: int, occurrences: int, last_at: datetime, reason: str) -> None:
+        """Set how many refusals an aggregate record stands for."""
+        ...
+
+    def claimed_body(self, trigger_id: str, delivery_id: str) -> str | None:
+        """The body digest a taken delivery id came with, None when it is not taken."""
+        ...
+
+
+class CommitCheck(Protocol):
+    """Whether a pushed commit exists in the project's app repo ('' yes, else why not)."""
+
+    def __call__(self, project: model.Project, commit: str, tag: str | None) -> Awaitable[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +154,7 @@ class DeliveryResult:
     field: str | None = None
     run_id: str | None = None
     build_id: str | None = None
+    retry_after: float | None = None  # 429: seconds until the source may try again
 
     @property
     def accepted(self) -> bool:
@@ -155,6 +188,7 @@ class _Hook:
     events: tuple[str, ...]
     target_env: str | None
     enabled: bool
+    declared: bool = True  # False: an unknown id, answered alike and never recorded
 
 
 class WebhookDeliveries:
@@ -167,13 +201,20 @@ class WebhookDeliveries:
         credentials: CredentialManager | None,
         body_limit: int,
         max_skew: timedelta = signatures.DEFAULT_MAX_SKEW,
+        counter: refusals.RefusalCounter | None = None,
+        commit_check: CommitCheck | None = None,
     ):
         self.engine = engine
         self.records = records
         self.credentials = credentials
         self.body_limit = body_limit
         self.max_skew = max_skew
+        self.refusals = counter or refusals.RefusalCounter()
+        self.commit_check = commit_check
         self._secrets: dict[tuple[str, str | None, str], tuple[str, float]] = {}
+        # Unknown ids are verified against secrets nobody knows, as a provider a keyed
+        # hash picks: the key is this process's own, so the choice cannot be predicted.
+        self._unknown_key = secrets.token_bytes(32)
 
     async def handle(
         self,
@@ -186,9 +227,7 @@ class WebhookDeliveries:
         """One delivery to the declared trigger ``trigger_id``; ``body`` None: over the limit."""
         declared = find_trigger(self.engine.desired, trigger_id)
         if declared is None:
-            return DeliveryResult(
-                404, "not_found", f"webhook trigger {trigger_id!r} does not exist"
-            )
+            return await self._deliver(self._unknown(trigger_id), headers, body, address, now)
         hook = _Hook(
             declared.id,
             declared.project,
@@ -225,6 +264,23 @@ class WebhookDeliveries:
         )
         return await self._deliver(hook, headers, body, address, now)
 
+    def _unknown(self, trigger_id: str) -> _Hook:
+        """A stand-in for an undeclared trigger id: verifies nothing, records nothing."""
+        digest = hmac.new(self._unknown_key, trigger_id.encode(), hashlib.sha256).digest()
+        providers = list(signatures.Provider)
+        return _Hook(
+            trigger_id[:200],
+            None,
+            providers[digest[0] % len(providers)].value,
+            "",
+            "deploy",
+            (),
+            (),
+            None,
+            True,
+            declared=False,
+        )
+
     async def _deliver(
         self,
         hook: _Hook,
@@ -236,17 +292,29 @@ class WebhookDeliveries:
         base = {"project": hook.project or "", "source": hook.source, "source_ip": address}
 
         def record(status: str, reason: str = "", **fields: str) -> int:
+            if not hook.declared:
+                return 0
             return self.records.add(now, hook.id, status, reason, **base, **fields)
 
+        key = (hook.id, address)
+        wait = self.refusals.retry_after(key)
+        if wait is not None:
+            self._refused(hook, key, now, "rate-limited", base, {})
+            return DeliveryResult(
+                429,
+                "too_many_refusals",
+                f"too many refused deliveries from this address; retry in {wait:.0f} s",
+                retry_after=wait,
+            )
         if body is None:
             reason = f"body larger than {self.body_limit} bytes"
-            record(FAILED, reason)
+            self._refused(hook, key, now, reason, base, {})
             return DeliveryResult(413, "body_too_large", reason)
         if self.credentials is None:
             record(FAILED, "the server has no credential manager to read webhook secrets")
             return DeliveryResult(503, "not_configured", "webhook secrets are not available")
         try:
-            secret = self._secret(hook, address)
+            secret = self._secret(hook, address) if hook.declared else self._unknown_key.hex()
         except (errors.QuicFlowError, KeyError) as error:
             record(FAILED, f"secret credential {hook.secret!r}: {error}")
             return DeliveryResult(
@@ -256,15 +324,19 @@ class WebhookDeliveries:
             delivery = signatures.verify(
                 hook.source, headers, body, secret, now=now, max_skew=self.max_skew
             )
+            digest = hashlib.sha256(body).hexdigest()
+            _bound_to_body(self.records, hook.id, delivery, digest)
         except signatures.WebhookRejected as rejected:
-            record(FAILED, str(rejected), event=_event_header(headers))
+            self._refused(hook, key, now, str(rejected), base, {"event": _event_header(headers)})
             return DeliveryResult(401, "webhook_rejected", rejected.reason, field=rejected.header)
         base.update(event=delivery.event, delivery_id=delivery.delivery_id)
         if not hook.enabled:
             record(SKIPPED, "trigger is disabled")
             return DeliveryResult(200, SKIPPED, "trigger is disabled")
         try:
-            push = pushes.parse_push(delivery.provider, delivery.event, body)
+            push = pushes.parse_push(
+                delivery.provider, delivery.event, body, _header(headers, "content-type")
+            )
         except pushes.PayloadError as error:
             # Not claimed: the provider's "redeliver" may try again once the cause is fixed.
             record(FAILED, str(error))
@@ -282,15 +354,51 @@ class WebhookDeliveries:
         if skip:
             # Nothing will be started: claim the id and record the outcome in one write.
             reason, record_id = self.records.claim_and_add(
-                now, hook.id, delivery.delivery_id, SKIPPED, skip, **base
+                now, hook.id, delivery.delivery_id, SKIPPED, skip, digest, **base
             )
             return DeliveryResult(200, SKIPPED, reason, record_id)
         assert push is not None
         # Something will be started: claim first, so a concurrent duplicate acts never twice.
-        if not self.records.claim_delivery(hook.id, delivery.delivery_id, now):
+        if not self.records.claim_delivery(hook.id, delivery.delivery_id, now, digest):
             reason = f"duplicate delivery {delivery.delivery_id}: already handled"
             return DeliveryResult(200, SKIPPED, reason, record(SKIPPED, reason))
+        if delivery.mode == "password":
+            _log.warning(
+                "webhook %s: Gitee delivery in password mode; switch the hook to signing", hook.id
+            )
         return await self._act(hook, push, delivery, record)
+
+    def _refused(
+        self,
+        hook: _Hook,
+        key: refusals.Key,
+        now: datetime,
+        reason: str,
+        base: dict[str, str],
+        fields: dict[str, str],
+    ) -> None:
+        """Count one refusal: its own record, the window's aggregate record, or neither."""
+        counted = self.refusals.refuse(key)
+        if not hook.declared or counted.write is refusals.Write.NONE:
+            return
+        if counted.write is refusals.Write.RECORD:
+            self.records.add(now, hook.id, FAILED, reason, **base, **fields)
+            return
+        summary = _summary(counted.aggregated, key[1], reason)
+        if counted.write is refusals.Write.OPEN:
+            record_id = self.records.add(now, hook.id, FAILED, summary, **base, **fields)
+            self.refusals.opened(key, record_id, counted.aggregated)
+            self.records.tally(record_id, counted.aggregated, now, summary)
+            return
+        assert counted.record_id is not None
+        self.records.tally(counted.record_id, counted.aggregated, now, summary)
+        self.refusals.written(key, counted.aggregated)
+
+    def flush(self, now: datetime) -> None:
+        """Write the refusal counts still held in memory (the server calls it on stop)."""
+        for key, record_id, count in self.refusals.unwritten():
+            self.records.tally(record_id, count, now, _summary(count, key[1], "rate-limited"))
+            self.refusals.written(key, count)
 
     async def _act(
         self,
@@ -306,6 +414,7 @@ class WebhookDeliveries:
                 if not isinstance(builder, Builder):
                     reason = "this engine has no image builder"
                     return DeliveryResult(200, SKIPPED, reason, record(SKIPPED, reason))
+                await self._check_commit(hook, push)
                 build_id = self._start_build(hook, push, builder)
                 reason = f"build {build_id} started"
                 return DeliveryResult(
@@ -322,6 +431,7 @@ class WebhookDeliveries:
                     f"trigger {hook.id} has no deploy target (action {hook.action!r})"
                 )
             version = push.tag if push.tag is not None else push.commit
+            await self._check_commit(hook, push)
             detail = {
                 "trigger_id": hook.id,
                 "delivery_id": delivery.delivery_id,
@@ -359,6 +469,20 @@ class WebhookDeliveries:
         reason = f"run {started.id} started"
         record_id = record(SUCCESS, reason, run_id=started.id)
         return DeliveryResult(202, SUCCESS, reason, record_id, run_id=started.id)
+
+    async def _check_commit(self, hook: _Hook, push: pushes.PushEvent) -> None:
+        """For providers that sign no body: the pushed commit must be in the app repo."""
+        if self.commit_check is None or hook.source not in commits.UNSIGNED_BODIES:
+            return
+        desired = self.engine.desired
+        project = desired.projects.get(hook.project or "") if desired else None
+        if project is None:
+            return
+        problem = await self.commit_check(project, push.commit, push.tag)
+        if problem:
+            raise errors.PermanentError(
+                f"refused: {problem} (its body is not signed by {hook.source})"
+            )
 
     def _start_build(self, hook: _Hook, push: pushes.PushEvent, builder: Builder) -> str:
         """Start the build of the pushed tag or commit; its id. PermanentError when refused."""
@@ -465,6 +589,33 @@ def _committer(push: pushes.PushEvent) -> str:
     if push.committer_email:
         return f"{push.committer_name} <{push.committer_email}>"
     return push.committer_name
+
+
+def _bound_to_body(
+    records: DeliveryRecords, trigger_id: str, delivery: signatures.VerifiedDelivery, digest: str
+) -> None:
+    """Refuse a delivery id taken before with another body (a captured Gitee pair, reused)."""
+    seen = records.claimed_body(trigger_id, delivery.delivery_id)
+    if seen and not hmac.compare_digest(seen, digest):
+        header = (
+            signatures.GITEE_TIMESTAMP if delivery.provider is signatures.Provider.GITEE else None
+        )
+        raise signatures.WebhookRejected(
+            f"delivery {delivery.delivery_id} was already received with another body", header
+        )
+
+
+def _summary(count: int, address: str, reason: str) -> str:
+    """The reason an aggregate record gives for the refusals it counts."""
+    plural = "delivery" if count == 1 else "deliveries"
+    return f"{count} more {plural} from {address} refused in this window (last: {reason})"
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return ""
 
 
 def _event_header(headers: Mapping[str, str]) -> str:

@@ -16,6 +16,11 @@ Fields used, per provider (checked against each provider's documented payloads):
   ``head_commit.committer`` (fallback ``pusher``), ``repository.clone_url`` (fallback
   ``git_http_url``, ``html_url``, ``url``; ``project.*`` likewise).
 
+GitHub's default content type is ``application/x-www-form-urlencoded``: the JSON payload
+is then the form's ``payload`` field (the signature still covers the raw form body).
+Such deliveries are read from that field; one without it is refused with a message
+telling the user to pick ``application/json``.
+
 A deleted branch or tag is still parsed (``deleted=True``, commit of forty zeros) so
 the caller can record it as skipped with that reason. Events that are not pushes, and
 pushes to refs other than ``refs/heads/*`` and ``refs/tags/*``, parse to ``None``.
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import parse_qs
 
 from reconciler import errors
 from reconciler.trigger import signatures
@@ -88,13 +94,42 @@ def is_push_event(provider: signatures.Provider | str, event: str) -> bool:
     return event in PUSH_EVENTS[signatures.Provider(provider)]
 
 
+FORM = "application/x-www-form-urlencoded"
+PICK_JSON = (
+    "set the webhook's Content type to application/json in the repository's webhook settings"
+)
+
+
+def form_payload(content_type: str, body: bytes) -> bytes:
+    """The JSON of a delivery: the body itself, or a form body's ``payload`` field."""
+    if content_type.split(";")[0].strip().lower() != FORM:
+        return body
+    try:
+        form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        raise PayloadError(f"the form-encoded body cannot be read; {PICK_JSON}") from None
+    values = form.get("payload")
+    if not values or not values[0].strip():
+        raise PayloadError(f"the form-encoded body has no payload field; {PICK_JSON}", "payload")
+    return values[0].encode("utf-8")
+
+
 def parse_push(
-    provider: signatures.Provider | str, event: str, body: bytes | str | Mapping[str, Any]
+    provider: signatures.Provider | str,
+    event: str,
+    body: bytes | str | Mapping[str, Any],
+    content_type: str = "",
 ) -> PushEvent | None:
-    """Parse a push/tag payload; None for other events and refs that are not branches/tags."""
+    """Parse a push/tag payload; None for other events and refs that are not branches/tags.
+
+    ``content_type`` is the delivery's header: GitHub's form-encoded deliveries carry
+    the payload in the ``payload`` field.
+    """
     provider = signatures.Provider(provider)
     if not is_push_event(provider, event):
         return None
+    if isinstance(body, bytes) and provider is signatures.Provider.GITHUB:
+        body = form_payload(content_type, body)
     payload = _load(body)
     ref = _text(payload, "ref", required=True)
     if ref.startswith(_BRANCH_PREFIX):

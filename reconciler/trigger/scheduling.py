@@ -38,7 +38,7 @@ from croniter import croniter
 
 from reconciler.gitops import model
 from reconciler.runs import Run, Trigger
-from reconciler.store import schedules
+from reconciler.store import schedules, triggers
 from reconciler.store.database import Database
 
 _log = logging.getLogger(__name__)
@@ -57,18 +57,44 @@ def _parse(stamp: str) -> datetime:
     return schedules.parse_stamp(stamp)
 
 
+def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC instant of local wall time ``wall`` (naive) in ``zone``.
+
+    A wall time that happens twice (the repeated hour of a fall-back day) is its first
+    occurrence, so the slot is one instant and fires once; one that never happens (the
+    skipped hour of a spring-forward day) is read with the offset before the jump,
+    which puts it just after the jump, as cron does.
+    """
+    return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+
+
+def _wall(at: datetime, zone: ZoneInfo) -> datetime:
+    return at.astimezone(zone).replace(tzinfo=None)
+
+
 def newest_slot(now: datetime, cron: str, tz: str) -> datetime:
-    """The newest slot of ``cron`` in zone ``tz`` that is not after ``now`` (in UTC)."""
-    local = now.astimezone(ZoneInfo(tz))
+    """The newest slot of ``cron`` in zone ``tz`` that is not after ``now`` (in UTC).
+
+    Slots are computed on the zone's wall clock, so daylight-saving days neither
+    repeat a slot (fall back) nor lose one (spring forward).
+    """
+    zone = ZoneInfo(tz)
     # get_prev from an exact slot returns the slot before it; start just after now.
-    found = croniter(cron, local + timedelta(seconds=1)).get_prev(datetime)
-    return found.astimezone(UTC)
+    walls = croniter(cron, _wall(now, zone) + timedelta(seconds=1))
+    while True:
+        found = _instant(walls.get_prev(datetime), zone)
+        if found <= now:  # a skipped wall time read after the jump may lie ahead of now
+            return found
 
 
 def next_slot(after: datetime, cron: str, tz: str) -> datetime:
     """The first slot of ``cron`` in zone ``tz`` strictly after ``after`` (in UTC)."""
-    found = croniter(cron, after.astimezone(ZoneInfo(tz))).get_next(datetime)
-    return found.astimezone(UTC)
+    zone = ZoneInfo(tz)
+    walls = croniter(cron, _wall(after, zone))
+    while True:
+        found = _instant(walls.get_next(datetime), zone)
+        if found > after:  # in the repeated hour, the wall clock's next slot already fired
+            return found
 
 
 def due_slots(
@@ -138,6 +164,7 @@ class Scheduler:
         max_sleep: float = 30.0,
     ):
         self.store = schedules.ScheduleStore(db)
+        self.records = triggers.TriggerRecords(db)
         self.clock = clock
         self.grace = grace
         self.max_sleep = max_sleep
@@ -218,8 +245,9 @@ class Scheduler:
             newest = newest_slot(now, schedule.cron, schedule.timezone)
             if newest > last and self.store.claim(schedule.id, spec, newest, upcoming):
                 # Missed under the skip policy: take the slot so it is not reconsidered.
-                self.store.finish(
-                    schedule.id,
+                self._finish(
+                    schedule,
+                    newest,
                     now,
                     "skipped",
                     f"missed slot {_stamp(newest)} skipped (policy skip)",
@@ -237,11 +265,8 @@ class Scheduler:
         self, engine: ScheduleEngine, schedule: model.ScheduleTrigger, slot: datetime, now: datetime
     ) -> None:
         if schedule.action != "deploy":
-            self.store.finish(
-                schedule.id,
-                now,
-                "skipped",
-                f"action {schedule.action!r}: builds arrive with the build issue",
+            self._finish(
+                schedule, slot, now, "skipped", f"action {schedule.action!r} is not scheduled"
             )
             return
         try:
@@ -255,9 +280,34 @@ class Scheduler:
             )
         except Exception as error:  # noqa: BLE001 - recorded for the operator; the next slot retries
             _log.warning("schedule %s: deploy failed: %s", schedule.id, error)
-            self.store.finish(schedule.id, now, "failed", f"{type(error).__name__}: {error}")
+            self._finish(schedule, slot, now, "failed", f"{type(error).__name__}: {error}")
             return
-        self.store.finish(schedule.id, now, "success", run_id=run.id)
+        self._finish(schedule, slot, now, "success", f"run {run.id} started", run.id)
+
+    def _finish(
+        self,
+        schedule: model.ScheduleTrigger,
+        slot: datetime,
+        now: datetime,
+        status: str,
+        reason: str,
+        run_id: str = "",
+    ) -> None:
+        """Store a fired slot's outcome, and a trigger record like a webhook delivery's."""
+        self.store.finish(
+            schedule.id, now, status, "" if status == "success" else reason, run_id=run_id
+        )
+        self.records.add(
+            now,
+            schedule.id,
+            status,
+            reason,
+            project=schedule.project,
+            source="schedule",
+            event="schedule",
+            delivery_id=f"slot {_stamp(slot)}",
+            run_id=run_id,
+        )
 
     def describe(self, schedule: model.ScheduleTrigger) -> dict[str, Any]:
         """A schedule with its next and last run, for the API and the status page."""

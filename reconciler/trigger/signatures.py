@@ -13,8 +13,17 @@ Each provider proves a delivery differently:
   timestamp in milliseconds in ``X-Gitee-Timestamp`` and the event in
   ``X-Gitee-Event``. Gitee signs no body and sends no delivery id, so the timestamp is
   the only replay protection: deliveries older (or newer) than ``max_skew`` are
-  rejected, and the delivery id is derived from timestamp and body so an exact replay
-  can be recognised.
+  rejected.
+
+  **The risk.** The signature covers the timestamp only: whoever captures one
+  delivery's headers (a proxy log, a leaked request dump) can send *any body* with
+  them until the timestamp is ``max_skew`` old; in password mode, with any timestamp,
+  forever. So: prefer Gitee's signing mode (``mode`` says which one a delivery used;
+  password deliveries are accepted but their trigger record says so); the delivery id
+  is derived from the token and timestamp, and the delivery path binds it to the body
+  it first came with, so the captured pair cannot carry a second body; and the commit
+  a Gitee push names is looked up in the project's app repo before anything is built
+  or deployed (``reconciler.trigger.commits``).
 
 Every secret comparison uses ``hmac.compare_digest``. A rejection names the header at
 fault, so the trigger record can say exactly why a delivery was refused. Nothing here
@@ -73,6 +82,7 @@ class VerifiedDelivery:
     provider: Provider
     event: str
     delivery_id: str
+    mode: str = "signature"  # Gitee: "signature" or "password" (the weaker one)
 
 
 Headers = Mapping[str, str]
@@ -189,7 +199,12 @@ def verify_gitee(
             GITEE_TIMESTAMP,
         )
     event = _required(lowered, GITEE_EVENT)
-    return VerifiedDelivery(Provider.GITEE, event, _body_id("gitee", raw_timestamp.encode(), body))
+    # The id names the signed request (token and timestamp), not the body: the delivery
+    # path binds it to the first body it came with, so a captured pair carries no other.
+    delivery_id = _body_id("gitee", raw_timestamp.encode(), token.encode())
+    return VerifiedDelivery(
+        Provider.GITEE, event, delivery_id, "signature" if as_signature else "password"
+    )
 
 
 def verify(

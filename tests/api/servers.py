@@ -40,7 +40,10 @@ class LiveServer:
         sock.bind(("127.0.0.1", 0))
         self._sock = sock
         host, port = sock.getsockname()
-        config = uvicorn.Config(self.app, lifespan="on", log_level="warning", ws="none")
+        # As ``quicflow serve``: X-Forwarded-For is the app's to trust (``trusted_proxies``).
+        config = uvicorn.Config(
+            self.app, lifespan="on", log_level="warning", ws="none", proxy_headers=False
+        )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

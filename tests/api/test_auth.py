@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -191,8 +192,13 @@ async def test_failed_authentication_is_rate_limited_per_address(
         blocked = await client.get(
             "/api/release/projects", headers={"Authorization": f"Bearer {good}"}
         )
+        still_bad = await client.get(
+            "/api/release/projects", headers={"Authorization": "Bearer qft_guess9"}
+        )
     assert codes == [401, 401, 401, 429]
-    assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+    assert still_bad.status_code == 429 and int(still_bad.headers["retry-after"]) > 0
+    # A good token from the same address (a NAT, a proxy) is never locked out.
+    assert blocked.status_code == 200
 
 
 async def test_tokens_are_stored_hashed_and_revocable(app: Starlette, server: LiveServer) -> None:
@@ -246,3 +252,107 @@ async def test_anonymous_status_page_opens_reading_only(
     assert [p["name"] for p in projects.json()["items"]] == ["app", "other"]
     assert act.status_code == 401
     assert engine.runs.list()[1] == runs_before  # nothing was deployed
+
+
+async def test_an_open_status_page_gives_anonymous_readers_no_more_than_a_viewer(
+    api_repo: ConfigRepo, engine: Reconciler, settings: ServerSettings
+) -> None:
+    """Trigger records (committers, source IPs), agents, credential audits and the config
+    commit in force need a login; the release state does not."""
+    quicflow = api_repo.read("quicflow.yaml").replace(
+        "settings:\n", "settings:\n  anonymous_status_page: true\n"
+    )
+    api_repo.commit({"quicflow.yaml": quicflow}, message="open the status page")
+    await engine.refresh()
+    app = create_app(engine, settings)
+    app.state.records.add(
+        datetime.now(UTC), "app.gh", "failed", "forged", project="app", source_ip="198.51.100.9"
+    )
+    token = app.state.tokens.create("vic")  # a viewer of app
+    async with serving(app) as live:
+        async with live.client() as anonymous:
+            records = await anonymous.get("/api/release/triggers/records")
+            agents = await anonymous.get("/api/release/agents")
+            audit = await anonymous.get("/api/release/credentials/app/app-hook/logs")
+            agents_page = await anonymous.get("/agents")
+            ready = await anonymous.get("/readyz")
+            overview = await anonymous.get("/api/release/projects")
+        async with live.client(token) as viewer:
+            viewer_records = await viewer.get("/api/release/triggers/records")
+            viewer_ready = await viewer.get("/readyz")
+    assert records.status_code == 401 and "need a login" in records.json()["error"]["message"]
+    assert "198.51.100.9" not in records.text
+    assert agents.status_code == 401
+    assert audit.status_code in (401, 404) and "198.51.100.9" not in audit.text
+    assert agents_page.status_code == 303 and agents_page.headers["location"].startswith("/login")
+    assert overview.status_code == 200
+    assert ready.status_code == 200 and "commit" not in ready.json()
+    assert engine.desired is not None
+    assert viewer_ready.json()["commit"] == engine.desired.commit
+    assert [r["source_ip"] for r in viewer_records.json()["items"]] == ["198.51.100.9"]
+
+
+async def test_x_forwarded_for_is_believed_only_from_trusted_proxies(
+    engine: Reconciler, settings: ServerSettings
+) -> None:
+    """Behind a trusted proxy, failures count against the forwarded client; from anyone
+    else the header is ignored, so a client cannot pick the address it is counted under."""
+    guess = {"Authorization": "Bearer qft_guess"}
+    untrusted = create_app(engine, replace(settings, auth_max_failures=2))
+    async with serving(untrusted) as live, live.client() as client:
+        for client_ip in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
+            spoofed = {**guess, "X-Forwarded-For": client_ip}
+            last = await client.get("/api/release/projects", headers=spoofed)
+    assert last.status_code == 429  # all three counted against 127.0.0.1
+
+    proxied = create_app(
+        engine, replace(settings, auth_max_failures=2, trusted_proxies=("127.0.0.0/8",))
+    )
+    async with serving(proxied) as live, live.client() as client:
+        codes = []
+        for client_ip in ("203.0.113.1", "203.0.113.1", "203.0.113.1", "203.0.113.2"):
+            forwarded = {**guess, "X-Forwarded-For": f"{client_ip}, 127.0.0.5"}
+            codes.append((await client.get("/api/release/projects", headers=forwarded)).status_code)
+    assert codes == [401, 401, 429, 401]  # .1 limited; .2, behind the same proxy, is not
+
+
+def test_a_trusted_proxy_that_is_no_address_is_named() -> None:
+    from reconciler.api import auth
+
+    with pytest.raises(ValueError, match="trusted proxy 'proxy.local' is not an IP address"):
+        auth.proxy_networks(["10.0.0.0/8", "proxy.local"])
+
+
+async def test_who_decided_a_gate_and_their_comment_reach_the_run_page_api_and_git(
+    server: LiveServer, engine: Reconciler, tokens: dict[str, str], api_repo: ConfigRepo
+) -> None:
+    run = await driving.start(engine, "dev", "1.1.0")
+    assert run.state is RunState.WAITING_APPROVAL
+    async with server.client(tokens["olga"]) as client:
+        waiting = (await client.get(f"/api/release/runs/{run.id}")).json()
+        approved = await client.post(
+            f"/api/release/runs/{run.id}/approve", json={"comment": "LGTM, ship it"}
+        )
+        assert approved.status_code == 200, approved.text
+        await engine.wait_idle()
+        view = (await client.get(f"/api/release/runs/{run.id}")).json()
+    assert waiting["gate"] == configs.APPROVAL_GATE and waiting["decisions"] == []
+    (decision,) = view["decisions"]
+    assert (decision["gate"], decision["decision"], decision["by"], decision["comment"]) == (
+        configs.APPROVAL_GATE,
+        "approved",
+        "olga",
+        "LGTM, ship it",
+    )
+    async with server.client() as client:
+        await client.post("/login", data={"token": tokens["olga"], "next": "/"})
+        page = await client.get(f"/runs/{run.id}")  # the client keeps the session cookie
+    assert page.status_code == 200
+    assert 'id="decisions"' in page.text and "LGTM, ship it" in page.text and "olga" in page.text
+
+    ended = await driving.through_gates(engine, driving.current(engine, run))
+    assert ended.state is RunState.SUCCEEDED
+    note = git(api_repo.path, "notes", "--ref=quicflow", "show", ended.config_commit)
+    assert f"approved {configs.APPROVAL_GATE} by olga" in note and "LGTM, ship it" in note
+    state = git(api_repo.path, "log", "-1", "--format=%B", "refs/quicflow/state")
+    assert "Decision: approved approval:release by olga" in state and "LGTM, ship it" in state

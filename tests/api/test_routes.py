@@ -84,3 +84,24 @@ async def test_run_actions_the_engine_refuses_answer_with_its_reason(
     assert back is not None
     assert (back.trigger, back.version, back.actor) == (Trigger.ROLLBACK, "0.9.0", "olga")
     assert back.state is RunState.WAITING_APPROVAL  # a pinned rollback passes the gates too
+
+
+async def test_writes_to_configuration_answer_405_naming_the_file_to_commit(
+    server: LiveServer, tokens: dict[str, str]
+) -> None:
+    async with server.client(tokens["olga"]) as client:
+        webhook = await client.post("/api/release/projects/app/webhooks", json={"name": "x"})
+        env = await client.put("/api/release/projects/app/environments/prod", json={})
+        members = await client.delete("/api/release/projects/app/members")
+        credentials = await client.post("/api/release/credentials", json={})
+    assert webhook.status_code == 405
+    assert webhook.json()["error"]["code"] == "method_not_allowed"
+    assert (
+        "create webhooks by committing to projects/app/project.yaml"
+        in (webhook.json()["error"]["message"])
+    )
+    assert "GET" in webhook.headers["allow"]
+    assert "projects/app/environments/prod.yaml" in env.json()["error"]["message"]
+    assert env.status_code == members.status_code == credentials.status_code == 405
+    assert "projects/app/project.yaml (members)" in members.json()["error"]["message"]
+    assert "credentials.sops.yaml" in credentials.json()["error"]["message"]

@@ -21,7 +21,14 @@ from starlette.applications import Starlette
 from reconciler.engine.reconciling import Reconciler
 from reconciler.runs import RunState, Trigger
 from reconciler.store.sqlite import SQLiteDatabase as Database
-from reconciler.trigger.scheduling import RUN_ONCE, SKIP, Scheduler, due_slots
+from reconciler.trigger.scheduling import (
+    RUN_ONCE,
+    SKIP,
+    Scheduler,
+    due_slots,
+    newest_slot,
+    next_slot,
+)
 
 
 def utc(text: str) -> datetime:
@@ -83,6 +90,38 @@ def test_due_slots_refuses_unknown_policies() -> None:
         due_slots(utc("2025-03-01T12:00:00"), None, "0 * * * *", "UTC", "catch_up")
 
 
+@pytest.mark.parametrize(
+    ("tz", "cron", "start", "expected"),
+    [
+        # 01:30 happens twice in New York on 2026-11-01: the first one fires, once.
+        (
+            "America/New_York",
+            "30 1 * * *",
+            "2026-11-01T04:00:00",
+            ["2026-11-01T05:30:00", "2026-11-02T06:30:00"],
+        ),
+        ("Europe/Berlin", "15 2 * * *", "2026-10-24T23:00:00", ["2026-10-25T00:15:00"]),
+        # 02:30 does not happen on 2026-03-08: it fires once, just after the jump.
+        ("America/New_York", "30 2 * * *", "2026-03-08T05:00:00", ["2026-03-08T07:30:00"]),
+    ],
+)
+def test_a_slot_on_a_daylight_saving_day_fires_once(
+    tz: str, cron: str, start: str, expected: list[str]
+) -> None:
+    """Ticking every five minutes through the change, as a scheduler does."""
+    now = utc(start)
+    last = newest_slot(now, cron, tz)
+    fired = []
+    for _ in range(12 * 30):
+        now += timedelta(minutes=5)
+        for slot in due_slots(now, last, cron, tz):
+            fired.append(slot)
+            last = slot
+    assert fired[: len(expected)] == [utc(e) for e in expected]
+    assert len(fired) == len(set(fired)) <= 2
+    assert next_slot(fired[0], cron, tz) > fired[0] + timedelta(hours=20)
+
+
 class Clock:
     """A settable clock."""
 
@@ -127,6 +166,10 @@ async def test_a_slot_fires_once_and_not_again_after_a_restart(
     (run,) = engine.runs.list(trigger=Trigger.SCHEDULE)[0]
     assert (run.project, run.env, run.version) == ("app", "dev", "1.0.0")  # the desired one
     assert run.trigger is Trigger.SCHEDULE and run.state is RunState.SUCCEEDED
+    # Schedules leave trigger records as webhook deliveries do.
+    (record,) = scheduler.records.list("app.nightly")[0]
+    assert (record.status, record.run_id, record.source) == ("success", run.id, "schedule")
+    assert record.delivery_id == "slot 2025-03-01T18:00:00Z" and record.project == "app"
 
     # A restarted process: a new engine and scheduler, new connections to the same files.
     async with real_engine(api_repo.path, data_dir, age_identity[0]) as again:

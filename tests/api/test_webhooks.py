@@ -14,7 +14,9 @@ import subprocess
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 import pytest
 from api import driving
 from api.configs import CONFIG_HOOK_SECRET, HOOK_SECRET
@@ -259,6 +261,75 @@ async def test_github_tag_deploys_the_tag_name(
     assert (record.kind, record.tag, record.branch) == ("tag", "v2.0.1", "")
 
 
+async def test_github_form_encoded_delivery_is_read_from_its_payload_field(
+    server: LiveServer, app: Starlette, engine: Reconciler
+) -> None:
+    """GitHub's default content type: the signature covers the form body as sent."""
+    form = urlencode({"payload": github_push().decode()}).encode()
+    headers = {**github_headers(form), "Content-Type": "application/x-www-form-urlencoded"}
+    answer = await post(server, HOOK.format("app.gh"), form, headers)
+    assert answer.status_code == 202, answer.text
+    (run,) = webhook_runs(engine)
+    assert run.version == SHA
+    assert only_record(app, "app.gh").committer == "Ada <ada@example.com>"
+
+
+async def test_a_form_encoded_delivery_without_payload_says_to_pick_json(
+    server: LiveServer, app: Starlette, engine: Reconciler
+) -> None:
+    form = b"ref=refs%2Fheads%2Fmain"
+    headers = {**github_headers(form), "Content-Type": "application/x-www-form-urlencoded"}
+    answer = await post(server, HOOK.format("app.gh"), form, headers)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["field"] == "payload" and "application/json" in error["message"]
+    assert webhook_runs(engine) == []
+
+
+async def test_a_flood_of_forged_deliveries_is_rate_limited_and_counted_in_few_records(
+    server: LiveServer, app: Starlette, engine: Reconciler
+) -> None:
+    body = github_push()
+    statuses: list[int] = []
+    retry_after = set()
+    async with server.client(limits=httpx.Limits(max_connections=50)) as client:
+
+        async def forged() -> None:
+            headers = github_headers(body, secret="forged")
+            answer = await client.post(HOOK.format("app.gh"), content=body, headers=headers)
+            statuses.append(answer.status_code)
+            if answer.status_code == 429:
+                retry_after.add(answer.headers["Retry-After"])
+                assert answer.json()["error"]["code"] == "too_many_refusals"
+
+        first = await client.post(
+            HOOK.format("app.gh"), content=body, headers=github_headers(body, secret="forged")
+        )
+        statuses.append(first.status_code)
+        for _ in range(37):  # 999 more, 27 at a time
+            await asyncio.gather(*(forged() for _ in range(27)))
+    assert len(statuses) == 1000
+    assert statuses.count(401) == 20  # the limit per trigger, source and minute
+    assert statuses.count(429) == 980
+    assert retry_after and all(0 < int(r) <= 60 for r in retry_after)
+    app.state.webhooks.flush()  # what the server does on stop; counts go out every second
+    found = records(app, "app.gh")
+    assert len(found) == 4  # three refusals of their own, then one record counting the rest
+    aggregate, *singles = found
+    assert [r.occurrences for r in singles] == [1, 1, 1]
+    assert all("signature does not match" in r.reason for r in singles)
+    assert aggregate.occurrences == 997 and aggregate.source_ip == "127.0.0.1"
+    assert "997 more deliveries from 127.0.0.1 refused" in aggregate.reason
+    assert sum(r.occurrences for r in found) == 1000
+    assert webhook_runs(engine) == []
+    # Another trigger is counted on its own, and the API shows the count.
+    other = await post(server, HOOK.format("app.gl"), gitlab_push(), gitlab_headers("forged"))
+    assert other.status_code == 401
+    async with server.client(app.state.tokens.create("alice")) as client:
+        listed = await client.get("/api/release/triggers/records", params={"trigger": "app.gh"})
+    assert listed.json()["items"][0]["count"] == 997
+
+
 async def test_tag_on_a_push_only_trigger_is_skipped(
     server: LiveServer, app: Starlette, engine: Reconciler
 ) -> None:
@@ -312,9 +383,29 @@ async def test_disabled_and_unknown_triggers(
     disabled = await post(server, HOOK.format("app.gh-off"), body, github_headers(body))
     assert disabled.status_code == 200 and disabled.json()["reason"] == "trigger is disabled"
     unknown = await post(server, HOOK.format("app.nope"), body, github_headers(body))
-    assert unknown.status_code == 404
+    assert unknown.status_code == 401  # not signed for app.nope: unauthenticated, as below
     assert engine.runs.list()[1] == 0
     assert records(app, "app.nope") == []
+
+
+async def test_unknown_and_known_triggers_answer_unauthenticated_callers_alike(
+    server: LiveServer, app: Starlette, engine: Reconciler
+) -> None:
+    """A caller without the secret cannot tell a declared trigger name from an unknown one."""
+    body = github_push()
+    forged = github_headers(body, secret="guessed")
+    answers = set()
+    for declared in ("app.gh", "app.gl", "app.ge", "other.none", "nope", "app.gh-build"):
+        answer = await post(server, HOOK.format(declared), body, forged)
+        answers.add((declared, answer.status_code, answer.text))
+    known = {(s, text) for name, s, text in answers if name in ("app.gh", "app.gl", "app.ge")}
+    for name, status, text in answers:
+        assert (status, text) in known, name
+    assert {s for _, s, _ in answers} == {401}
+    assert records(app, "nope") == [] and records(app, "other.none") == []
+    # The same unknown name always answers the same way (it looks like one provider's).
+    again = await post(server, HOOK.format("nope"), body, forged)
+    assert ("nope", again.status_code, again.text) in answers
 
 
 async def test_a_refused_action_is_recorded_and_may_be_redelivered(

@@ -60,3 +60,49 @@ def test_expiry_last_use_and_revoking(db: database.Database) -> None:
     store.create("carol", kind="session")
     assert store.revoke_user("carol") == 2
     assert store.list("carol") == []
+
+
+def test_token_create_ttl_and_token_list_with_last_use(tmp_path: Path) -> None:
+    """``quicflow token create --ttl`` and ``token list`` on a real config repo and data dir."""
+    from click.testing import CliRunner
+    from gitrepos import ConfigRepo
+
+    from reconciler import serving
+
+    repo = ConfigRepo(tmp_path / "config")
+    repo.commit({"quicflow.yaml": "users:\n  - {username: alice, email: a@example.com}\n"})
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    made = runner.invoke(
+        serving.token, ["create", "alice", "--ttl", "2h", "--repo", str(repo.path), "--data", data]
+    )
+    assert made.exit_code == 0, made.output
+    token = made.output.strip()
+    forever = runner.invoke(
+        serving.token, ["create", "alice", "--repo", str(repo.path), "--data", data]
+    )
+    assert forever.exit_code == 0
+    bad = runner.invoke(
+        serving.token,
+        ["create", "alice", "--ttl", "soon", "--repo", str(repo.path), "--data", data],
+    )
+    assert bad.exit_code == 2 and "--ttl" in bad.output and "not a duration" in bad.output
+
+    listed = runner.invoke(serving.token, ["list", "--data", data]).output.splitlines()
+    assert listed[0].split() == ["ID", "USER", "CREATED", "EXPIRES", "LAST", "USED"]
+    first, second = (line.split() for line in listed[1:])
+    created, expires = datetime.fromisoformat(first[2]), datetime.fromisoformat(first[3])
+    assert expires - created == timedelta(hours=2)
+    assert first[4] == "never" and second[3:] == ["never", "never"]
+    assert token not in "\n".join(listed)
+
+    db = database.Database.open(Path(data))
+    try:
+        assert tokens.TokenStore(db).lookup(token) == "alice"
+        later = Clock()
+        later.now = datetime.now(UTC) + timedelta(hours=3)
+        assert tokens.TokenStore(db, later).lookup(token) is None  # expired
+    finally:
+        db.close()
+    used = runner.invoke(serving.token, ["list", "alice", "--data", data]).output.splitlines()
+    assert used[1].split()[4] != "never"

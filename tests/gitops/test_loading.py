@@ -208,3 +208,102 @@ def test_fetch_failure_names_the_remote_without_credentials(tmp_path: Path) -> N
         )
     assert "s3cret-token" not in str(info.value)
     assert "https://127.0.0.1:9/none.git" in str(info.value)
+
+
+# -- smaller holes (issue 17, item 8) -----------------------------------------------------
+
+ENV = "projects/app/environments/dev.yaml"
+
+
+def _problems(repo: ConfigRepo) -> list[str]:
+    result = Loader(GitRepository.open(repo.path)).load("HEAD")
+    return [str(p) for p in result.problems]
+
+
+def test_a_huge_config_file_is_refused_without_being_parsed(
+    config_repo: ConfigRepo, minimal_files: dict[str, str]
+) -> None:
+    """A 50 MB environment file once took 17 s and 470 MB to load; now it is not parsed."""
+    huge = 'version: "1.0.0"\ntargets:\n  - {local: dev-1}\nvariables:\n' + "".join(
+        f"  V{i}: {'x' * 60}\n" for i in range(40_000)
+    )
+    config_repo.commit({**minimal_files, ENV: huge})
+    loader = Loader(GitRepository.open(config_repo.path))
+    result = loader.load("HEAD")
+    assert [str(p) for p in result.problems] == [
+        f"{ENV}:1:1: file is 2.7 MiB; a config file may be at most 1 MiB (at $)"
+    ]
+    assert not result.ok
+
+
+def test_bytes_that_are_not_utf8_are_reported_at_their_line(
+    config_repo: ConfigRepo, minimal_files: dict[str, str]
+) -> None:
+    config_repo.commit(minimal_files)
+    (config_repo.path / ENV).write_bytes(
+        b'version: "1.0.0"\ntargets:\n  - {local: dev-1}\nvariables:\n  NAME: caf\xe9\n'
+    )
+    config_repo.commit()
+    (problem,) = _problems(config_repo)
+    assert problem.startswith(f"{ENV}:5:12: not UTF-8 text: byte 0xe9 at line 5 column 12")
+
+
+def test_a_merge_key_then_an_override_follows_yaml_1_1(
+    config_repo: ConfigRepo, minimal_files: dict[str, str]
+) -> None:
+    """``<<: *base`` then a key of base: the key written in the mapping wins (as in
+    docker-compose files); a key written twice in one mapping is still refused."""
+    project = minimal_files["projects/app/project.yaml"].replace(
+        "variables:\n  LEVEL: project\n",
+        "variables:\n  <<: {LEVEL: base, REGION: eu}\n  LEVEL: project\n",
+    )
+    config_repo.commit({**minimal_files, "projects/app/project.yaml": project})
+    desired = Loader(GitRepository.open(config_repo.path)).load("HEAD").raise_for_problems()
+    env = desired.environment("app", "dev")
+    assert env is not None
+    assert (env.variables["LEVEL"], env.variables["REGION"]) == ("project", "eu")
+
+    twice = project.replace("  LEVEL: project\n", "  LEVEL: project\n  LEVEL: again\n")
+    config_repo.commit({"projects/app/project.yaml": twice})
+    (problem,) = _problems(config_repo)
+    assert "duplicate key 'LEVEL' (first at line" in problem
+
+
+def test_a_url_without_a_branch_reads_the_remote_s_default_branch(tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    git(upstream, "init", "-q", "-b", "trunk")
+    repo = ConfigRepo.__new__(ConfigRepo)
+    repo.path = upstream
+    from gitrepos import MINIMAL
+
+    repo.commit(dict(MINIMAL))
+    mirror = GitRepository.open(f"file://{upstream}", cache_dir=tmp_path / "cache")
+    assert mirror.default_branch == "trunk"
+    desired = Loader(mirror).load().raise_for_problems()  # HEAD: the remote's default branch
+    assert desired.settings.branch == "trunk"  # bumps and reverts go there too
+
+
+def test_token_create_with_a_url_gives_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    git(upstream, "init", "-q", "-b", "trunk")
+    (upstream / "quicflow.yaml").write_text("users: []\n")
+    git(upstream, "add", "-A")
+    git(upstream, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x")
+    import os
+    import sys
+
+    from gitrepos import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-m", "reconciler", "token", "create", "alice"]
+        + ["--repo", f"file://{upstream}", "--data", str(tmp_path / "data")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "the config repo is invalid" in out.stderr or "unknown user" in out.stderr

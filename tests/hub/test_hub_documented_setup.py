@@ -161,7 +161,7 @@ def test_readme_agent_setup_connects_runs_a_step_lists_and_revokes(
     # The running hub presents the certificate whose pin was printed.
     assert hub.group(2) == pin
     quic_port = int(hub.group(1))
-    http_port = int(wait_for(serve_log, r"Uvicorn running on http://127\.0\.0\.1:(\d+)").group(1))
+    http_port = int(wait_for(serve_log, r"QUIC-Flow serving http://127\.0\.0\.1:(\d+)").group(1))
 
     # On the agent's host.
     work_root = host_dir / "work"

@@ -49,10 +49,11 @@ triggers:
 
 @dataclass
 class Records:
-    """The trigger records in memory."""
+    """A fake of the trigger records, in memory (the tests below with ``TriggerRecords``
+    use the real store on SQLite)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
-    claimed: set[tuple[str, str]] = field(default_factory=set)
+    claimed: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def add(
         self, at: datetime, trigger_id: str, status: str, reason: str = "", **fields: str
@@ -67,22 +68,31 @@ class Records:
         claim: str,
         status: str,
         reason: str = "",
+        body_sha256: str = "",
         **fields: str,
     ) -> tuple[str, int]:
-        if not self.claim_delivery(trigger_id, claim, at):
+        if not self.claim_delivery(trigger_id, claim, at, body_sha256):
             status, reason = deliveries.SKIPPED, f"duplicate delivery {claim}: already handled"
         return reason, self.add(at, trigger_id, status, reason, **fields)
 
-    def claim_delivery(self, trigger_id: str, delivery_id: str, at: datetime) -> bool:
+    def claim_delivery(
+        self, trigger_id: str, delivery_id: str, at: datetime, body_sha256: str = ""
+    ) -> bool:
         fresh = (trigger_id, delivery_id) not in self.claimed
-        self.claimed.add((trigger_id, delivery_id))
+        self.claimed.setdefault((trigger_id, delivery_id), body_sha256)
         return fresh
 
+    def claimed_body(self, trigger_id: str, delivery_id: str) -> str | None:
+        return self.claimed.get((trigger_id, delivery_id))
+
     def release_delivery(self, trigger_id: str, delivery_id: str) -> None:
-        self.claimed.discard((trigger_id, delivery_id))
+        self.claimed.pop((trigger_id, delivery_id), None)
 
     def update(self, record_id: int, status: str, reason: str, run_id: str = "") -> None:
         self.rows[record_id - 1].update(status=status, reason=reason, run_id=run_id)
+
+    def tally(self, record_id: int, occurrences: int, last_at: datetime, reason: str) -> None:
+        self.rows[record_id - 1].update(occurrences=occurrences, reason=reason)
 
 
 class Credential:
@@ -229,7 +239,7 @@ async def test_refusals_name_their_cause_and_start_nothing(
 ) -> None:
     body = push()
     unknown = await handler.handle("app.nope", headers(body), body, "192.0.2.7", NOW)
-    assert (unknown.status, unknown.code) == (404, "not_found")
+    assert (unknown.status, unknown.code) == (401, "webhook_rejected")  # as a wrong secret
     assert records.rows == []  # nothing to attribute it to
 
     too_large = await handler.handle("app.gh", headers(body), None, "192.0.2.7", NOW)
@@ -325,3 +335,140 @@ async def test_what_a_queued_push_became_is_kept_until_its_record_exists(
     record_id = records.add(NOW, "app.gh", deliveries.QUEUED, "queued")
     later.bind(record_id)
     assert records.rows[0]["status"] == deliveries.SUPERSEDED
+
+
+# -- on the real trigger records (SQLite) -------------------------------------------------
+
+GITEE_FILES = {
+    **FILES,
+    "projects/app/project.yaml": FILES["projects/app/project.yaml"].replace(
+        "triggers:\n", "repo: {url: APP_REPO}\ntriggers:\n"
+    )
+    + "    - {name: ge, source: gitee, secret: app-hook, branches: [main], events: [push, tag],"
+    " action: deploy, target_env: dev}\n",
+}
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> Any:
+    from reconciler.store.database import Database
+    from reconciler.store.triggers import TriggerRecords
+
+    db = Database.open(tmp_path / "data")
+    yield TriggerRecords(db)
+    db.close()
+
+
+@pytest.fixture
+def app_repo(tmp_path: Path) -> tuple[ConfigRepo, str]:
+    """A real app repo with one commit on main and a tag on it."""
+    from gitrepos import git
+
+    repo = ConfigRepo(tmp_path / "app")
+    commit = repo.commit({"main.py": "print('hi')\n"}, message="app")
+    git(repo.path, "tag", "v1.0.0")
+    return repo, commit
+
+
+@pytest.fixture
+def gitee_engine(tmp_path: Path, app_repo: tuple[ConfigRepo, str]) -> Engine:
+    _, recipient = age.generate_identity()
+    tree = sops.encrypt_tree(
+        {"credentials": {"app-hook": {"type": "access_token", "token": SECRET}}},
+        [recipient],
+        documents.RULES,
+    )
+    files = {k: v.replace("APP_REPO", str(app_repo[0].path)) for k, v in GITEE_FILES.items()}
+    repo = ConfigRepo(tmp_path / "gitee-config")
+    repo.commit({**files, "projects/app/credentials.sops.yaml": sops.dump_yaml(tree)})
+    return Engine(Loader(GitRepository.open(str(repo.path))).load().raise_for_problems())
+
+
+def gitee_body(commit: str, ref: str = "refs/heads/main", note: str = "") -> bytes:
+    return json.dumps(
+        {
+            "hook_name": "push_hooks",
+            "ref": ref,
+            "after": commit,
+            "head_commit": {"id": commit, "committer": {"name": "红薯", "email": "g@oschina.cn"}},
+            "note": note,
+        }
+    ).encode()
+
+
+def gitee_headers(stamp: int, password: bool = False) -> dict[str, str]:
+    token = SECRET if password else signatures.gitee_signature(stamp, SECRET)
+    return {"X-Gitee-Event": "Push Hook", "X-Gitee-Token": token, "X-Gitee-Timestamp": str(stamp)}
+
+
+async def test_a_captured_gitee_token_and_timestamp_cannot_carry_another_body(
+    gitee_engine: Engine, stored: Any, credentials: Credentials, app_repo: tuple[ConfigRepo, str]
+) -> None:
+    from reconciler.trigger import commits
+
+    check = commits.AppRepoCommits(Path(app_repo[0].path).parent / "cache").verify
+    handler = deliveries.WebhookDeliveries(
+        gitee_engine,  # type: ignore[arg-type]
+        stored,
+        credentials,  # type: ignore[arg-type]
+        body_limit=4096,
+        commit_check=check,
+    )
+    stamp = int(NOW.timestamp() * 1000)
+    sent = gitee_headers(stamp)
+    first = await handler.handle("app.ge", sent, gitee_body(app_repo[1]), "192.0.2.7", NOW)
+    assert (first.status, first.run_id) == (202, "run-1")
+    replay = await handler.handle("app.ge", sent, gitee_body(app_repo[1]), "192.0.2.7", NOW)
+    assert (replay.status, replay.code) == (200, deliveries.SKIPPED)
+    forged_body = gitee_body(app_repo[1], note="forged")
+    forged = await handler.handle("app.ge", sent, forged_body, "192.0.2.9", NOW)
+    assert (forged.status, forged.field) == (401, signatures.GITEE_TIMESTAMP)
+    assert "already received with another body" in forged.message
+    assert len(gitee_engine.deploys) == 1
+
+    # A fresh signature naming a commit the app repo does not have starts nothing.
+    missing = "f" * 40
+    later = gitee_headers(stamp + 1000)
+    refused = await handler.handle("app.ge", later, gitee_body(missing), "192.0.2.7", NOW)
+    assert (refused.status, refused.code) == (422, "action_refused")
+    assert f"commit {missing} does not exist in {app_repo[0].path}" in refused.message
+    # A tag push must name the commit its tag points at.
+    tag = gitee_body(app_repo[1], ref="refs/tags/v1.0.0")
+    tagged = await handler.handle("app.ge", gitee_headers(stamp + 2000), tag, "192.0.2.7", NOW)
+    assert tagged.status == 202
+    assert [d[2] for d in gitee_engine.deploys] == [app_repo[1], "v1.0.0"]
+    found, _ = stored.list("app.ge")
+    assert [r.status for r in found][:2] == [deliveries.SUCCESS, deliveries.FAILED]
+
+
+async def test_refusals_are_counted_per_trigger_and_source_in_few_records(
+    handler: deliveries.WebhookDeliveries, engine: Engine, stored: Any
+) -> None:
+    from reconciler.trigger import refusals
+
+    class Ticks:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    ticks = Ticks()
+    handler.records = stored
+    handler.refusals = refusals.RefusalCounter(limit=10, window=60, record_each=2, clock=ticks)
+    body = push()
+    forged = headers(body, secret="wrong")
+    codes = [
+        (await handler.handle("app.gh", forged, body, "192.0.2.7", NOW)).status for _ in range(30)
+    ]
+    assert codes == [401] * 10 + [429] * 20
+    other = await handler.handle("app.gh", forged, body, "198.51.100.1", NOW)
+    assert other.status == 401  # another source is counted on its own
+    handler.flush(NOW)
+    found, total = stored.list("app.gh")
+    assert total == 4  # 2 + one aggregate for 192.0.2.7, 1 for 198.51.100.1
+    by_source = sorted((r.source_ip, r.occurrences) for r in found)
+    assert by_source == [("192.0.2.7", 1), ("192.0.2.7", 1), ("192.0.2.7", 28), ("198.51.100.1", 1)]
+    ticks.now = 61.0  # a new window: refused, verified and recorded again
+    again = await handler.handle("app.gh", forged, body, "192.0.2.7", NOW)
+    assert again.status == 401 and stored.list("app.gh")[1] == 5
+    assert engine.deploys == []
