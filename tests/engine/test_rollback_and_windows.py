@@ -328,7 +328,9 @@ async def test_manual_deploy_outside_the_window_needs_an_owner_and_is_recorded(
     (line,) = note.splitlines()
     assert f"quicflow run {run.id}: app/prod 1.0 -> 1.1 succeeded" in line
     assert "forced outside release window" in line and "trigger manual" in line
+    assert "by bob" in line  # who forced it, in the note …
     assert "Forced: outside release window" in world.state_log("%B")
+    assert "Actor: bob" in world.state_log("%B")  # … and in the state commit
     assert await world.reconcile() == []  # the forced run settled it; nothing waits
 
 
