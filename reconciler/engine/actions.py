@@ -172,7 +172,7 @@ class Actions:
         trigger: Trigger,
         detail: dict[str, str] | None = None,
         listener: queueing.Listener | None = None,
-    ) -> Run | queueing.QueuedDeploy:
+    ) -> Run | queueing.QueuedDeploy | queueing.HandedOver:
         """Deploy now — or, while a run of the environment executes here, queue the request.
 
         Queued, it is made to stick at once (bumped in Git or pinned) and waits in the
@@ -180,10 +180,14 @@ class Actions:
         ``superseded``), and when the running run ends it starts (``started``, with
         the run) unless Git asks for something else by then. A run executing in
         another process cannot be waited for here: that stays a ``PermanentError``.
+        On a replica that does not hold the environment, the version is committed to Git
+        for the holder to deploy (``HandedOver``); where it cannot be, it is refused.
         """
         key = (project, env)
         target = self._deployable(project, env, actor, trigger, False)
-        self._refuse_if_elsewhere(project, env)
+        holder = self.elsewhere(project, env)
+        if holder:
+            return await self._hand_over(target, version, actor, trigger, detail, holder)
         latest = self.runs.latest(project, env)
         if not self._busy(key) and latest is not None and self.lifecycle.owned_elsewhere(latest):
             self._refuse_if_busy(project, env)
@@ -238,6 +242,30 @@ class Actions:
     def _busy(self, key: tuple[str, str]) -> bool:
         """Whether a run executes at ``key`` in this process (or a queued one is starting)."""
         return key in self.lifecycle.tasks or key in self._starting
+
+    async def _hand_over(
+        self,
+        target: model.Environment,
+        version: str | None,
+        actor: model.User | None,
+        trigger: Trigger,
+        detail: dict[str, str] | None,
+        holder: str,
+    ) -> queueing.HandedOver:
+        """Commit ``version`` for ``holder``, the replica that runs ``target``: a pin here
+        would hold on this replica only, so a deploy that cannot be committed is refused."""
+        wanted = version or target.version
+        if wanted == target.version:  # Git asks for it already: the holder deploys it anyway
+            return queueing.HandedOver(target.project, target.name, wanted, holder, "")
+        fresh, run_detail = await self._stick(target, version, actor, trigger, detail)
+        commit = run_detail.get("bump_commit", "")
+        if not commit or "pin" in run_detail:
+            raise PermanentError(
+                f"{target.key} is reconciled by replica {holder}, not this one, and "
+                f"{wanted} could not be committed to Git for it: deploy through that replica"
+            )
+        _log.info("%s: %s committed as %s for replica %s", target.key, wanted, commit[:10], holder)
+        return queueing.HandedOver(fresh.project, fresh.name, wanted, holder, commit)
 
     def _refuse_if_elsewhere(self, project: str, env: str) -> None:
         """Replicas: a run starts only on the replica that holds the environment's lease."""

@@ -67,7 +67,10 @@ class EngineParts:
         max_parallel_runs: int = 16,
         sleep: Callable[[float], Any] = asyncio.sleep,
         environ: Mapping[str, str] | None = None,
+        replica: str | None = None,
     ):
+        """``replica``: this engine's name in the leases replicas share (default its
+        process, ``host:pid:start``; two engines in one process need names of their own)."""
         self.repo = repo
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +127,9 @@ class EngineParts:
         )
         # Replicas sharing a store divide the project/envs between them through leases.
         self.shards = (
-            sharding.Shards(Leases(self.db), self.lifecycle.owner, sharding.ttl_from(environ))
+            sharding.Shards(
+                Leases(self.db), replica or self.lifecycle.owner, sharding.ttl_from(environ)
+            )
             if self.db.shared
             else None
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from reconciler.engine.bus import EventBus
-from reconciler.engine.queueing import Listener, QueuedDeploy
+from reconciler.engine.queueing import HandedOver, Listener, QueuedDeploy
 from reconciler.engine.refreshing import ConfigStatus
 from reconciler.errors import ConfigProblem
 from reconciler.gitops import model
@@ -83,8 +83,11 @@ class EngineControl(Protocol):
         trigger: Trigger,
         detail: dict[str, str] | None = None,
         listener: Listener | None = None,
-    ) -> Run | QueuedDeploy:
+    ) -> Run | QueuedDeploy | HandedOver:
         """``deploy`` — or, while a run of the environment executes, queue it behind that run.
+
+        On a replica that does not reconcile the environment, the version is committed to
+        Git for the one that does (``HandedOver``).
 
         Newest wins: a newer request replaces a queued one. ``listener`` hears what a
         queued request became (started with its run, superseded, failed).

@@ -46,6 +46,19 @@ class QueuedDeploy:
 
 
 @dataclass(frozen=True, slots=True)
+class HandedOver:
+    """A deploy request made on a replica that does not hold the environment's lease:
+    the version is committed to Git (``commit``; '' when Git already asked for it) and
+    ``holder``, the replica reconciling the environment, deploys it at its next pass."""
+
+    project: str
+    env: str
+    version: str
+    holder: str
+    commit: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueOutcome:
     """What a queued request became: ``started`` (with its run), ``superseded`` or ``failed``."""
 

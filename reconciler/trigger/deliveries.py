@@ -458,6 +458,10 @@ class WebhookDeliveries:
             if status == 500:
                 _log.exception("webhook %s: action failed", hook.id)
             return DeliveryResult(status, code, message)
+        if isinstance(started, queueing.HandedOver):
+            where = f"committed {started.commit[:10]}" if started.commit else "Git asks for it"
+            reason = f"{started.version} {where}; replica {started.holder} deploys it"
+            return DeliveryResult(202, SUCCESS, reason, record(SUCCESS, reason))
         if isinstance(started, queueing.QueuedDeploy):
             reason = (
                 f"queued behind run {started.behind}: deployed when it ends, "

@@ -129,6 +129,7 @@ class Engine:
         self.deploys: list[tuple[Any, ...]] = []
         self.fail_with: Exception | None = None
         self.busy_with: str | None = None  # the id of a run "executing": deploys queue
+        self.held_by: str | None = None  # another replica holds the environment
         self.listeners: list[Any] = []
 
     async def deploy(self, project: str, env: str, version: str | None, **options: Any) -> Run:
@@ -139,8 +140,10 @@ class Engine:
 
     async def deploy_or_queue(
         self, project: str, env: str, version: str | None, **options: Any
-    ) -> Run | queueing.QueuedDeploy:
+    ) -> Run | queueing.QueuedDeploy | queueing.HandedOver:
         listener = options.pop("listener")
+        if self.held_by is not None:
+            return queueing.HandedOver(project, env, version or "", self.held_by, "c0ffee" * 6)
         if self.busy_with is None:
             return await self.deploy(project, env, version, **options)
         self.listeners.append(listener)
@@ -306,6 +309,18 @@ async def test_a_queued_push_is_recorded_queued_then_what_it_became(
     listener(queueing.QueueOutcome(queueing.STARTED, "run r-2 started", "r-2"))
     assert (records.rows[0]["status"], records.rows[0]["run_id"]) == (deliveries.SUCCESS, "r-2")
     assert ("app.gh", "d-q") in records.claimed  # acted on: a redelivery is a duplicate
+
+
+async def test_a_push_to_a_replica_that_does_not_hold_the_env_is_handed_over(
+    handler: deliveries.WebhookDeliveries, engine: Engine, records: Records
+) -> None:
+    engine.held_by = "replica-2"
+    body = push()
+    result = await handler.handle("app.gh", headers(body, "d-h"), body, "192.0.2.7", NOW)
+    assert (result.status, result.code, result.run_id) == (202, deliveries.SUCCESS, None)
+    assert "committed c0ffeec0ff; replica replica-2 deploys it" in result.message
+    assert records.rows[0]["status"] == deliveries.SUCCESS
+    assert ("app.gh", "d-h") in records.claimed  # acted on: a redelivery is a duplicate
 
 
 async def test_a_queued_push_that_fails_to_start_may_be_redelivered(
