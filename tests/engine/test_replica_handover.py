@@ -4,7 +4,8 @@ Two reconcilers share one PostgreSQL store (a fresh schema of the test cluster) 
 config repo, each with its own data dir, as ``serve`` replicas do. The lease decides
 which one reconciles ``app/dev``; a webhook-style deploy sent to the other one commits
 the version to Git with its trailers and starts nothing there, and the holder deploys
-it at its next pass — once.
+it at its next pass — once; the other replica then answers for that run (its record and
+log lines, as SSE follows them).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ members:
 deploy:
   type: script
   script:
-    run: echo "$QUICFLOW_VERSION" >> deploys.log
+    run: echo "$QUICFLOW_VERSION" >> deploys.log && echo "now at $QUICFLOW_VERSION"
 """
 
 
@@ -118,6 +119,14 @@ async def test_a_deploy_sent_to_the_other_replica_is_committed_for_the_holder(
         (run,) = report.runs
         assert (run.version, run.state) == ("2.0", RunState.SUCCEEDED)
         assert deploys(data[holder]).count("2.0") == 1
+        # The other replica answers for the holder's run: its record and its log lines,
+        # followed the way SSE follows them, come from the shared store.
+        assert other.runs.get(run.id) is not None
+        followed = [
+            line.line async for batch in other.logs.follow_batches(run.id) for line in batch
+        ]
+        assert followed == [line.line for line in holder.logs.read(run.id, limit=10_000)]
+        assert "now at 2.0" in followed, followed
         assert (await other.reconcile_once()).runs == []
         assert "2.0" not in deploys(data[other])
 
