@@ -3,7 +3,8 @@
 ``log_events`` follows a run's (or build's) stored log lines, each event's ``id`` its
 sequence number, so a client that reconnects with ``Last-Event-ID`` (parsed by
 ``last_event_id``) resumes without losing or repeating a line. ``run_events`` sends a
-run's view again whenever it changes. Both send a comment when idle (a proxy keeps the
+run's view again whenever it changes; ``snapshot_events`` sends any snapshot (the status
+page's overview) whenever it changes. They send a comment when idle (a proxy keeps the
 connection, a gone client is noticed) and end when ``Streams.close()`` is called, so a
 shutdown never waits on a follower.
 
@@ -151,6 +152,49 @@ async def run_events(
             wake.cancel()
             if stop.done():
                 return
+    finally:
+        stop.cancel()
+        unsubscribe()
+
+
+async def snapshot_events(
+    engine: EngineControl,
+    closing: asyncio.Event,
+    snapshot: Callable[[], Any],
+    event: str = "snapshot",
+    poll: float = 5.0,
+    settle: float = 0.2,
+) -> AsyncIterator[str]:
+    """SSE of ``snapshot()`` (any JSON value) whenever it changes: every bus event wakes
+    it, ``settle`` seconds gather a burst of events into one look, and a ``poll`` bounds
+    the wait (for changes no event announces: a config commit, the clock's "3 h ago")."""
+    changed = asyncio.Event()
+
+    async def on_event(_: Event) -> None:
+        changed.set()
+
+    unsubscribe = engine.bus.subscribe(on_event)
+    stop = asyncio.ensure_future(closing.wait())
+    try:
+        yield "retry: 2000\n\n"
+        last = ""
+        while True:
+            text = json.dumps(snapshot(), separators=(",", ":"), sort_keys=True)
+            if text != last:
+                last = text
+                yield f"event: {event}\ndata: {text}\n\n"
+            else:
+                yield ": keep-alive\n\n"
+            changed.clear()
+            wake = asyncio.ensure_future(changed.wait())
+            await asyncio.wait({wake, stop}, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            if stop.done():
+                return
+            if changed.is_set():
+                await asyncio.wait({stop}, timeout=settle)
+                if stop.done():
+                    return
     finally:
         stop.cancel()
         unsubscribe()

@@ -85,7 +85,12 @@ def create_app(engine: EngineControl, settings: ServerSettings) -> Starlette:
         refusals.RefusalCounter(settings.webhook_refusal_limit, settings.webhook_refusal_window),
     )
     status_page = pages.Pages(
-        engine, tokens, limiter, int(settings.session_ttl.total_seconds()), settings.secure_cookies
+        engine,
+        tokens,
+        limiter,
+        int(settings.session_ttl.total_seconds()),
+        settings.secure_cookies,
+        streams,
     )
 
     @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ or Chinese with ``?lang=zh``. Scripts run under a per-response CSP nonce.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import replace
@@ -25,10 +26,12 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from reconciler import streaming
 from reconciler.api import auth, routes, views
 from reconciler.auth import limiting
 from reconciler.auth import tokens as api_tokens
@@ -36,10 +39,12 @@ from reconciler.engine.control import EngineControl
 from reconciler.log import queries as log_queries
 from reconciler.log import records
 from reconciler.log.victorialogs import QueryFailed
+from reconciler.runs import RunState, Trigger
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOGIN_BODY_LIMIT = 4096
 LOG_LINES_SHOWN = 2000
+HISTORY_PAGE = 50
 
 LABELS: dict[str, dict[str, str]] = {
     "en": {
@@ -118,6 +123,55 @@ LABELS: dict[str, dict[str, str]] = {
         "decisions": "Decisions",
         "approved": "approved",
         "rejected": "rejected",
+        "attention": "Needs attention",
+        "approvals_waiting": "Waiting for a decision",
+        "failed_runs": "Failed or rolled back",
+        "drifted": "Drifted",
+        "running_runs": "In progress",
+        "all_clear": "Nothing needs attention.",
+        "gate": "Gate",
+        "since": "since",
+        "may_approve": "may decide",
+        "how": "how",
+        "roles": "roles",
+        "four_eyes": "four-eyes rule: not the author of the change or the person who started the run",
+        "excluded": "not",
+        "just_now": "just now",
+        "minutes_ago": "{n} min ago",
+        "hours_ago": "{n} h ago",
+        "days_ago": "{n} d ago",
+        "changed_by": "by",
+        "hide_scheduled": "Hide scheduled runs",
+        "show_scheduled": "Show scheduled runs",
+        "any": "any",
+        "runs": "Runs",
+        "deployments": "Deployments",
+        "newer": "Newer",
+        "older": "Older",
+        "shown_of": "{first}–{last} of {total}",
+        "live_off": "not live",
+        "pending": "pending",
+        "running": "running",
+        "waiting_approval": "waiting approval",
+        "waiting_window": "waiting window",
+        "succeeded": "succeeded",
+        "failed": "failed",
+        "cancelled": "cancelled",
+        "rolled_back": "rolled back",
+        "interrupted": "interrupted",
+        "superseded": "superseded",
+        "skipped": "skipped",
+        "never_deployed": "never deployed",
+        "version_changed": "version changed",
+        "config_changed": "config changed",
+        "failed_before": "failed before",
+        "unchanged": "unchanged",
+        "orphaned": "orphaned",
+        "poll": "poll",
+        "webhook": "webhook",
+        "schedule": "schedule",
+        "manual": "manual",
+        "rollback": "rollback",
     },
     "zh": {
         "title": "QUIC-Flow 发布状态",
@@ -195,18 +249,114 @@ LABELS: dict[str, dict[str, str]] = {
         "decisions": "审批记录",
         "approved": "已批准",
         "rejected": "已驳回",
+        "attention": "需要处理",
+        "approvals_waiting": "等待审批",
+        "failed_runs": "失败或已回滚",
+        "drifted": "存在偏差",
+        "running_runs": "进行中",
+        "all_clear": "暂无需要处理的事项。",
+        "gate": "审批关卡",
+        "since": "开始于",
+        "may_approve": "可审批人",
+        "how": "操作方式",
+        "roles": "角色",
+        "four_eyes": "四眼原则：变更作者和发起人不可审批",
+        "excluded": "不含",
+        "just_now": "刚刚",
+        "minutes_ago": "{n} 分钟前",
+        "hours_ago": "{n} 小时前",
+        "days_ago": "{n} 天前",
+        "changed_by": "操作人",
+        "hide_scheduled": "隐藏定时发布",
+        "show_scheduled": "显示定时发布",
+        "any": "全部",
+        "runs": "发布记录",
+        "deployments": "部署记录",
+        "newer": "较新",
+        "older": "较旧",
+        "shown_of": "第 {first}–{last} 条，共 {total} 条",
+        "live_off": "未实时更新",
+        "pending": "排队中",
+        "running": "运行中",
+        "waiting_approval": "等待审批",
+        "waiting_window": "等待发布窗口",
+        "succeeded": "成功",
+        "failed": "失败",
+        "cancelled": "已取消",
+        "rolled_back": "已回滚",
+        "interrupted": "已中断",
+        "superseded": "已被取代",
+        "skipped": "已跳过",
+        "never_deployed": "从未部署",
+        "version_changed": "版本变更",
+        "config_changed": "配置变更",
+        "failed_before": "上次失败",
+        "unchanged": "无变化",
+        "orphaned": "已移除",
+        "poll": "轮询",
+        "webhook": "Webhook",
+        "schedule": "定时",
+        "manual": "手动",
+        "rollback": "回滚",
     },
 }
 
 
-def _timestamp(value: Any) -> str:
-    """Epoch seconds or an ISO string, shown as UTC to the minute."""
+def _instant(value: Any) -> datetime | None:
+    """Epoch seconds or an ISO-8601 string as an aware UTC datetime (None: no time)."""
     if value in (None, "", 0):
-        return "—"
+        return None
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    text = str(value)
-    return text.replace("T", " ")[:16] + (" UTC" if len(text) >= 16 else "")
+        return datetime.fromtimestamp(value, UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def iso_time(value: Any) -> str:
+    """The page's one time format: ISO-8601 in UTC to the second (2026-12-03T12:00:00Z)."""
+    moment = _instant(value)
+    if moment is None:
+        return "—" if value in (None, "", 0) else str(value)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def age(value: Any, now: datetime, labels: dict[str, str]) -> str:
+    """How long ago ``value`` was, coarsely ("3 h ago"), in the page's language."""
+    moment = _instant(value)
+    if moment is None:
+        return "—"
+    seconds = max((now - moment).total_seconds(), 0)
+    if seconds < 60:
+        return labels["just_now"]
+    if seconds < 3600:
+        return labels["minutes_ago"].format(n=int(seconds // 60))
+    if seconds < 86400:
+        return labels["hours_ago"].format(n=int(seconds // 3600))
+    return labels["days_ago"].format(n=int(seconds // 86400))
+
+
+_SHA_LIKE = re.compile(r"(?:sha256:)?[0-9a-f]{12,64}")
+SHORT_SHA = 10
+
+
+def shortened(value: Any) -> Markup:
+    """A SHA-like value (a commit, a digest used as a version) cut to its first ten
+    characters, the full value on hover; any other value as it is."""
+    text = "" if value is None else str(value)
+    if not _SHA_LIKE.fullmatch(text):
+        return Markup("{}").format(text)
+    return Markup('<span title="{}">{}</span>').format(text, text[:SHORT_SHA])
+
+
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<rect width="32" height="32" rx="7" fill="#1d2430"/>'
+    '<path d="M8 17l5 5 11-12" fill="none" stroke="#8fb3ff" stroke-width="4" '
+    'stroke-linecap="round" stroke-linejoin="round"/></svg>'
+)
 
 
 def _environment() -> jinja2.Environment:
@@ -217,8 +367,9 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["when"] = _timestamp
-    env.filters["short"] = lambda value: (value or "")[:10]
+    env.filters["when"] = iso_time
+    env.filters["sha"] = shortened
+    env.filters["short"] = lambda value: (value or "")[:SHORT_SHA]
     return env
 
 
@@ -239,8 +390,10 @@ class Pages:
         limiter: limiting.FailureLimiter,
         session_seconds: int,
         secure_cookies: bool,
+        streams: streaming.Streams | None = None,
     ):
         self.engine = engine
+        self.streams = streams or streaming.Streams()
         self.tokens = tokens
         self.limiter = limiter
         self.session_seconds = session_seconds
@@ -251,6 +404,8 @@ class Pages:
         """The page routes, explicitly listed."""
         return [
             Route("/", self.overview, name="overview"),
+            Route("/overview/events", self.overview_events, name="overview_events"),
+            Route("/favicon.ico", self.favicon, name="favicon"),
             Route("/runs/{run_id}", self.run, name="run"),
             Route("/runs/{run_id}/logs", self.logs, name="logs"),
             Route("/logs", self.log_search, name="log_search"),
@@ -267,35 +422,8 @@ class Pages:
         self, request: Request, template: str, status_code: int = 200, **context: Any
     ) -> HTMLResponse:
         """Render ``template`` with labels, language links and a CSP nonce."""
-        lang = "zh" if request.query_params.get("lang") == "zh" else "en"
         nonce = secrets.token_urlsafe(16)
-        principal = request.scope.get("state", {}).get("principal")
-
-        def link(path: str, **params: Any) -> str:
-            query = {k: v for k, v in params.items() if v not in (None, "")}
-            if lang == "zh":
-                query["lang"] = "zh"
-            return path + ("?" + urlencode(query) if query else "")
-
-        other_params = dict(request.query_params)
-        if lang == "zh":
-            other_params.pop("lang", None)
-        else:
-            other_params["lang"] = "zh"
-        desired = self.engine.desired
-        html = self.templates.get_template(template).render(
-            t=LABELS[lang],
-            lang=lang,
-            nonce=nonce,
-            link=link,
-            principal=principal,
-            path=request.url.path,
-            other_lang=request.url.path + ("?" + urlencode(other_params) if other_params else ""),
-            ready=desired is not None,
-            problems=len(self.engine.problems),
-            config=views.config_view(self.engine),
-            **context,
-        )
+        html = self.render_text(request, template, nonce=nonce, **context)
         csp = (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
             "connect-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
@@ -312,13 +440,48 @@ class Pages:
             },
         )
 
+    def render_text(self, request: Request, template: str, nonce: str = "", **context: Any) -> str:
+        """``template`` (a page, or a fragment a live stream sends) rendered for ``request``."""
+        lang = "zh" if request.query_params.get("lang") == "zh" else "en"
+        labels = LABELS[lang]
+        principal = request.scope.get("state", {}).get("principal")
+        now = datetime.now(UTC)
+
+        def link(path: str, **params: Any) -> str:
+            query = {k: v for k, v in params.items() if v not in (None, "")}
+            if lang == "zh":
+                query["lang"] = "zh"
+            return path + ("?" + urlencode(query) if query else "")
+
+        other_params = dict(request.query_params)
+        if lang == "zh":
+            other_params.pop("lang", None)
+        else:
+            other_params["lang"] = "zh"
+        desired = self.engine.desired
+        return self.templates.get_template(template).render(
+            t=labels,
+            tr=lambda value: labels.get(str(value), str(value).replace("_", " ")),
+            ago=lambda value: age(value, now, labels),
+            favicon="data:image/svg+xml," + quote(FAVICON),
+            lang=lang,
+            nonce=nonce,
+            link=link,
+            principal=principal,
+            path=request.url.path,
+            other_lang=request.url.path + ("?" + urlencode(other_params) if other_params else ""),
+            ready=desired is not None,
+            problems=len(self.engine.problems),
+            config=views.config_view(self.engine),
+            **context,
+        )
+
     def _principal(self, request: Request) -> auth.Principal:
         return routes.principal_of(request)
 
     # -- pages ----------------------------------------------------------------------------
 
-    async def overview(self, request: Request) -> Response:
-        """The grid of projects × environments and the newest runs."""
+    def _overview_context(self, request: Request) -> dict[str, Any]:
         principal = self._principal(request)
         projects = views.overview(self.engine, principal)
         columns: list[str] = []
@@ -337,22 +500,57 @@ class Pages:
         )
         cells = {(p["name"], e["name"]): e for p in projects for e in p["environments"]}
         visible = [p["name"] for p in projects]
-        recent = self._recent_runs(principal, visible)
-        return self.render(
-            request, "overview.html", projects=projects, columns=columns, cells=cells, recent=recent
+        hide_scheduled = request.query_params.get("scheduled") == "hide"
+        return {
+            "projects": projects,
+            "columns": columns,
+            "cells": cells,
+            "recent": self._recent_runs(principal, visible, hide_scheduled=hide_scheduled),
+            "attention": views.attention_view(self.engine, principal, projects),
+            "hide_scheduled": hide_scheduled,
+        }
+
+    async def overview(self, request: Request) -> Response:
+        """What needs attention, the grid of projects × environments and the newest runs;
+        kept current over ``/overview/events``."""
+        return self.render(request, "overview.html", **self._overview_context(request))
+
+    async def overview_events(self, request: Request) -> Response:
+        """SSE of the overview's live part (attention, grid, recent runs) as rendered HTML,
+        sent whenever it changes; the page swaps it in without a reload."""
+
+        def snapshot() -> dict[str, str]:
+            return {
+                "html": self.render_text(
+                    request, "overview_live.html", **self._overview_context(request)
+                )
+            }
+
+        return routes.sse_response(
+            streaming.snapshot_events(self.engine, self.streams.closing, snapshot, "overview")
+        )
+
+    async def favicon(self, request: Request) -> Response:
+        """The tab icon: a small SVG (browsers take SVG at /favicon.ico by content type)."""
+        return Response(
+            FAVICON,
+            media_type="image/svg+xml",
+            headers={"Cache-Control": "public, max-age=86400"},
         )
 
     def _recent_runs(
-        self, principal: auth.Principal, visible: list[str], limit: int = 15
+        self,
+        principal: auth.Principal,
+        visible: list[str],
+        limit: int = 15,
+        hide_scheduled: bool = False,
     ) -> list[dict[str, Any]]:
-        if principal.sees_everything():
-            runs, _ = self.engine.runs.list(limit=limit)
-        else:
-            runs = []
-            for name in visible:
-                runs += self.engine.runs.list(name, limit=limit)[0]
-            runs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return [r.as_dict() for r in runs[:limit]]
+        triggers = (
+            [t.value for t in Trigger if t is not Trigger.SCHEDULE] if hide_scheduled else None
+        )
+        projects = None if principal.sees_everything() else visible
+        runs, _ = self.engine.runs.list(limit=limit, projects=projects, triggers=triggers)
+        return [r.as_dict() for r in runs]
 
     def _run_or_404(self, request: Request) -> dict[str, Any] | None:
         principal = self._principal(request)
@@ -441,13 +639,71 @@ class Pages:
         )
 
     async def history(self, request: Request) -> Response:
-        """State commits of every visible environment, newest first."""
+        """Runs and state commits of every visible environment, newest first, filtered by
+        project, environment, state and trigger, a page at a time."""
         principal = self._principal(request)
         desired = self.engine.desired
         projects = desired.projects if desired is not None else {}
         visible = [p for _, p in sorted(projects.items()) if auth.visible(principal, p)]
-        entries = views.histories_view(self.engine, visible, 50)
-        return self.render(request, "history.html", entries=entries[:200])
+        params = request.query_params
+        chosen = {k: params.get(k, "") for k in ("project", "env", "state", "trigger")}
+        problems = []
+        if chosen["state"] and chosen["state"] not in {s.value for s in RunState}:
+            problems.append(f"unknown state {chosen['state']!r} (query parameter 'state')")
+        if chosen["trigger"] and chosen["trigger"] not in {t.value for t in Trigger}:
+            problems.append(f"unknown trigger {chosen['trigger']!r} (query parameter 'trigger')")
+        offsets = {}
+        for name in ("offset", "commits_offset"):
+            raw = params.get(name, "0")
+            offsets[name] = int(raw) if raw.isdigit() else 0
+            if not raw.isdigit():
+                problems.append(f"query parameter {name!r} must be a whole number, not {raw!r}")
+        runs: list[dict[str, Any]] = []
+        total = 0
+        entries: list[dict[str, Any]] = []
+        if not problems:
+            names = [p.name for p in visible]
+            runs_found, total = self.engine.runs.list(
+                chosen["project"] or None,
+                chosen["env"] or None,
+                states=[RunState(chosen["state"])] if chosen["state"] else None,
+                trigger=chosen["trigger"] or None,
+                limit=HISTORY_PAGE,
+                offset=offsets["offset"],
+                projects=None if principal.sees_everything() else names,
+            )
+            runs = [r.as_dict() for r in runs_found]
+            wanted = offsets["commits_offset"] + HISTORY_PAGE + 1
+            entries = views.histories_view(
+                self.engine, visible, wanted, chosen["project"] or None, chosen["env"] or None
+            )
+            if chosen["state"]:
+                entries = [e for e in entries if e["outcome"] == chosen["state"]]
+            if chosen["trigger"]:
+                entries = [e for e in entries if self._trigger_of(e["run_id"]) == chosen["trigger"]]
+        start = offsets["commits_offset"]
+        shown = entries[start : start + HISTORY_PAGE]
+        return self.render(
+            request,
+            "history.html",
+            status_code=400 if problems else 200,
+            entries=shown,
+            commits_more=len(entries) > start + HISTORY_PAGE,
+            runs=runs,
+            total=total,
+            chosen=chosen,
+            offsets=offsets,
+            page_size=HISTORY_PAGE,
+            problems_found=problems,
+            project_names=[p.name for p in visible],
+            env_names=sorted({e for p in visible for e in p.environments}),
+            states=[s.value for s in RunState],
+            triggers=[t.value for t in Trigger],
+        )
+
+    def _trigger_of(self, run_id: str | None) -> str:
+        run = self.engine.runs.get(run_id) if run_id else None
+        return run.trigger.value if run else ""
 
     async def agents(self, request: Request) -> Response:
         """Declared agents and, when a hub runs, which are connected (needs a login)."""

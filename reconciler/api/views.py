@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reconciler.api import auth
+from reconciler.auth import permissions
 from reconciler.engine.control import EngineControl
 from reconciler.gitops import model
 from reconciler.gitops.planning import Action, DeployedRecord, Plan
@@ -46,10 +47,24 @@ def _pin(record: DeployedRecord | None) -> dict[str, Any] | None:
     }
 
 
+def _changed_by(record: DeployedRecord | None, deployer: Run | None) -> dict[str, Any] | None:
+    """Who put the deployed version in place: the run's actor, else how it was triggered."""
+    if record is None or not record.version:
+        return None
+    if deployer is None:
+        return {"actor": "", "trigger": "", "run_id": record.run_id or None}
+    actor = deployer.actor or str(deployer.detail.get("committer") or "")
+    return {"actor": actor, "trigger": deployer.trigger.value, "run_id": deployer.id}
+
+
 def environment_view(
-    env: model.Environment, record: DeployedRecord | None, action: Action | None, last: Run | None
+    env: model.Environment,
+    record: DeployedRecord | None,
+    action: Action | None,
+    last: Run | None,
+    deployer: Run | None = None,
 ) -> dict[str, Any]:
-    """One environment: desired vs deployed, drift and the last run."""
+    """One environment: desired vs deployed (since when, by whom), drift and the last run."""
     deployed = record.version if record else None
     reason = action.reason.value if action else None
     return {
@@ -78,6 +93,8 @@ def environment_view(
             else None
         ),
         "deployed_at": record.finished_at if record else None,
+        "changed_by": _changed_by(record, deployer),
+        "four_eyes": env.four_eyes,
         "config_commit": record.config_commit if record else None,
         "last_run": _last_run(last),
     }
@@ -92,15 +109,16 @@ def project_view(
 ) -> dict[str, Any]:
     """One project with all its environments."""
     actions = {(a.project, a.env): a for a in plan.actions} if plan else {}
-    envs = [
-        environment_view(
-            env,
-            deployed.get((project.name, name)),
-            actions.get((project.name, name)),
-            engine.runs.latest(project.name, name),
+    envs = []
+    for name, env in sorted(project.environments.items(), key=lambda kv: _env_order(kv[1])):
+        record = deployed.get((project.name, name))
+        last = engine.runs.latest(project.name, name)
+        deployer = last if last and record and last.id == record.run_id else None
+        if deployer is None and record and record.run_id:
+            deployer = engine.runs.get(record.run_id)
+        envs.append(
+            environment_view(env, record, actions.get((project.name, name)), last, deployer)
         )
-        for name, env in sorted(project.environments.items(), key=lambda kv: _env_order(kv[1]))
-    ]
     role = project.role_of(principal.user.username) if principal.user else None
     return {
         "name": project.name,
@@ -146,6 +164,116 @@ def overview(engine: EngineControl, principal: auth.Principal) -> list[dict[str,
         for _, p in sorted(desired.projects.items())
         if auth.visible(principal, p)
     ]
+
+
+#: Last runs that leave their environment needing someone: they ended without the release.
+NEEDS_ATTENTION = frozenset({RunState.FAILED, RunState.ROLLED_BACK, RunState.INTERRUPTED})
+#: Drift reasons the reconcile loop settles by itself (a new release to roll out).
+_ROUTINE = frozenset({"unchanged", "version_changed", "config_changed", "never_deployed"})
+
+
+def _waiting_since(engine: EngineControl, run: Run, gate: str) -> str:
+    step = engine.runs.step(run.id, gate) if gate else None
+    return (step.started_at if step else "") or run.started_at or run.created_at
+
+
+def approval_view(
+    engine: EngineControl,
+    run: Run,
+    desired: model.DesiredState,
+    principal: auth.Principal,
+) -> dict[str, Any]:
+    """A run waiting at a gate: which gate, since when, who may decide it and how."""
+    gate = str(run.detail.get("gate", ""))
+    project = desired.projects[run.project]
+    env = project.environments.get(run.env)
+    protected = env.protected if env else False
+    promote = gate.startswith("promote:")
+    stage_roles: tuple[str, ...] | None = None
+    if promote:
+        stage_roles = tuple(r.value for r in permissions.roles_allowed("deploy", protected))
+    elif env is not None:
+        stage = next((s for s in env.pipeline.stages if f"approval:{s.name}" == gate), None)
+        if stage is not None and stage.approval is not None:
+            stage_roles = tuple(stage.approval.roles)
+    four_eyes = bool(env and env.four_eyes and not promote)
+    excluded: list[str] = []
+    if four_eyes:
+        excluded = sorted(set(engine.change_authors(run.id)) | ({run.actor} - {""}))
+    members = [(m.user, m.role) for m in project.members]
+    admins = [u.username for u in desired.users.values() if u.is_admin]
+    verb = "promote" if promote else "approve"
+    view = {
+        "run_id": run.id,
+        "project": run.project,
+        "environment": run.env,
+        "version": run.version,
+        "gate": gate,
+        "since": _waiting_since(engine, run, gate),
+        "roles": [r.value for r in permissions.gate_roles(protected, stage_roles)],
+        "four_eyes": four_eyes,
+        "command": f"quicflow {verb} {run.id}",
+        "api": f"POST {auth.API_PREFIX}/runs/{run.id}/{verb}",
+        "approvers": None,
+        "excluded": None,
+    }
+    # Member names are for logged-in readers; an open page shows the roles only.
+    if not principal.is_anonymous:
+        view["approvers"] = list(
+            permissions.approvers(members, admins, protected, stage_roles, excluded)
+        )
+        view["excluded"] = excluded
+    return view
+
+
+def attention_view(
+    engine: EngineControl, principal: auth.Principal, projects: list[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """What needs someone, from the overview's ``projects``: gates waiting for a decision,
+    environments whose last run failed or was rolled back, drift the loop does not settle,
+    and runs in progress."""
+    desired = engine.desired
+    visible = {p["name"] for p in projects}
+    active = [r for r in engine.runs.active() if r.project in visible]
+    busy = {r.key for r in active}
+    approvals = [
+        approval_view(engine, r, desired, principal)
+        for r in active
+        if desired is not None and r.state is RunState.WAITING_APPROVAL
+    ]
+    running = [
+        {
+            **(_last_run(r) or {}),
+            "project": r.project,
+            "environment": r.env,
+            "started_at": r.started_at,
+        }
+        for r in active
+        if r.state is not RunState.WAITING_APPROVAL
+    ]
+    failed, drifted = [], []
+    for project in projects:
+        for env in project["environments"]:
+            key = (project["name"], env["name"])
+            last = env["last_run"]
+            if key in busy:
+                continue
+            if last and RunState(last["state"]) in NEEDS_ATTENTION:
+                failed.append({**last, "project": key[0], "environment": key[1]})
+            elif env["drift"] and env["drift"] not in _ROUTINE:
+                drifted.append(
+                    {
+                        "project": key[0],
+                        "environment": key[1],
+                        "drift": env["drift"],
+                        "detail": env["plan_detail"],
+                        "deployed_version": env["deployed_version"],
+                        "desired_version": env["desired_version"],
+                    }
+                )
+    failed.sort(key=lambda r: r["created_at"], reverse=True)
+    approvals.sort(key=lambda a: a["since"])
+    return {"approvals": approvals, "failed": failed, "drifted": drifted, "running": running}
 
 
 def decision_view(decision: Decision) -> dict[str, Any]:

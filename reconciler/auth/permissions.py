@@ -21,6 +21,9 @@ decide nothing themselves:
   owners (and admins) only.
 - ``may_approve`` / ``may_reject``: the matrix's ``approve``, and, at a stage gate that
   names roles, one of those roles (admins excepted).
+- ``may_approve_change``: the four-eyes rule of an environment — the author of the
+  change or the person who started the run may not approve its gate; ``gate_roles`` and
+  ``approvers`` say who may (the status page lists them).
 - ``may_promote`` and ``may_cancel``: the matrix's ``deploy`` (they continue or stop one).
 - ``may_rollback``: the matrix's ``rollback``; ``may_trigger_build``: ``trigger_build``.
 - ``may_read_credential_audit``: admins, and the owners and maintainers of the
@@ -41,7 +44,7 @@ so callers pass roles and flags, not model objects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
@@ -264,6 +267,67 @@ def _decide(
         f"needs {' or '.join(stage_roles)}",
         Refusal.ROLE,
     )
+
+
+def may_approve_change(
+    actor: Actor | None,
+    project: str,
+    env: str,
+    *,
+    four_eyes: bool,
+    authors: Mapping[str, str],
+    started_by: str = "",
+) -> Verdict:
+    """The four-eyes rule of an environment (``approval.four_eyes``) at one of its gates.
+
+    ``authors`` maps each user who wrote a config commit the run applies to that commit's
+    id; ``started_by`` is the user who started the run ('' for the system). With the rule
+    on, neither may approve (admins included: the rule is about a second person, not
+    about power); rejecting one's own change stays allowed. Ask it after ``may_approve``.
+    """
+    if actor is None or not four_eyes or actor.anonymous:
+        return ALLOWED
+    where = f"{project}/{env}"
+    if actor.username in authors:
+        commit = authors[actor.username][:10]
+        return Verdict(
+            False,
+            f"four-eyes rule on {where}: {actor.username} wrote this change (commit {commit}) "
+            "and may not approve it; another member must",
+            Refusal.ROLE,
+        )
+    if started_by and actor.username == started_by:
+        return Verdict(
+            False,
+            f"four-eyes rule on {where}: {actor.username} started this run "
+            "and may not approve it; another member must",
+            Refusal.ROLE,
+        )
+    return ALLOWED
+
+
+def gate_roles(protected: bool, stage_roles: tuple[str, ...] | None) -> tuple[Role, ...]:
+    """The roles that may approve a gate: the matrix's, narrowed to the stage's if it names any."""
+    roles = roles_allowed(Action.APPROVE, protected)
+    if stage_roles is None:
+        return roles
+    return tuple(role for role in roles if role.value in stage_roles)
+
+
+def approvers(
+    members: Iterable[tuple[str, str]],
+    admins: Iterable[str],
+    protected: bool,
+    stage_roles: tuple[str, ...] | None,
+    excluded: Iterable[str] = (),
+) -> tuple[str, ...]:
+    """Who may approve a gate: members ``(user, role)`` holding a gate role, then admins,
+    without ``excluded`` (the four-eyes rule's authors and starter), each once, sorted."""
+    roles = {role.value for role in gate_roles(protected, stage_roles)}
+    left_out = set(excluded)
+    found = sorted({user for user, role in members if role in roles} - left_out)
+    found += sorted(set(admins) - left_out - set(found))
+    return tuple(found)
 
 
 def may_promote(actor: Actor | None, project: str, protected: bool) -> Verdict:

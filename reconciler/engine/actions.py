@@ -46,6 +46,9 @@ from reconciler.runs import Decision, Run, RunState, Trigger
 
 _log = logging.getLogger(__name__)
 
+#: How many config commits back the four-eyes rule looks for the authors of a change.
+AUTHOR_COMMITS = 200
+
 #: Triggers whose deploy of a version other than Git's is made to stick.
 STICKY = frozenset({Trigger.MANUAL, Trigger.WEBHOOK})
 
@@ -489,6 +492,18 @@ class Actions:
                     stage_roles=tuple(roles) if roles is not None else None,
                 )
             )
+            if approved and env.four_eyes:
+                authors = await asyncio.to_thread(self.change_authors, run.id)
+                _check(
+                    permissions.may_approve_change(
+                        who,
+                        run.project,
+                        run.env,
+                        four_eyes=True,
+                        authors=authors,
+                        started_by=run.actor,
+                    )
+                )
         if not self.runs.decide(
             Decision(run.id, gate, approved, actor.username, iso(self.now()), comment)
         ):
@@ -501,6 +516,36 @@ class Actions:
         if resume and self.lifecycle.resume(run) is not None:
             await asyncio.sleep(0)  # let the run start, so it is returned running
         return self.runs.get(run.id) or run
+
+    def change_authors(self, run_id: str) -> dict[str, str]:
+        """Who wrote the change a run applies: username → the newest commit of theirs.
+
+        The change is the config commits after the one the environment's deployed state
+        applied, up to the run's, that touched the project's directory (at most
+        ``AUTHOR_COMMITS`` of them, newest first); authors are matched to users by email.
+        Blocking (reads Git): call it in a thread from async code.
+        """
+        run = self.runs.get(run_id)
+        desired = self.desired()
+        if run is None or desired is None or not run.config_commit:
+            return {}
+        record = self.deployed().get(run.key)
+        base = record.config_commit if record and record.config_commit else None
+        prefix = (self.repo.subdir + "/" if self.repo.subdir else "") + f"projects/{run.project}/"
+        try:
+            commits = self.repo.commits_between(base, run.config_commit)[-AUTHOR_COMMITS:]
+        except (KeyError, ValueError):  # the commit is gone (force-pushed away)
+            commits = []
+        authors: dict[str, str] = {}
+        for commit in reversed(commits):
+            if commit.parents:
+                paths = self.repo.changed_paths(commit.parents[0], commit.id)
+                if not any(path.startswith(prefix) for path in paths):
+                    continue
+            user = desired.user_by_email(commit.author_email)
+            if user is not None:
+                authors.setdefault(user.username, commit.id)
+        return authors
 
     async def approve(
         self, run_id: str, actor: model.User, comment: str = "", resume: bool = True

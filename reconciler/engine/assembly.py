@@ -172,6 +172,7 @@ class EngineParts:
         self.cancel = self.actions.cancel
         self.rollback = self.actions.rollback
         self.previous_good_version = self.actions.previous_good_version
+        self.change_authors = self.actions.change_authors
 
     @property
     def builder(self) -> Builder:

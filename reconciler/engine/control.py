@@ -95,6 +95,10 @@ class EngineControl(Protocol):
 
     async def approve(self, run_id: str, actor: model.User, comment: str = "") -> Run: ...
 
+    def change_authors(self, run_id: str) -> dict[str, str]:
+        """Users who wrote the config commits a run applies → their newest such commit
+        (what the four-eyes rule keeps from approving it). Reads Git: blocking."""
+
     async def reject(self, run_id: str, actor: model.User, comment: str = "") -> Run: ...
 
     async def promote(self, run_id: str, actor: model.User) -> Run:

@@ -341,6 +341,7 @@ def environment(
             for w in env_raw.get("release_windows", [])
         ),
         auto_update=env_raw.get("auto_update", False),
+        four_eyes=bool(env_raw.get("approval", {}).get("four_eyes", False)),
         config_hash=merging.stable_hash({k: eff[k] for k in HASHED_KEYS}),
         source=source,
     )

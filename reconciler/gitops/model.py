@@ -330,6 +330,8 @@ class Environment:
     auto_update: bool = False
     config_hash: str = ""
     source: Source = Source("")
+    # ``approval.four_eyes``: whoever wrote the change or started the run may not approve it.
+    four_eyes: bool = False
 
     @property
     def key(self) -> str:

@@ -322,4 +322,5 @@ def _env_fingerprint(env: model.Environment) -> tuple[object, ...]:
         env.protected,
         env.tier,
         env.auto_update,
+        env.four_eyes,
     )

@@ -85,13 +85,19 @@ class RunStore:
         trigger: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        *,
+        projects: Sequence[str] | None = None,
+        triggers: Sequence[str] | None = None,
     ) -> tuple[list[Run], int]:
-        """Runs newest first with the total count, filtered."""
+        """Runs newest first with the total count, filtered (``projects``/``triggers``:
+        any of these; None: no filter)."""
         found, total = (
             _RUNS.equal("project", project or None)
+            .among("project", projects)
             .equal("env", env or None)
             .among("state", [s.value for s in states] if states else None)
             .equal("trigger", trigger or None)
+            .among("trigger", triggers)
             .page(self.db, limit, offset)
         )
         return [_run(r) for r in found], total

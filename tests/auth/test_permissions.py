@@ -371,3 +371,54 @@ def test_an_actor_with_an_unknown_role_fails_loudly() -> None:
         permissions.Actor.on_project("x", "admin")
     assert USERS["nora"].role_name == "not a member"
     assert USERS["olga"].role is Role.OWNER
+
+
+# -- the four-eyes rule and who may approve a gate ---------------------------------------
+
+BOB_OWNER = permissions.Actor.on_project("bob", "owner")
+ADMIN = permissions.Actor.on_project("alice", None, is_admin=True)
+
+
+def test_four_eyes_refuses_the_author_and_the_starter_but_not_others() -> None:
+    def verdict(actor: permissions.Actor | None, rule: bool = True) -> permissions.Verdict:
+        return permissions.may_approve_change(
+            actor,
+            "shop",
+            "prod",
+            four_eyes=rule,
+            authors={"bob": "0123456789abcdef", "alice": "fedcba9876543210"},
+            started_by="carol",
+        )
+
+    author = verdict(BOB_OWNER)
+    assert not author.allowed and author.refusal is permissions.Refusal.ROLE
+    assert author.reason == (
+        "four-eyes rule on shop/prod: bob wrote this change (commit 0123456789) "
+        "and may not approve it; another member must"
+    )
+    assert not verdict(ADMIN).allowed  # admins are a second pair of eyes like anyone
+    starter = verdict(permissions.Actor.on_project("carol", "maintainer"))
+    assert "carol started this run" in starter.reason and not starter.allowed
+    assert verdict(permissions.Actor.on_project("mike", "maintainer")).allowed
+    assert verdict(None).allowed  # the system itself
+    assert verdict(BOB_OWNER, rule=False).allowed  # the rule is off
+
+
+def test_approvers_are_the_gate_roles_members_then_admins_without_the_excluded() -> None:
+    members = [("olga", "owner"), ("mike", "maintainer"), ("dev", "developer"), ("vic", "viewer")]
+    assert permissions.approvers(members, ["alice"], False, None) == (
+        "dev",
+        "mike",
+        "olga",
+        "alice",
+    )
+    # Protected: the matrix keeps developers out even when the stage names them.
+    assert permissions.approvers(members, ["alice"], True, ("owner", "developer")) == (
+        "olga",
+        "alice",
+    )
+    assert permissions.approvers(members, ["alice"], False, None, excluded=("mike", "alice")) == (
+        "dev",
+        "olga",
+    )
+    assert permissions.gate_roles(True, None) == (Role.OWNER, Role.MAINTAINER)
