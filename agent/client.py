@@ -40,7 +40,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 import agent
-from agent import executing, protocol, status
+from agent import executing, protocol, sending, status
 from agent.sending import CoalescedSending
 
 logger = logging.getLogger("agent")
@@ -168,6 +168,9 @@ async def _open_connection(
 
 class _HubConnection(CoalescedSending, QuicConnectionProtocol):
     """One QUIC connection to the hub: decodes frames per stream and hands them to the client."""
+
+    # A command's EXIT usually follows its EXEC within a few ms: it carries the ACK then.
+    ack_delay = sending.MAX_ACK_DELAY
 
     def __init__(self, *args: Any, client: AgentClient, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,7 +1,7 @@
 """Running commands on the agent: processes, streamed output with flow control, stored results.
 
-An ``Execution`` is one command id.  It runs its steps with
-``asyncio.create_subprocess_exec`` in a new session (so cancel and timeout reach the whole
+An ``Execution`` is one command id.  It runs its steps (``spawning.StepProcess``: vfork,
+exit seen through a pidfd) in a new session (so cancel and timeout reach the whole
 process group), reads stdout and stderr in chunks of at most ``protocol.MAX_CHUNK`` bytes
 and hands each chunk, already encoded as an OUTPUT frame, to whatever stream is attached.
 Chunks stay in memory until the hub acknowledges them; when ``WINDOW`` bytes are
@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import git_pulling, protocol
+from agent import git_pulling, protocol, spawning
 
 logger = logging.getLogger(__name__)
 
@@ -381,20 +381,14 @@ class Execution:
     ) -> tuple[int | None, str | None]:
         stdin_data = self.request.stdin if isinstance(self.request, protocol.ExecRequest) else None
         try:
-            process = await asyncio.create_subprocess_exec(
-                *step.argv,
-                stdin=asyncio.subprocess.PIPE
-                if stdin_data is not None
-                else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            process = await spawning.StepProcess.start(
+                step.argv,
                 cwd=step.cwd or self._cwd,
                 env=self._env,
-                start_new_session=True,
+                with_stdin=stdin_data is not None,
             )
         except OSError as failure:
             return None, f"cannot start {step.argv[0]!r}: {failure.strerror or failure}"
-        assert process.stdout is not None and process.stderr is not None
         readers = [
             asyncio.create_task(self._pump(process.stdout, "stdout")),
             asyncio.create_task(self._pump(process.stderr, "stderr")),
@@ -423,9 +417,7 @@ class Execution:
             )
         return process.returncode, None
 
-    async def _terminate(
-        self, process: asyncio.subprocess.Process, waiter: asyncio.Task[int]
-    ) -> None:
+    async def _terminate(self, process: spawning.StepProcess, waiter: asyncio.Task[int]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         await asyncio.wait({waiter}, timeout=KILL_GRACE)
@@ -456,12 +448,8 @@ class Execution:
             self._bytes_read += len(data)
             await self._emit(stream, data)
 
-    async def _feed(self, process: asyncio.subprocess.Process, data: bytes) -> None:
-        assert process.stdin is not None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            process.stdin.write(data)
-            await process.stdin.drain()
-            process.stdin.close()
+    async def _feed(self, process: spawning.StepProcess, data: bytes) -> None:
+        await process.feed(data)
 
     async def _emit(self, stream: str, data: bytes) -> None:
         # Flow control: wait here (and so stop reading the pipe) while the window is full.

@@ -1,0 +1,201 @@
+"""Starting a step's process cheaply and noticing its exit without threads or signals.
+
+``StepProcess.start`` runs ``subprocess.Popen`` (vfork, no shell, a new session) and
+watches the child through a pidfd on the event loop; stdout and stderr are read through
+``loop.connect_read_pipe``.  That costs the same as ``asyncio.create_subprocess_exec``
+under the default loop, and works the same under uvloop -- whose own spawning forks the
+whole agent and cost about three times as much per step, children included, when
+measured (``tests/benchmarks/bench_quic_fanout.py``).  Without pidfds (Linux before 5.3,
+other systems) it falls back to ``asyncio.create_subprocess_exec``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _pidfd_works() -> bool:
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+PIDFD = _pidfd_works()
+# How long a program found on PATH is trusted to stay where it was found.
+RESOLVE_TTL = 10.0
+_resolved: dict[tuple[str, str], tuple[float, str]] = {}
+
+
+def resolve(program: str, env: Mapping[str, str]) -> str | None:
+    """Where ``program`` is on the step's PATH, remembered for ``RESOLVE_TTL`` s.
+
+    ``subprocess`` searches PATH inside the child, between vfork and exec, while the agent
+    waits: each directory before the right one is a failed ``execve`` (0.2 ms per spawn of
+    ``true`` with this machine's 13-entry PATH).  None: let ``subprocess`` search (and
+    report a missing program as it always does).
+    """
+    if "/" in program:
+        return None
+    path = env.get("PATH", os.defpath)
+    key = (program, path)
+    now = time.monotonic()
+    hit = _resolved.get(key)
+    if hit is not None and now - hit[0] < RESOLVE_TTL:
+        return hit[1]
+    found = shutil.which(program, path=path)
+    if found is None:
+        _resolved.pop(key, None)
+        return None
+    if len(_resolved) > 256:
+        _resolved.clear()
+    _resolved[key] = (now, found)
+    return found
+
+
+class StepProcess:
+    """A running step: its pid, its output as stream readers, and its exit status."""
+
+    def __init__(
+        self,
+        pid: int,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+        exited: asyncio.Future[int],
+        stdin: Any = None,
+    ) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self._exited = exited
+        self._stdin = stdin
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code (negative: killed by that signal), None while it runs."""
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; return its exit code."""
+        return await asyncio.shield(self._exited)
+
+    async def feed(self, data: bytes) -> None:
+        """Write ``data`` to the process's stdin, then close it (a closed pipe is ignored)."""
+        stdin = self._stdin
+        if stdin is None:
+            return
+        if isinstance(stdin, asyncio.StreamWriter):
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                stdin.write(data)
+                await stdin.drain()
+                stdin.close()
+            return
+        # A pipe transport: it writes what it buffered, then closes the pipe.
+        stdin.write(data)
+        stdin.close()
+
+    @classmethod
+    async def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        with_stdin: bool,
+    ) -> StepProcess:
+        """Start ``argv`` in its own session with piped output (and stdin if asked)."""
+        if not PIDFD:
+            return await cls._start_with_asyncio(argv, cwd=cwd, env=env, with_stdin=with_stdin)
+        loop = asyncio.get_running_loop()
+        executable = resolve(argv[0], env)
+        try:
+            popen = cls._popen(argv, executable, cwd, env, with_stdin)
+        except FileNotFoundError:
+            if executable is None:
+                raise
+            # Moved or removed since it was found: search again.
+            _resolved.pop((argv[0], env.get("PATH", os.defpath)), None)
+            popen = cls._popen(argv, None, cwd, env, with_stdin)
+        exited: asyncio.Future[int] = loop.create_future()
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError:
+            # Cannot watch it: do not leave it running unwatched.
+            popen.kill()
+            popen.wait()
+            for pipe in (popen.stdin, popen.stdout, popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+            raise
+
+        def reap() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            # The child is a zombie now: poll() reaps it and decodes the status.
+            code = popen.poll()
+            if not exited.done():
+                exited.set_result(popen.returncode if code is None else code)
+
+        loop.add_reader(pidfd, reap)
+        assert popen.stdout is not None and popen.stderr is not None
+        stdout = asyncio.StreamReader(loop=loop)
+        stderr = asyncio.StreamReader(loop=loop)
+        try:
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), popen.stdout)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stderr), popen.stderr)
+            stdin = None
+            if popen.stdin is not None:
+                stdin, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, popen.stdin)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            raise
+        return cls(popen.pid, stdout, stderr, exited, stdin)
+
+    @staticmethod
+    def _popen(
+        argv: Sequence[str],
+        executable: str | None,
+        cwd: str,
+        env: Mapping[str, str],
+        with_stdin: bool,
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv),
+            executable=executable,
+            stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+            bufsize=0,
+        )
+
+    @classmethod
+    async def _start_with_asyncio(
+        cls, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], with_stdin: bool
+    ) -> StepProcess:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        exited = asyncio.ensure_future(process.wait())
+        return cls(process.pid, process.stdout, process.stderr, exited, process.stdin)
