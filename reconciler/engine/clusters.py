@@ -13,7 +13,6 @@ import logging
 from collections.abc import Mapping
 
 from reconciler.credential.resolving import CredentialResolver
-from reconciler.drivers.kubernetes import observing
 from reconciler.errors import QuicFlowError
 from reconciler.gitops import model
 from reconciler.gitops.planning import DeployedRecord, Observation
@@ -27,12 +26,19 @@ async def observe(
     credentials: CredentialResolver,
 ) -> list[Observation]:
     """Observations of every Kubernetes environment the state ref records a release of."""
-    found = []
+    found: list[Observation] = []
     for env in desired.environments():
         record = deployed.get((env.project, env.name))
         if env.deploy.type is not model.DeployType.KUBERNETES or record is None:
             continue
         if record.version is None or not desired.settings.features.get("kubernetes", True):
+            continue
+        try:
+            # Imported only when a Kubernetes environment is deployed: the kubernetes
+            # client is an extra (``quicflow[kubernetes]``), not needed by anyone else.
+            from reconciler.drivers.kubernetes import observing
+        except ImportError as exc:
+            _log.warning("cannot observe %s for drift: %s", env.key, missing_client(exc))
             continue
         try:
             values, _ = await credentials.resolve(env, desired)
@@ -42,3 +48,8 @@ async def observe(
         except QuicFlowError as exc:
             _log.warning("cannot observe %s for drift: %s", env.key, exc)
     return found
+
+
+def missing_client(exc: ImportError) -> str:
+    """What to tell an operator whose install lacks the kubernetes client."""
+    return f"the kubernetes client is not installed ({exc}); pip install 'quicflow[kubernetes]'"

@@ -28,6 +28,7 @@ is recorded again (``rerecord``) and nothing is deployed.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,6 +55,14 @@ AVAILABLE = frozenset(
 )
 
 
+def _kubernetes_installed() -> bool:
+    """Whether the kubernetes client (the ``quicflow[kubernetes]`` extra) can be imported."""
+    try:
+        return importlib.util.find_spec("kubernetes") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def unrunnable(
     env: model.Environment,
     desired: model.DesiredState,
@@ -68,6 +77,11 @@ def unrunnable(
         # Its one target is the cluster, reached from here through the API server.
         if not desired.settings.features.get("kubernetes", True):
             return "deploy type 'kubernetes' is turned off (settings.features.kubernetes)"
+        if not _kubernetes_installed():
+            return (
+                "deploy type 'kubernetes' needs the kubernetes client "
+                "(pip install 'quicflow[kubernetes]')"
+            )
         return None
     if not any(t.agent or t.selector for t in env.targets):
         return None

@@ -34,14 +34,16 @@ SKIPPED = {
 }
 
 
-def apply(repo: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def apply(
+    repo: Path, data: Path, *extra: str, first_on_path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("SOPS_") and not k.startswith("QUIC_FLOW_")
     }
     env.update(
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join(str(p) for p in (first_on_path, ROOT) if p is not None),
         SOPS_AGE_KEY_FILE=str(AGE_KEY),
         XDG_CONFIG_HOME=str(data.parent / "xdg"),  # no key from the developer's home
     )
@@ -122,3 +124,42 @@ def test_apply_releases_the_example_script_project(
     (still,) = lines_about(out, "billing/prod")
     assert still.split()[0] == prod.split()[0]  # the same waiting run, not a new one
     assert git(example_repo.path, "log", "--format=%s", "refs/quicflow/state").splitlines() == state
+
+
+# Put first on PYTHONPATH, this makes ``import kubernetes`` fail as it does where the
+# ``quicflow[kubernetes]`` extra is not installed (a simulation: the package is here).
+NO_KUBERNETES = """\
+import sys
+
+
+class _NoKubernetes:
+    def find_spec(self, name, path=None, target=None):
+        if name == "kubernetes" or name.startswith("kubernetes."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoKubernetes())
+"""
+
+
+def test_without_the_kubernetes_extra_the_example_runs_and_says_what_is_missing(
+    example_repo: ConfigRepo, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "no-kubernetes"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_KUBERNETES)
+    # The README's `pip install -e .` has no kubernetes client: the engine must not need it
+    # to import, and a Kubernetes environment turned on is skipped, saying what to install.
+    config = (example_repo.path / "quicflow.yaml").read_text()
+    turned_on = config.replace("kubernetes: false", "kubernetes: true", 1)
+    assert turned_on != config
+    example_repo.commit({"quicflow.yaml": turned_on}, message="turn kubernetes on")
+    data = tmp_path / "data"
+    result = apply(example_repo.path, data, "--only", "catalog", first_on_path=blocker)
+    assert result.returncode == 0, result.stdout + result.stderr
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped catalog/")]
+    assert skipped and all("pip install 'quicflow[kubernetes]'" in s for s in skipped), (
+        result.stdout
+    )
+    assert "Traceback" not in result.stdout + result.stderr
