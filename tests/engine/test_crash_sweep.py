@@ -39,7 +39,7 @@ from releasing import USERS
 
 from reconciler.engine.reconciling import Reconciler
 from reconciler.gitops.repository import GitRepository
-from reconciler.runs import RunState, StepKey, StepKind
+from reconciler.runs import Run, RunState, StepKey, StepKind
 from reconciler.store.database import Database
 from reconciler.store.runs import RunStore
 
@@ -235,6 +235,24 @@ def no_leftovers(world: World, within: float = 5.0) -> list[int]:
     return found
 
 
+def recorded_deploys(store: RunStore, runs: list[Run], version: str) -> Counter[str]:
+    """Deploys of ``version`` the run store records as done, by target — those carried
+    over from an interrupted run (``resumed_from``) not counted again."""
+    allowed: Counter[str] = Counter()
+    for run in runs:
+        if run.version != version:
+            continue
+        for step in store.steps(run.id):
+            key = StepKey.parse(step.key)
+            if (
+                key.kind is StepKind.DEPLOY
+                and step.status.is_done
+                and not step.result.get("resumed_from")
+            ):
+                allowed[key.name] += 1
+    return allowed
+
+
 def check_after_kill(world: World, point: str) -> None:
     claimed = world.state_version()
     serving = {t: world.runs_version(t) for t in TARGETS}
@@ -264,18 +282,7 @@ def check_after_resume(
             assert final.state.is_final, (point, final)
             if final.version == "2.0" and final.state is RunState.SUCCEEDED:
                 assert final.resumes == interrupted[0].id, (point, final, interrupted)
-        allowed: Counter[str] = Counter()
-        for run in runs:
-            if run.version != "2.0":
-                continue
-            for step in store.steps(run.id):
-                key = StepKey.parse(step.key)
-                if (
-                    key.kind is StepKind.DEPLOY
-                    and step.status.is_done
-                    and not step.result.get("resumed_from")
-                ):
-                    allowed[key.name] += 1
+        allowed = recorded_deploys(store, runs, "2.0")
         for target in TARGETS:
             ran = world.deploys(target).count("2.0")
             # In flight at the kill or not: the script ran once per recorded deploy.

@@ -28,12 +28,17 @@ from pathlib import Path
 
 import pytest
 from drivers.conftest import images  # noqa: F401 - the pushed test images (session)
-from engine.test_crash_sweep import apply, config_repo, kill_points, leftovers
+from engine.test_crash_sweep import (
+    apply,
+    config_repo,
+    kill_points,
+    leftovers,
+    recorded_deploys,
+)
 from gitrepos import ConfigRepo, git
 from releasing import USERS, free_ports
 
 from reconciler.credential import age, documents, sops
-from reconciler.runs import StepKey, StepKind
 from reconciler.store.database import Database
 from reconciler.store.runs import RunStore
 
@@ -206,25 +211,13 @@ def release(world: World) -> None:
     config_repo(world.repo).commit({ENV_FILE: env_yaml("2.0", world.ports)}, message="2.0")
 
 
-def recorded_deploys(world: World) -> Counter[str]:
-    """Deploys of 2.0 the run store records as done, by target (resumed ones not counted)."""
+def deploys_recorded(world: World) -> Counter[str]:
+    """Deploys of 2.0 the world's run store records as done, by target."""
     db = Database.open(world.data)
     try:
         store = RunStore(db)
         runs, _ = store.list("web", "prod", limit=20)
-        allowed: Counter[str] = Counter()
-        for run in runs:
-            if run.version != "2.0":
-                continue
-            for step in store.steps(run.id):
-                key = StepKey.parse(step.key)
-                if (
-                    key.kind is StepKind.DEPLOY
-                    and step.status.is_done
-                    and not step.result.get("resumed_from")
-                ):
-                    allowed[key.name] += 1
-        return allowed
+        return recorded_deploys(store, runs, "2.0")
     finally:
         db.close()
 
@@ -260,7 +253,7 @@ def test_every_kill_point_of_a_container_rollout_resumes_and_git_tells_the_truth
                 point,
                 serving,
             )
-            created, allowed = world.created("2.0"), recorded_deploys(world)
+            created, allowed = world.created("2.0"), deploys_recorded(world)
             for target in TARGETS:
                 assert created[target] <= allowed[target], (point, target, created, allowed)
             expected = {world.container(t) for t in TARGETS}
