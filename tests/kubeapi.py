@@ -7,8 +7,11 @@ HTTP; TLS is left out) that implements, after the documented API conventions
 https://kubernetes.io/docs/reference/using-api/server-side-apply/), what the driver
 uses and nothing more:
 
-- ``apps/v1`` Deployments and ReplicaSets, ``v1`` Services, Pods and Secrets in
-  namespaces (created on first use): GET, list with ``labelSelector`` and
+- ``apps/v1`` Deployments and ReplicaSets, ``v1`` Services, Pods, Secrets, ConfigMaps
+  and ServiceAccounts and ``networking.k8s.io/v1`` Ingresses in namespaces (created on
+  first use, so a namespace exists as a ``v1`` Namespace object only once one is
+  applied; Namespaces are cluster-scoped: ``/api/v1/namespaces/NAME``, no namespace in
+  their metadata): GET, list with ``labelSelector`` and
   ``fieldSelector=metadata.name=…``, ``watch=true`` from a ``resourceVersion`` (chunked
   JSON lines, ``timeoutSeconds``, a 410 ``Expired`` ERROR event for a version older
   than the server keeps), POST (409 ``AlreadyExists``), PUT with optimistic
@@ -55,15 +58,28 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-GROUPS = {"deployments": "apps/v1", "replicasets": "apps/v1"}
+GROUPS = {  # plural -> apiVersion, for the kinds outside the core group (v1)
+    "deployments": "apps/v1",
+    "replicasets": "apps/v1",
+    "ingresses": "networking.k8s.io/v1",
+}
 KINDS = {
     "deployments": "Deployment",
     "replicasets": "ReplicaSet",
     "services": "Service",
     "pods": "Pod",
     "secrets": "Secret",
+    "configmaps": "ConfigMap",
+    "serviceaccounts": "ServiceAccount",
+    "ingresses": "Ingress",
+    "namespaces": "Namespace",
 }
-GROUP_NAMES = {"deployments": "deployments.apps", "replicasets": "replicasets.apps"}
+CLUSTER_SCOPED = frozenset({"namespaces"})  # stored under namespace ""
+GROUP_NAMES = {
+    "deployments": "deployments.apps",
+    "replicasets": "replicasets.apps",
+    "ingresses": "ingresses.networking.k8s.io",
+}
 KEEP_EVENTS = 2000  # older resourceVersions answer a watch with 410 Expired
 Path = tuple[str, ...]
 
@@ -274,11 +290,12 @@ class Cluster:
 
     def _store(self, plural: str, obj: dict, kind: str = "MODIFIED") -> dict:
         meta = obj["metadata"]
-        key = (plural, meta["namespace"], meta["name"])
+        namespace = meta.get("namespace", "")
+        key = (plural, namespace, meta["name"])
         self.version += 1
         meta["resourceVersion"] = str(self.version)
         self.objects[key] = obj
-        self.events.append((self.version, kind, plural, meta["namespace"], copy.deepcopy(obj)))
+        self.events.append((self.version, kind, plural, namespace, copy.deepcopy(obj)))
         del self.events[:-KEEP_EVENTS]
         self.lock.notify_all()
         return obj
@@ -293,7 +310,7 @@ class Cluster:
         return obj
 
     def _new(self, plural: str, namespace: str, name: str) -> dict:
-        return {
+        new = {
             "apiVersion": GROUPS.get(plural, "v1"),
             "kind": KINDS[plural],
             "metadata": {
@@ -304,6 +321,12 @@ class Cluster:
                 "generation": 1,
             },
         }
+        if plural in CLUSTER_SCOPED:
+            del new["metadata"]["namespace"]
+        if plural == "namespaces":  # what the namespace controller reports of a live one
+            new["spec"] = {"finalizers": ["kubernetes"]}
+            new["status"] = {"phase": "Active"}
+        return new
 
     def _written(self, plural: str, before: dict | None, after: dict) -> dict:
         meta = after["metadata"]
@@ -753,9 +776,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(401, "Unauthorized", "Unauthorized")
         if role == "read-only" and method != "GET":
             parts = path.strip("/").split("/")
-            plural = parts[parts.index("namespaces") + 2] if "namespaces" in parts else "?"
-            namespace = parts[parts.index("namespaces") + 1] if "namespaces" in parts else ""
-            group = "apps" if plural in GROUPS else ""
+            at = parts.index("namespaces") if "namespaces" in parts else -1
+            if at >= 0 and len(parts) > at + 2:
+                plural, namespace = parts[at + 2], parts[at + 1]
+            else:
+                plural, namespace = ("namespaces" if at >= 0 else "?"), ""
+            group = GROUPS.get(plural, "v1").rpartition("/")[0]
             verb = {"PATCH": "patch", "PUT": "update", "POST": "create", "DELETE": "delete"}[method]
             raise ApiError(
                 403,
@@ -775,15 +801,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts[:2] == ["api", "v1"]:
-            rest = parts[2:]
-        elif parts[:3] == ["apis", "apps", "v1"]:
-            rest = parts[3:]
+            api_version, rest = "v1", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            api_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
         else:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        if len(rest) < 3 or rest[0] != "namespaces" or rest[2] not in KINDS:
+        if rest[:1] == ["namespaces"] and len(rest) <= 2:
+            # The cluster-scoped Namespace objects themselves: /api/v1/namespaces[/NAME].
+            namespace, plural, rest = "", "namespaces", ["", "", "namespaces", *rest[1:]]
+        elif len(rest) < 3 or rest[0] != "namespaces" or rest[2] not in KINDS:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        namespace, plural = rest[1], rest[2]
-        if (plural in GROUPS) != (parts[0] == "apis"):
+        else:
+            namespace, plural = rest[1], rest[2]
+        if plural in CLUSTER_SCOPED and namespace:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if GROUPS.get(plural, "v1") != api_version:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[3] if len(rest) > 3 else None
         q = {k: v[-1] for k, v in query.items()}
@@ -832,6 +864,21 @@ class _Handler(BaseHTTPRequestHandler):
                         400,
                         "BadRequest",
                         "the name of the object does not match the name on the URL",
+                    )
+                if meta.get("namespace") not in (None, namespace) and plural not in CLUSTER_SCOPED:
+                    raise ApiError(
+                        400,
+                        "BadRequest",
+                        "the namespace of the provided object does not match the namespace "
+                        "sent on the request",
+                    )
+                if (body.get("kind"), body.get("apiVersion")) != (KINDS[plural], api_version):
+                    raise ApiError(
+                        400,
+                        "BadRequest",
+                        f"the kind or apiVersion of the object ({body.get('kind')}, "
+                        f"{body.get('apiVersion')}) does not match the URL's "
+                        f"({KINDS[plural]}, {api_version})",
                     )
                 existed = cluster.get(plural, namespace, name) is not None
                 applied = cluster.apply(

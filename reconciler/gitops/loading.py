@@ -20,6 +20,8 @@ Layout of a config repo::
     projects/<project>/project.yaml
     projects/<project>/credentials.sops.yaml   (optional)
     projects/<project>/environments/<env>.yaml
+    projects/<project>/<dir>/*.yaml            (optional: Kubernetes manifests, read when
+                                                deploy.kubernetes.manifests names them)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler.errors import ConfigError, ConfigProblem
-from reconciler.gitops import building, checking, model, parsing, schemas
+from reconciler.gitops import building, checking, merging, model, parsing, schemas
 from reconciler.gitops.repository import GitRepository, TreeEntry
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -345,10 +347,117 @@ class Loader:
             )
             for n, (p, data) in valid_envs.items()
         }
+        manifest_problems: list[checking.Finding] = []
+        for n, (p, data) in valid_envs.items():
+            envs[n], found = self._with_manifests(envs[n], entry.id, base, ppath, p, data)
+            manifest_problems += found
+        problems += self._findings(blobs, manifest_problems)
+        if problems:
+            return _ProjectResult(None, creds, tuple(problems))
         project = building.project(
             name, pdoc.data, dict(sorted(envs.items())), model.Source(ppath, pentry.id)
         )
         return _ProjectResult(project, creds, ())
+
+    # -- files a deploy names -----------------------------------------------------------
+
+    def _with_manifests(
+        self,
+        env: model.Environment,
+        project_tree: str,
+        base: str,
+        ppath: str,
+        epath: str,
+        edata: Mapping[str, Any],
+    ) -> tuple[model.Environment, list[checking.Finding]]:
+        """``env`` with the files of ``deploy.kubernetes.manifests`` read into its deploys.
+
+        The paths are relative to the project directory and stay inside it, so the
+        project cache (keyed by the project's tree) sees every change to them; their blob
+        ids join the config hash, so a manifest change rolls out like any config change.
+        """
+        declared = (edata.get("deploy") or {}).get("kubernetes") or {}
+        where = epath if "manifests" in declared else ppath
+        findings: list[checking.Finding] = []
+        blob_ids: dict[str, str] = {}
+
+        def read(deploy: model.DeployConfig) -> model.DeployConfig:
+            raw = deploy.spec.get("manifests")
+            if deploy.type is not model.DeployType.KUBERNETES or not raw:
+                return deploy
+            files: dict[str, str] = {}
+            for path in [raw] if isinstance(raw, str) else list(raw):
+                problem = self._manifest_files(project_tree, base, str(path), files, blob_ids)
+                if problem:
+                    findings.append(
+                        checking.Finding(
+                            where, ("deploy", "kubernetes", "manifests"), f"manifests: {problem}"
+                        )
+                    )
+            return replace(deploy, files=files)
+
+        deploy = read(env.deploy)
+        stages = tuple(
+            replace(
+                stage,
+                tasks=tuple(
+                    replace(t, deploy=read(t.deploy)) if t.deploy is not None else t
+                    for t in stage.tasks
+                ),
+            )
+            for stage in env.pipeline.stages
+        )
+        if findings or not blob_ids:
+            return env, findings
+        return replace(
+            env,
+            deploy=deploy,
+            pipeline=replace(env.pipeline, stages=stages),
+            config_hash=merging.stable_hash({"config": env.config_hash, "manifests": blob_ids}),
+        ), []
+
+    def _manifest_files(
+        self,
+        project_tree: str,
+        base: str,
+        path: str,
+        files: dict[str, str],
+        blob_ids: dict[str, str],
+    ) -> str:
+        """Read the YAML file ``path``, or a directory's YAML files, into ``files``; a problem."""
+        parts = [p for p in path.strip("/").split("/") if p not in ("", ".")]
+        if path.startswith("/") or ".." in parts or not parts:
+            return f"{path!r} must be a path inside the project directory {base}/"
+        node, is_tree = project_tree, True
+        for i, part in enumerate(parts):
+            if not is_tree:
+                return f"{base}/{'/'.join(parts[:i])} is a file, not a directory"
+            found = {e.name: e for e in self.repo.entries(node)}.get(part)
+            if found is None:
+                return f"no file or directory {base}/{'/'.join(parts[: i + 1])} at this commit"
+            node, is_tree = found.id, found.is_tree
+        full = f"{base}/{'/'.join(parts)}"
+        if is_tree:
+            chosen = sorted(
+                (e for e in self.repo.entries(node) if not e.is_tree and e.name.endswith(_YAML)),
+                key=lambda e: e.name,
+            )
+            if not chosen:
+                return f"directory {full}/ holds no .yaml or .yml file"
+            named = [(f"{full}/{e.name}", e.id) for e in chosen]
+        elif not full.endswith(_YAML):
+            return f"{full} is not a .yaml or .yml file"
+        else:
+            named = [(full, node)]
+        for file, blob_id in named:
+            if self.repo.blob_size(blob_id) > MAX_FILE_BYTES:
+                return f"{file} is larger than {MAX_FILE_BYTES // (1 << 20)} MiB"
+            try:
+                files[file] = self.repo.blob(blob_id).decode("utf-8")
+            except UnicodeDecodeError:
+                return f"{file} is not UTF-8 text"
+            blob_ids[file] = blob_id
+        return ""
 
     # -- files -------------------------------------------------------------------------
 

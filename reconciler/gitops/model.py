@@ -189,12 +189,15 @@ class DeployConfig:
 
     ``timeout`` bounds each command a deploy step runs on a target (deploy, restart,
     switch, retire, rollback); it is always set, to the default when the config is silent.
+    ``files`` are the config-repo files the deploy names (``kubernetes.manifests``), by
+    path from the config root, read by the loader at the same commit as the rest.
     """
 
     type: DeployType
     spec: Mapping[str, Any] = field(default_factory=_empty)
     health: Mapping[str, Any] = field(default_factory=_empty)
     timeout: float = DEFAULT_DEPLOY_TIMEOUT
+    files: Mapping[str, str] = field(default_factory=_empty, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

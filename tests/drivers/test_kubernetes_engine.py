@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import subprocess
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from releasing import USERS
 
 from reconciler.credential import age, documents, sops
 from reconciler.engine.reconciling import Reconciler
+from reconciler.gitops import loading
 from reconciler.gitops.repository import GitRepository
 from reconciler.runs import Run, RunState
 
@@ -430,3 +432,333 @@ def test_kubectl_reads_what_the_stand_in_holds(world: World, tmp_path: Path) -> 
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"]["availableReplicas"] == 4
+
+
+# -- the user's own manifests, with a patch overlay ---------------------------------------
+
+MANIFESTS = {
+    "projects/web/k8s/deployment.yaml": """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: app
+          image: set-by-quicflow
+          args: [--port, "8080"]
+          ports: [{containerPort: 8080, name: http}]
+          envFrom: [{configMapRef: {name: web-config}}]
+""",
+    "projects/web/k8s/service.yaml": """\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+""",
+    "projects/web/k8s/config.yaml": """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: web-config}
+data: {MODE: fast}
+""",
+}
+
+PATCHES = """\
+    patches:
+      - target: {kind: Deployment, name: web}
+        merge:
+          metadata: {annotations: {example.com/owner: shop}}
+          spec:
+            template:
+              spec:
+                containers: [{name: app, resources: {limits: {cpu: 500m, memory: 128Mi}}}]
+"""
+
+
+def _manifest_project(strategy: str, health: str = "", extra: str = PATCHES) -> str:
+    return f"""\
+members:
+  - {{user: bob, role: owner}}
+variables:
+  GREETING: hello
+  DB_PASSWORD: {{secret: db, field: password}}
+deploy:
+  type: kubernetes
+  timeout: 60s
+  kubernetes:
+    namespace: {NS}
+    deployment: web
+    image: "registry.example.com/acme/web:{{{{ version }}}}"
+    manifests: k8s/
+    kubeconfig_credential: cluster
+    api_grace: 2s
+{extra}{health}strategy:
+{strategy}"""
+
+
+def _start_manifests(
+    world: World,
+    strategy: str,
+    health: str = "",
+    files: dict[str, str] | None = None,
+    patches: str = PATCHES,
+) -> None:
+    world.repo.commit(
+        {
+            "quicflow.yaml": USERS,
+            "projects/web/project.yaml": _manifest_project(strategy, health, patches),
+            "projects/web/credentials.sops.yaml": world.credentials(world.server.kubeconfig(TOKEN)),
+            ENV_FILE: 'version: "1.0"\n',
+            **(MANIFESTS if files is None else files),
+        }
+    )
+
+
+def _applied(world: World) -> list[str]:
+    """The objects applied, in order, as ``plural/name``."""
+    return [
+        r[1].rsplit("/", 2)[-2] + "/" + r[1].rsplit("/", 1)[-1]
+        for r in world.cluster.requests
+        if r[0] == "PATCH"
+    ]
+
+
+async def test_user_manifests_with_a_patch_deploy_rolling_and_drift_only_on_our_fields(
+    world: World, tmp_path: Path
+) -> None:
+    more = {
+        "projects/web/k8s/namespace.yaml": (
+            f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}, labels: {{team: shop}}}}\n"
+        ),
+        "projects/web/k8s/routes.yaml": (
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n"
+            "spec: {rules: [{host: placeholder, http: {paths: [{path: /, pathType: Prefix,"
+            " backend: {service: {name: web, port: {number: 80}}}}]}}]}\n"
+        ),
+    }
+    ingress_host = (
+        "      - target: {kind: Ingress}\n"
+        "        ops: [{op: replace, path: /spec/rules/0/host, value: shop.example.com}]\n"
+    )
+    _start_manifests(
+        world, "  type: rolling\n", files={**MANIFESTS, **more}, patches=PATCHES + ingress_host
+    )
+    first = await world.reconcile()
+    assert first.state is RunState.SUCCEEDED, first.error
+    # Namespace and config first, then the Secret and our Deployment, then what routes to it.
+    assert _applied(world) == [
+        f"namespaces/{NS}",
+        "configmaps/web-config",
+        "secrets/web-env",
+        "deployments/web",
+        "services/web",
+        "ingresses/web",
+    ]
+    namespace = world.cluster.get("namespaces", "", NS)
+    assert namespace is not None and namespace["metadata"]["labels"]["team"] == "shop"
+    ingress = world.cluster.get("ingresses", NS, "web")
+    assert ingress is not None and ingress["spec"]["rules"][0]["host"] == "shop.example.com"
+    web = world.deployment("web")
+    assert web is not None
+    assert web["spec"]["replicas"] == 4  # the manifest's: deploy.kubernetes.replicas is unset
+    assert web["spec"]["selector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "web", "quicflow.dev/track": "stable"}
+    }
+    labels = web["metadata"]["labels"]
+    assert labels["app"] == "web" and labels["quicflow.dev/run"] == first.id
+    assert web["metadata"]["annotations"]["example.com/owner"] == "shop"  # the patch
+    (app,) = web["spec"]["template"]["spec"]["containers"]
+    assert app["image"] == f"{IMAGE}:1.0"
+    assert app["resources"] == {"limits": {"cpu": "500m", "memory": "128Mi"}}  # the patch
+    assert app["args"] == ["--port", "8080"]
+    assert app["envFrom"] == [{"configMapRef": {"name": "web-config"}}]
+    env = {e["name"]: e for e in app["env"]}
+    assert env["GREETING"]["value"] == "hello"
+    assert env["DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "web-env"
+    assert DB_PASSWORD not in json.dumps(web) and DB_PASSWORD not in world.log
+    config = world.cluster.get("configmaps", NS, "web-config")
+    assert config is not None and config["data"] == {"MODE": "fast"}
+    assert config["metadata"]["labels"]["quicflow.dev/project"] == "web"
+    service = world.cluster.get("services", NS, "web")
+    assert service is not None
+    assert service["spec"]["selector"] == {"app": "web", "app.kubernetes.io/name": "web"}
+    for obj in (web, config, service):
+        assert {m["manager"] for m in obj["metadata"]["managedFields"]} == {"quicflow"}
+    assert "applied ConfigMap shop/web-config from projects/web/k8s/config.yaml document 1" in (
+        world.log
+    )
+
+    # Nothing differs: not the fields the manifest sets, nor another tool's annotation.
+    world.cluster.edit(
+        "deployments", NS, "web", {"metadata": {"annotations": {"other.io/x": "y"}}}, "kubectl"
+    )
+    (action,) = (await world.plan()).actions
+    assert action.kind.value == "none", action
+    # kubectl set image: drift, on the image only.
+    world.cluster.edit(
+        "deployments",
+        NS,
+        "web",
+        {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil:1"}]}}}},
+        "kubectl-set",
+    )
+    (action,) = (await world.plan()).actions
+    assert action.reason.value == "drift"
+    # The image only: none of the fields the manifest sets.
+    assert action.detail == (
+        "targets differ from the recorded release: shop (spec.template.spec.containers[app]"
+        f".image: live 'evil:1', applied '{IMAGE}:1.0')"
+    )
+
+    assert (await world.reconcile()).state is RunState.SUCCEEDED
+    assert world.image("web") == f"{IMAGE}:1.0"  # the image taken back
+
+    # A change to a manifest alone is a config change: it rolls out.
+    config_file = "projects/web/k8s/config.yaml"
+    world.repo.commit({config_file: MANIFESTS[config_file].replace("fast", "safe")})
+    (action,) = (await world.plan()).actions
+    assert action.reason.value == "config_changed", action
+    assert (await world.reconcile()).state is RunState.SUCCEEDED
+    config = world.cluster.get("configmaps", NS, "web-config")
+    assert config is not None and config["data"] == {"MODE": "safe"}
+
+    kubectl = subprocess.run(["which", "kubectl"], capture_output=True, text=True).stdout.strip()
+    if kubectl:  # Debian's kubernetes-client reads what the driver applied
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(world.server.kubeconfig(TOKEN))
+        out = subprocess.run(
+            [
+                kubectl,
+                "--kubeconfig",
+                str(kubeconfig),
+                "get",
+                "--raw",
+                f"/api/v1/namespaces/{NS}/configmaps/web-config",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["data"] == {"MODE": "safe"}
+
+
+async def test_user_manifests_with_canary(world: World) -> None:
+    _start_manifests(
+        world, "  type: canary\n  canary: {steps: [25, 100], analysis: {window: 0s}}\n", HTTP_HEALTH
+    )
+    assert (await world.reconcile()).state is RunState.SUCCEEDED
+    seen: list[dict] = []
+    original = world.cluster._control
+
+    def spy(namespace: str, name: str, **kw: object) -> None:
+        if name == "web-canary":
+            seen.append(copy.deepcopy(world.cluster.objects[("deployments", namespace, name)]))
+        original(namespace, name, **kw)  # type: ignore[arg-type]
+
+    world.cluster._control = spy  # type: ignore[method-assign]
+    second = await world.release("2.0")
+    assert second.state is RunState.SUCCEEDED, second.error
+    canary = seen[0]
+    assert canary["spec"]["replicas"] == 1  # 25% of the manifest's 4
+    pod_labels = canary["spec"]["template"]["metadata"]["labels"]
+    # Behind the same Service: the user's Service selects the canary's pods too.
+    assert pod_labels["app"] == "web" and pod_labels["quicflow.dev/track"] == "canary"
+    resources = canary["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["cpu"] == "500m"
+    assert world.image("web") == f"{IMAGE}:2.0"
+    assert world.deployment("web-canary") is None
+
+
+async def test_user_manifests_with_blue_green_switch_the_users_service(world: World) -> None:
+    _start_manifests(
+        world, "  type: blue_green\n  blue_green: {rollback_window: 1h}\n", HTTP_HEALTH
+    )
+    assert (await world.reconcile()).state is RunState.SUCCEEDED
+    service = world.cluster.get("services", NS, "web")
+    assert service is not None
+    assert service["spec"]["selector"] == {
+        "app": "web",
+        "app.kubernetes.io/name": "web",
+        "quicflow.dev/color": "blue",
+    }
+    second = await world.release("2.0")
+    assert second.state is RunState.SUCCEEDED, second.error
+    assert world.image("web-green") == f"{IMAGE}:2.0" and world.image("web-blue") == f"{IMAGE}:1.0"
+    service = world.cluster.get("services", NS, "web")
+    assert service is not None and service["spec"]["selector"]["quicflow.dev/color"] == "green"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080}]
+    assert world.deployment("web") is None  # only colors
+    back = await world.release("1.0")
+    assert back.state is RunState.SUCCEEDED, back.error
+    service = world.cluster.get("services", NS, "web")
+    assert service is not None and service["spec"]["selector"]["quicflow.dev/color"] == "blue"
+
+
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        (
+            {
+                **MANIFESTS,
+                "projects/web/k8s/deployment.yaml": MANIFESTS[
+                    "projects/web/k8s/deployment.yaml"
+                ].replace("name: web\n", "name: api\n", 1),
+            },
+            "deploy.kubernetes.deployment: no Deployment web among the manifests "
+            "(projects/web/k8s/config.yaml, projects/web/k8s/deployment.yaml, "
+            "projects/web/k8s/service.yaml; they hold",
+        ),
+        (
+            {
+                **MANIFESTS,
+                "projects/web/k8s/service.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: web\n",
+            },
+            "projects/web/k8s/service.yaml document 1: invalid YAML",
+        ),
+    ],
+)
+async def test_broken_manifests_fail_naming_the_file_and_apply_nothing(
+    world: World, files: dict[str, str], words: str
+) -> None:
+    _start_manifests(world, "  type: rolling\n", files=files)
+    run = await world.reconcile()
+    assert run.state is RunState.FAILED
+    assert words in run.error
+    assert [r for r in world.cluster.requests if r[0] == "PATCH"] == []
+    assert world.cluster.objects == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "files", "words"),
+    [
+        ("k8s/", {}, "manifests: no file or directory projects/web/k8s at this commit"),
+        ("../shop/k8s", {}, "'../shop/k8s' must be a path inside the project directory"),
+        ("k8s/", {"projects/web/k8s/notes.txt": "x"}, "directory projects/web/k8s/ holds no"),
+        ("k8s/notes.txt", {"projects/web/k8s/notes.txt": "x"}, "is not a .yaml or .yml file"),
+    ],
+)
+def test_a_manifest_path_that_cannot_be_read_is_a_config_problem(
+    world: World, path: str, files: dict[str, str], words: str
+) -> None:
+    _start_manifests(world, "  type: rolling\n", files=files)
+    project = (world.repo.path / "projects/web/project.yaml").read_text()
+    world.repo.commit(
+        {"projects/web/project.yaml": project.replace("manifests: k8s/", f"manifests: {path}")}
+    )
+    result = loading.Loader(GitRepository.open(world.repo.path)).load()
+    assert not result.ok
+    (problem,) = result.problems
+    assert problem.path == "projects/web/project.yaml"
+    assert words in problem.message
+    assert problem.json_path == "$.deploy.kubernetes.manifests" and problem.line > 0

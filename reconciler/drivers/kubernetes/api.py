@@ -41,14 +41,21 @@ from reconciler.drivers.kubernetes.clusters import (
 from reconciler.drivers.kubernetes.specs import plain
 from reconciler.errors import PermanentError, TemporaryError
 
-#: kind → (API group path, plural); the kinds the driver reads and writes.
+#: kind → (API group path, plural); the kinds the driver reads and writes (the ones a
+#: user's manifest may hold are ``overlays.KINDS``).
 RESOURCES: dict[str, tuple[str, str]] = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "ReplicaSet": ("/apis/apps/v1", "replicasets"),
     "Service": ("/api/v1", "services"),
     "Pod": ("/api/v1", "pods"),
     "Secret": ("/api/v1", "secrets"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Ingress": ("/apis/networking.k8s.io/v1", "ingresses"),
+    "Namespace": ("/api/v1", "namespaces"),
 }
+#: Kinds outside any namespace: their path has no ``namespaces/<ns>/``.
+CLUSTER_SCOPED = frozenset({"Namespace"})
 REQUEST_TIMEOUT = 30.0
 
 
@@ -234,7 +241,10 @@ class ClusterApi:
     @staticmethod
     def path(kind: str, namespace: str, name: str | None = None) -> str:
         group, plural = RESOURCES[kind]
-        base = f"{group}/namespaces/{quote(namespace, safe='')}/{plural}"
+        if kind in CLUSTER_SCOPED:
+            base = f"{group}/{plural}"
+        else:
+            base = f"{group}/namespaces/{quote(namespace, safe='')}/{plural}"
         return f"{base}/{quote(name, safe='')}" if name else base
 
     # -- what the driver uses ------------------------------------------------------------
@@ -271,16 +281,18 @@ class ClusterApi:
         """Server-side apply of ``obj`` as our field manager (``force`` takes conflicting fields)."""
         kind = str(obj["kind"])
         meta = obj["metadata"]
+        namespace = str(meta.get("namespace") or "")
         query: list[tuple[str, Any]] = [("fieldManager", FIELD_MANAGER)]
         if force:
             query.append(("force", "true"))
+        where = f"{namespace}/" if namespace else ""
         applied: dict[str, Any] = self._request(
             "PATCH",
-            self.path(kind, meta["namespace"], meta["name"]),
+            self.path(kind, namespace, meta["name"]),
             query=query,
             body=plain(obj),  # JSON is YAML: the client sends it as application/apply-patch+yaml
             content_type="application/apply-patch+yaml",
-            what=f"applying {kind} {meta['namespace']}/{meta['name']}",
+            what=f"applying {kind} {where}{meta['name']}",
         )
         return applied
 

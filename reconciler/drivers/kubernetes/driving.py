@@ -19,6 +19,14 @@ Strategies map onto Kubernetes objects:
 - blue-green: ``<name>-blue``/``<name>-green``; ``switch`` points the Service's selector
   at the new color; ``retire`` scales the old one to zero once its window is over.
 
+With ``deploy.kubernetes.manifests`` the objects come from your manifests, patched and
+with our fields on top (``overlays``): the other documents are applied first
+(namespace, accounts, config, other Deployments), then the Secret and our Deployment,
+then the app's Service and the rest (Services, Ingresses). The manifests are read and
+checked before anything is applied, so a broken one fails the step with nothing changed.
+The objects besides ours are shared by every track and color: a canary or a new color
+sees the ConfigMaps the serving one does (name them by version if they change with it).
+
 Rollback re-applies the previous release: the image recorded in the Deployment's
 ``quicflow.dev/previous-image`` annotation when it ran that version (the digest it ran),
 else the version's image. If the API server goes away, a step keeps trying for
@@ -34,7 +42,14 @@ from typing import Any, TypeVar
 
 from reconciler import builds
 from reconciler.drivers import DeployContext, Health, StepFailed, health, render
-from reconciler.drivers.kubernetes import FIELD_MANAGER, fields, manifests, rollouts, specs
+from reconciler.drivers.kubernetes import (
+    FIELD_MANAGER,
+    fields,
+    manifests,
+    overlays,
+    rollouts,
+    specs,
+)
 from reconciler.drivers.kubernetes.api import ApplyConflict, ClusterApi, ClusterUnreachable
 from reconciler.drivers.kubernetes.clusters import ClusterSource, source_for
 from reconciler.drivers.kubernetes.manifests import CANARY, STABLE
@@ -72,6 +87,7 @@ class KubernetesDriver:
         self.connect = connect
         self.starts = health.StartPeriods()
         self._api: ClusterApi | None = None
+        self._user: overlays.UserManifests | None = None
         #: What the state ref should know of this rollout (the digest the pods run).
         self.recorded: dict[str, str] = {}
 
@@ -174,6 +190,24 @@ class KubernetesDriver:
         )
         return release, secret_values
 
+    def _manifests(self, target: TargetRef) -> overlays.UserManifests | None:
+        """The user's manifests, patched and checked (read once); None without ``manifests``."""
+        if not self.spec.manifests:
+            return None
+        if self._user is None:
+            blue_green = self.strategy.type is model.StrategyType.BLUE_GREEN
+            try:
+                self._user = overlays.load(self.spec, blue_green=blue_green)
+            except overlays.ManifestError as exc:
+                raise StepFailed(target.name, str(exc)) from None
+            # The manifest's replicas count when deploy.kubernetes.replicas is not set.
+            self.spec = overlays.with_replicas(self.spec, self._user)
+        return self._user
+
+    def _service(self, release: manifests.Release, color: str | None) -> dict[str, Any] | None:
+        """The app's Service: the manifest's with our selector, or the generated one."""
+        return overlays.service(self.spec, release, self._user, color)
+
     def _rolling_params(self) -> Mapping[str, Any]:
         if self.strategy.type is model.StrategyType.ROLLING:
             return self.strategy.params
@@ -183,7 +217,7 @@ class KubernetesDriver:
 
     async def _apply(self, ctx: DeployContext, target: TargetRef, obj: Mapping[str, Any]) -> Any:
         api = await self.api(ctx, target)
-        what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        what = _what(obj)
         try:
             return await self._call(target, api.apply, obj, False)
         except ApplyConflict as exc:
@@ -207,20 +241,23 @@ class KubernetesDriver:
         service: bool = True,
     ) -> dict[str, Any]:
         """Apply one Deployment (its Secret and maybe the Service) and wait for its rollout."""
+        user = self._manifests(target)  # read and checked before anything is applied
         api = await self.api(ctx, target)
         spec = self.spec
         name = manifests.deployment_name(spec, color, track)
         source = f"{target.name}/{name}"
         image = image or self.image_ref(ctx, target, version)
         release, secret_values = self._release(ctx, target, version, image, color)
-        body = manifests.deployment(
-            spec,
-            release,
-            replicas=spec.replicas if replicas is None else replicas,
-            color=color,
-            track=track,
-            rolling=self._rolling_params(),
-        )
+        count = spec.replicas if replicas is None else replicas
+        rolling = self._rolling_params()
+        if user is not None:
+            body = overlays.deployment(
+                spec, release, user, replicas=count, color=color, track=track, rolling=rolling
+            )
+        else:
+            body = manifests.deployment(
+                spec, release, replicas=count, color=color, track=track, rolling=rolling
+            )
         live = await self._call(target, api.get, "Deployment", spec.namespace, name)
         annotations = body["metadata"]["annotations"]
         if live is not None:
@@ -234,6 +271,8 @@ class KubernetesDriver:
                 for key in (manifests.PREVIOUS_VERSION, manifests.PREVIOUS_IMAGE):
                     if before.get(key):
                         annotations[key] = before[key]
+        for doc in user.before if user is not None else ():
+            await self._apply_manifest(ctx, target, source, release, doc)
         secret = manifests.secret(spec, release, name, secret_values)
         if secret is not None:
             await self._apply(ctx, target, secret)
@@ -248,13 +287,32 @@ class KubernetesDriver:
             current = await self._call(
                 target, api.get, "Service", spec.namespace, spec.service_name
             )
-            svc = manifests.service(spec, release, color)
+            svc = self._service(release, color)
             # Blue-green: an existing Service keeps its selector until ``switch``.
             if svc is not None and (color is None or current is None):
                 await self._apply(ctx, target, svc)
                 ctx.log(source, f"applied Service {spec.namespace}/{spec.service_name}")
+        for doc in user.after if user is not None else ():
+            await self._apply_manifest(ctx, target, source, release, doc)
         done = await self._wait(ctx, target, api, applied)
         return done
+
+    async def _apply_manifest(
+        self,
+        ctx: DeployContext,
+        target: TargetRef,
+        source: str,
+        release: manifests.Release,
+        doc: overlays.Document,
+    ) -> None:
+        """Apply one manifest besides ours (with our labels); log where it came from."""
+        applied = await self._apply(ctx, target, overlays.labelled(self.spec, release, doc))
+        # Kind and name only: a Secret's values never reach the log.
+        ctx.log(
+            source,
+            f"applied {_what(doc.body)} from {doc.where} (resourceVersion "
+            f"{applied['metadata'].get('resourceVersion')})",
+        )
 
     async def _wait(
         self, ctx: DeployContext, target: TargetRef, api: ClusterApi, obj: dict[str, Any]
@@ -404,6 +462,7 @@ class KubernetesDriver:
         self, ctx: DeployContext, target: TargetRef, version: str, percent: int
     ) -> None:
         """Run ``version`` as ``<name>-canary`` with ``percent`` of the replicas."""
+        self._manifests(target)  # the manifest may say how many replicas the primary has
         replicas = manifests.canary_replicas(self.spec.replicas, percent)
         ctx.log(
             f"{target.name}/kubernetes",
@@ -430,14 +489,20 @@ class KubernetesDriver:
     async def switch(self, ctx: DeployContext, targets: Sequence[TargetRef], color: str) -> None:
         """Point the Service's selector at ``color``."""
         for target in targets:
+            self._manifests(target)
             release, _ = self._release(
                 ctx, target, ctx.version, self.image_ref(ctx, target, ctx.version), color
             )
-            svc = manifests.service(self.spec, release, color)
+            svc = self._service(release, color)
             if svc is None:
                 raise StepFailed(
                     target.name,
-                    "blue-green on Kubernetes switches a Service: set deploy.kubernetes.ports",
+                    "blue-green on Kubernetes switches a Service: set deploy.kubernetes.ports"
+                    + (
+                        f" or add a Service {self.spec.service_name} to the manifests"
+                        if self.spec.manifests
+                        else ""
+                    ),
                 )
             await self._apply(ctx, target, svc)
             ctx.log(
@@ -492,6 +557,13 @@ class KubernetesDriver:
 
 
 _DELETED: dict[str, Any] = {}
+
+
+def _what(obj: Mapping[str, Any]) -> str:
+    """``Kind namespace/name`` (``Kind name`` for a cluster-scoped object) for messages."""
+    meta = obj["metadata"]
+    where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+    return f"{obj['kind']} {where}{meta['name']}"
 
 
 def _next_change(

@@ -5,11 +5,16 @@ blue-green the color the state ref names — and, for blue-green, the Service. D
 judged on our fields only (``drift``): the replicas and image we applied (the image
 as our ``quicflow.dev/image`` annotation records it), and which color the Service
 selects. A Deployment that is gone while the state ref records a release is drift too.
+With ``manifests``, the fields the manifest sets are never compared (we apply them all,
+so they are ours, but they are the user's text, not our intent); its ``spec.replicas``
+is the one compared when ``deploy.kubernetes.replicas`` is not set.
 """
 
 from __future__ import annotations
 
-from reconciler.drivers.kubernetes import clusters, drift, manifests, specs
+import contextlib
+
+from reconciler.drivers.kubernetes import clusters, drift, manifests, overlays, specs
 from reconciler.drivers.kubernetes.api import ClusterApi
 from reconciler.gitops import model
 from reconciler.gitops.planning import DeployedRecord, Observation
@@ -23,6 +28,10 @@ def observe(
 ) -> Observation:
     """The observation of ``env`` (raises our errors when the cluster cannot be read)."""
     spec = specs.read(env.deploy)
+    if spec.manifests:
+        # Broken manifests: a run will report them; the replicas of the config still count.
+        with contextlib.suppress(overlays.ManifestError):
+            spec = overlays.with_replicas(spec, overlays.load(spec))
     api = connect(clusters.source_for(spec, credential_value))
     try:
         color = record.color if env.strategy.type is model.StrategyType.BLUE_GREEN else None

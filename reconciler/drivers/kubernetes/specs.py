@@ -2,6 +2,8 @@
 
 Pure: the schema has checked the form at load; this only names things and fills in
 defaults, so the driver, ``quicflow plan`` and drift detection read the block alike.
+With ``manifests``, the files the loader read for them travel in ``files`` (path from
+the config root → text); ``overlays`` turns them and ``patches`` into objects.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ class KubernetesSpec:
     force_conflicts: bool = True
     restart_limit: int = DEFAULT_RESTART_LIMIT
     api_grace: float = DEFAULT_API_GRACE
+    #: ``deploy.kubernetes.manifests`` as written (paths relative to the project directory).
+    manifests: tuple[str, ...] = ()
+    patches: tuple[Mapping[str, Any], ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Whether ``replicas`` was set: if not, a manifest's own ``spec.replicas`` counts.
+    replicas_given: bool = True
 
     @property
     def service_name(self) -> str:
@@ -92,6 +100,7 @@ def read(deploy: model.DeployConfig) -> KubernetesSpec:
                     str(item.get("protocol") or "TCP"),
                 )
             )
+    manifests = raw.get("manifests") or ()
     return KubernetesSpec(
         deployment=str(raw["deployment"]),
         namespace=str(raw.get("namespace") or "default"),
@@ -112,6 +121,10 @@ def read(deploy: model.DeployConfig) -> KubernetesSpec:
         force_conflicts=bool(raw.get("force_conflicts", True)),
         restart_limit=int(raw.get("restart_limit", DEFAULT_RESTART_LIMIT)),
         api_grace=parse_duration(raw.get("api_grace"), DEFAULT_API_GRACE) or 0.0,
+        manifests=(manifests,) if isinstance(manifests, str) else tuple(map(str, manifests)),
+        patches=tuple(plain(p) for p in raw.get("patches") or ()),
+        files=dict(deploy.files),
+        replicas_given="replicas" in raw,
     )
 
 
