@@ -49,8 +49,11 @@ OUTPUT     seq, stream (data = output bytes)
 ACK        seq
 EXIT       command_id, exit_code, signal, duration, timed_out, cancelled, error
 CANCEL     command_id
-STATUS     time, processes[{name,pid,state,cpu_percent,memory_bytes}],
-           containers[{name,image,digest,state,health,labels{}}], notes[]
+STATUS     time, processes[{name,pid,state,cpu_percent,memory_bytes,started}],
+           containers[{name,id,image,digest,state,health,started,cpu_percent,
+           memory_bytes,labels{}}], processes_omitted, containers_omitted, notes[]
+           (at most ``MAX_STATUS_ENTRIES`` of each list; fields added after the
+           first release are optional, so either side may be the older one)
 ERROR      reason, code ("auth", "protocol", "revoked", "replaced", "duplicate", "shutdown")
 
 ``cwd`` of EXEC and ``directory`` of GIT_PULL are relative to the agent's work root (or
@@ -64,9 +67,11 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 VERSION = 1
 ALPN = "quicflow/1"
@@ -76,6 +81,9 @@ MAX_DATA = 16 << 20
 # Output is cut into chunks of at most this many bytes: large enough to amortise frame
 # overhead, small enough that one command cannot hog a connection.
 MAX_CHUNK = 64 * 1024
+# Processes and containers per STATUS report: the hub keeps every agent's latest report
+# in memory, so a host running hundreds of containers must not cost it hundreds of KB.
+MAX_STATUS_ENTRIES = 50
 # What an EXEC may be for.  ``script`` is shell from the config repo; the others are the
 # fixed programs of their deploy type, with config values only in the environment.
 DEPLOY_TYPES = ("script", "git_pull", "container")
@@ -244,7 +252,8 @@ class ProcessStatus:
     pid: int | None
     state: str
     cpu_percent: float = 0.0
-    memory_bytes: int = 0
+    memory_bytes: int = 0  # resident set size
+    started: float | None = None  # epoch seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +268,11 @@ class ContainerStatus:
     # The container's quicflow.* labels (project, env, target, image…): drift detection
     # pairs containers with environments by them.
     labels: Mapping[str, str] = field(default_factory=dict)
+    id: str = ""  # short (12 hex digits)
+    started: float | None = None  # epoch seconds; None when it never ran
+    # From the container's cgroup; None where the host does not expose it to the agent.
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +283,9 @@ class StatusReport:
     processes: tuple[ProcessStatus, ...] = ()
     containers: tuple[ContainerStatus, ...] = ()
     notes: tuple[str, ...] = ()
+    # How many more were found than the report lists (``MAX_STATUS_ENTRIES``).
+    processes_omitted: int = 0
+    containers_omitted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,54 +441,78 @@ def status_to_meta(report: StatusReport) -> dict[str, Any]:
                 "state": p.state,
                 "cpu_percent": p.cpu_percent,
                 "memory_bytes": p.memory_bytes,
+                "started": p.started,
             }
             for p in report.processes
         ],
         "containers": [
             {
                 "name": c.name,
+                "id": c.id,
                 "image": c.image,
                 "digest": c.digest,
                 "state": c.state,
                 "health": c.health,
+                "started": c.started,
+                "cpu_percent": c.cpu_percent,
+                "memory_bytes": c.memory_bytes,
                 "labels": dict(c.labels),
             }
             for c in report.containers
         ],
+        "processes_omitted": report.processes_omitted,
+        "containers_omitted": report.containers_omitted,
         "notes": list(report.notes),
     }
 
 
 def status_from_meta(meta: Mapping[str, Any]) -> StatusReport:
-    """Decode a STATUS frame meta."""
+    """Decode a STATUS frame meta (at most ``MAX_STATUS_ENTRIES`` of each list are kept)."""
     try:
+        # An agent of an earlier release lists every container, not only ours, and
+        # without a cap: the hub keeps the first entries and counts the rest.
+        processes = list(meta.get("processes") or ())
+        containers = list(meta.get("containers") or ())
         return StatusReport(
             time=float(meta.get("time") or 0.0),
             processes=tuple(
                 ProcessStatus(
                     name=str(p["name"]),
-                    pid=p.get("pid"),
+                    pid=None if p.get("pid") is None else int(p["pid"]),
                     state=str(p.get("state") or "unknown"),
                     cpu_percent=float(p.get("cpu_percent") or 0.0),
                     memory_bytes=int(p.get("memory_bytes") or 0),
+                    started=_optional(float, p.get("started")),
                 )
-                for p in meta.get("processes") or ()
+                for p in processes[:MAX_STATUS_ENTRIES]
             ),
             containers=tuple(
                 ContainerStatus(
                     name=str(c["name"]),
                     image=str(c.get("image") or ""),
-                    digest=c.get("digest"),
+                    digest=_optional(str, c.get("digest")),
                     state=str(c.get("state") or "unknown"),
-                    health=c.get("health"),
-                    labels={str(k): str(v) for k, v in (c.get("labels") or {}).items()},
+                    health=_optional(str, c.get("health")),
+                    labels=_string_map(c.get("labels") or {}),
+                    id=str(c.get("id") or ""),
+                    started=_optional(float, c.get("started")),
+                    cpu_percent=_optional(float, c.get("cpu_percent")),
+                    memory_bytes=_optional(int, c.get("memory_bytes")),
                 )
-                for c in meta.get("containers") or ()
+                for c in containers[:MAX_STATUS_ENTRIES]
             ),
             notes=tuple(str(n) for n in meta.get("notes") or ()),
+            processes_omitted=int(meta.get("processes_omitted") or 0)
+            + max(0, len(processes) - MAX_STATUS_ENTRIES),
+            containers_omitted=int(meta.get("containers_omitted") or 0)
+            + max(0, len(containers) - MAX_STATUS_ENTRIES),
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise ProtocolError(f"bad STATUS frame: {error}") from error
+
+
+def _optional(kind: Callable[[Any], _T], value: Any) -> _T | None:
+    return None if value is None else kind(value)
 
 
 def _string_map(value: Any) -> dict[str, str]:

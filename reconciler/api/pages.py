@@ -36,6 +36,7 @@ from reconciler.api import auth, routes, views
 from reconciler.auth import limiting
 from reconciler.auth import tokens as api_tokens
 from reconciler.engine.control import EngineControl
+from reconciler.hub import registry
 from reconciler.log import queries as log_queries
 from reconciler.log import records
 from reconciler.log.victorialogs import QueryFailed
@@ -111,6 +112,14 @@ LABELS: dict[str, dict[str, str]] = {
         "waiting": "waiting",
         "processes": "processes",
         "containers": "containers",
+        "kind": "Kind",
+        "process": "process",
+        "container": "container",
+        "health": "Health",
+        "cpu": "CPU",
+        "memory": "Memory",
+        "no_report": "no status report yet",
+        "not_listed": "{n} more not listed",
         "key": "Key",
         "status": "Status",
         "attempts": "attempts",
@@ -237,6 +246,14 @@ LABELS: dict[str, dict[str, str]] = {
         "waiting": "等待中",
         "processes": "进程",
         "containers": "容器",
+        "kind": "类型",
+        "process": "进程",
+        "container": "容器",
+        "health": "健康状况",
+        "cpu": "CPU",
+        "memory": "内存",
+        "no_report": "尚未收到状态报告",
+        "not_listed": "另有 {n} 项未列出",
         "key": "键",
         "status": "状态",
         "attempts": "次尝试",
@@ -370,6 +387,7 @@ def _environment() -> jinja2.Environment:
     env.filters["when"] = iso_time
     env.filters["sha"] = shortened
     env.filters["short"] = lambda value: (value or "")[:SHORT_SHA]
+    env.filters["size"] = lambda value: "—" if value is None else registry.size_text(value)
     return env
 
 

@@ -19,6 +19,7 @@ from reconciler.auth import permissions
 from reconciler.engine.control import EngineControl
 from reconciler.gitops import model
 from reconciler.gitops.planning import Action, DeployedRecord, Plan
+from reconciler.hub import registry
 from reconciler.log.store import LogLine
 from reconciler.runs import Decision, Run, RunState, Step, StepKind
 
@@ -372,28 +373,12 @@ def history_view(engine: EngineControl, project: str, env: str, limit: int) -> l
 
 
 def agents_view(engine: EngineControl) -> list[dict[str, Any]]:
-    """Connected agents when the engine has a hub; process command lines are not shown."""
+    """Connected agents when the engine has a hub, each with the processes and containers
+    of its latest status report; process command lines are not shown."""
     hub = getattr(engine, "hub", None)
     if hub is None:
         return []
-    out = []
-    for info in sorted(hub.agents(), key=lambda a: a.name):
-        status = info.status
-        out.append(
-            {
-                "name": info.name,
-                "labels": dict(info.labels),
-                "hostname": info.hostname,
-                "os": info.os,
-                "agent_version": info.agent_version,
-                "address": info.address,
-                "connected_since": info.connected_since,
-                "last_heartbeat": info.last_heartbeat,
-                "processes": len(status.processes) if status else None,
-                "containers": len(status.containers) if status else None,
-            }
-        )
-    return out
+    return [registry.as_json(info) for info in sorted(hub.agents(), key=lambda a: a.name)]
 
 
 def webhook_view(hook: model.WebhookTrigger) -> dict[str, Any]:

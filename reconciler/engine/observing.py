@@ -7,12 +7,14 @@ from (the ``quicflow.image`` label, ``repository@sha256:…``) — the digest th
 records. The report's own ``digest`` is the local image id, which never equals a
 registry digest, so it is not used. Stopped containers (the copy a rolling deploy keeps
 for rollback) and a blue-green environment's idle color are not what serves, so they
-are not observed.
+are not observed. Nor is a container on an agent the environment does not target (one
+started by hand, or left from before its targets changed): only the environment's own
+targets say whether it drifted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from agent.protocol import StatusReport
 from reconciler.gitops.planning import Observation
@@ -45,12 +47,15 @@ def live_colors(succeeded: Iterable[Run]) -> dict[tuple[str, str], str]:
 
 def observations(
     reports: Iterable[tuple[str, StatusReport | None]],
+    targets: Callable[[str, str], Collection[str]],
     live_colors: Mapping[tuple[str, str], str] | None = None,
 ) -> list[Observation]:
     """Observations of the running, labelled containers in (agent name, report) pairs.
 
-    ``live_colors`` names the serving color of blue-green environments; a colored
-    container of another color is the idle one and is left out.
+    ``targets(project, env)`` names the agents that environment targets; a container
+    reported by any other agent is left out. ``live_colors`` names the serving color of
+    blue-green environments; a colored container of another color is the idle one and
+    is left out.
     """
     colors = live_colors or {}
     found = []
@@ -62,6 +67,8 @@ def observations(
             project, env = labels.get(PROJECT), labels.get(ENV)
             digest = image_digest(labels.get(IMAGE, ""))
             if not project or not env or digest is None or container.state != "running":
+                continue
+            if agent not in targets(project, env):
                 continue
             color = labels.get(COLOR)
             if color and colors.get((project, env), color) != color:

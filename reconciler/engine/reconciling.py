@@ -13,6 +13,7 @@ them and implements ``EngineControl``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from reconciler.engine import assembly, clusters, observing
 from reconciler.errors import ConfigError, ConfigProblem, QuicFlowError
 from reconciler.gitops import model, planning, reverting
 from reconciler.runs import Run, RunState
+from reconciler.targets import resolving
 
 _log = logging.getLogger(__name__)
 
@@ -55,15 +57,26 @@ class Reconciler(assembly.EngineParts):
         if desired is None:
             return planning.Plan(())
         state, deployed = self.history.deployed()
-        return self._planner.plan(desired, deployed, self._observations(), state_commit=state)
+        observed = self._observations(desired)
+        return self._planner.plan(desired, deployed, observed, state_commit=state)
 
-    def _observations(self) -> list[planning.Observation]:
+    def _observations(self, desired: model.DesiredState) -> list[planning.Observation]:
         """The agents' running containers (for drift), when a QUIC hub runs in this process."""
         if self.hub is None:
             return list(self._cluster_observations)
+
+        # Resolved only for environments some container claims, once per plan.
+        @functools.cache
+        def targeted(project: str, env: str) -> frozenset[str]:
+            environment = desired.environment(project, env)
+            if environment is None:
+                return frozenset()
+            resolved = resolving.resolve(environment, desired, self.data_dir)
+            return frozenset(t.name for t in resolved if t.kind == "agent")
+
         reports = [(a.name, self.hub.status(a.name)) for a in self.hub.agents()]
         succeeded, _ = self.runs.list(states=[RunState.SUCCEEDED], limit=200)  # newest first
-        found = observing.observations(reports, observing.live_colors(succeeded))
+        found = observing.observations(reports, targeted, observing.live_colors(succeeded))
         return found + self._cluster_observations
 
     # -- the pass: refresh → plan → dispatch → record ---------------------------------

@@ -6,7 +6,8 @@ hub's directory inside it (``locations.hub_dir``), so what they print and change
 the running hub uses.  ``agent-token create`` prints the token alone on stdout so it can
 be captured (``quicflow agent-token create web-1 > web-1.token``); everything else goes
 to stderr.  ``agents`` lists agents from the running server's API (``--api``) or from the
-snapshot the hub keeps in its directory.
+snapshot the hub keeps in its directory; ``--detail`` adds each agent's reported
+processes and containers.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from reconciler.hub import locations, snapshots, tls, tokens
+from reconciler.hub import locations, registry, snapshots, tls, tokens
 
 DEFAULT_DATA = Path(".quicflow")
 
@@ -114,8 +116,18 @@ def revoke(name: str, data_dir: Path) -> None:
     default="text",
     show_default=True,
 )
-def agents(data_dir: Path, api_url: str | None, token_file: Path | None, fmt: str) -> None:
-    """List agents: connected ones with labels, heartbeat age and version; known ones offline."""
+@click.option(
+    "--detail",
+    "-v",
+    is_flag=True,
+    help="Also list each agent's reported processes and containers (state, health, cpu,"
+    " memory, version).",
+)
+def agents(
+    data_dir: Path, api_url: str | None, token_file: Path | None, fmt: str, detail: bool
+) -> None:
+    """List agents: connected ones with labels, heartbeat age, version and what they report;
+    known ones offline."""
     now = time.time()
     if api_url is not None:
         rows = _from_api(api_url, token_file, now)
@@ -127,24 +139,101 @@ def agents(data_dir: Path, api_url: str | None, token_file: Path | None, fmt: st
     if not rows:
         click.echo("no agents: issue a token with 'quicflow agent-token create NAME'")
         return
-    header = ("NAME", "STATE", "HEARTBEAT", "VERSION", "ADDRESS", "HOST", "LABELS")
-    table = [header] + [
-        (
-            row["name"],
-            row["state"],
-            "-" if row["heartbeat_age"] is None else f"{row['heartbeat_age']:.0f}s ago",
-            row["agent_version"] or "-",
-            row["address"] or "-",
-            row["hostname"] or "-",
-            ",".join(f"{k}={v}" for k, v in sorted(row["labels"].items())) or "-",
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    header = (
+        "NAME", "STATE", "HEARTBEAT", "VERSION", "ADDRESS", "HOST", "PROCS", "CONTAINERS",
+        "LABELS",
+    )  # fmt: skip
+    _echo_table(
+        [header]
+        + [
+            (
+                row["name"],
+                row["state"],
+                "-" if row["heartbeat_age"] is None else f"{row['heartbeat_age']:.0f}s ago",
+                row["agent_version"] or "-",
+                row["address"] or "-",
+                row["hostname"] or "-",
+                _count(row["processes"], row["processes_omitted"]),
+                _count(row["containers"], row["containers_omitted"]),
+                ",".join(f"{k}={v}" for k, v in sorted(row["labels"].items())) or "-",
+            )
+            for row in rows
+        ]
+    )
+    if detail:
+        for row in rows:
+            _echo_detail(row)
+
+
+def _echo_table(table: Sequence[tuple[str, ...]], indent: str = "") -> None:
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
     for line in table:
-        click.echo(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        click.echo((indent + "  ".join(cells)).rstrip())
+
+
+def _count(entries: list[dict[str, Any]] | None, omitted: int) -> str:
+    """How many an agent reported ("-": no report yet)."""
+    return "-" if entries is None else str(len(entries) + omitted)
+
+
+def _echo_detail(row: dict[str, Any]) -> None:
+    """The processes and containers of one agent's latest report, as a table of their own."""
+    processes, containers = row["processes"], row["containers"]
+    if processes is None or containers is None:
+        if row["state"] == "connected":
+            click.echo(f"\n{row['name']}: no status report yet")
+        return
+    process_count = len(processes) + row["processes_omitted"]
+    container_count = len(containers) + row["containers_omitted"]
+    click.echo(
+        f"\n{row['name']}: {process_count} process{'es' if process_count != 1 else ''},"
+        f" {container_count} container{'s' if container_count != 1 else ''}"
+    )
+    table = [("KIND", "NAME", "PID/ID", "STATE", "HEALTH", "CPU", "MEMORY", "VERSION", "STARTED")]
+    for process in processes:
+        table.append(
+            (
+                "process",
+                process["name"],
+                "-" if process["pid"] is None else str(process["pid"]),
+                process["state"],
+                "-",
+                f"{process['cpu_percent']:.1f}%",
+                registry.size_text(process["memory_bytes"]),
+                "-",
+                _moment(process.get("started")),
+            )
         )
+    for container in containers:
+        labels = container.get("labels") or {}
+        cpu = container.get("cpu_percent")
+        table.append(
+            (
+                "container",
+                container["name"],
+                container.get("id") or "-",
+                container["state"],
+                container.get("health") or "-",
+                "-" if cpu is None else f"{cpu:.1f}%",
+                registry.size_text(container.get("memory_bytes")),
+                labels.get("quicflow.version") or "-",
+                _moment(container.get("started")),
+            )
+        )
+    if len(table) > 1:
+        _echo_table(table, indent="  ")
+    for kind in ("processes", "containers"):
+        if row[f"{kind}_omitted"]:
+            click.echo(f"  ({row[f'{kind}_omitted']} more {kind} not listed)")
+    for note in row["notes"]:
+        click.echo(f"  note: {note}")
+
+
+def _moment(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _row(agent: dict[str, Any] | None, name: str, state: str, now: float) -> dict[str, Any]:
@@ -158,7 +247,17 @@ def _row(agent: dict[str, Any] | None, name: str, state: str, now: float) -> dic
         "agent_version": agent.get("agent_version") or "",
         "address": agent.get("address") or "",
         "hostname": agent.get("hostname") or "",
+        # The latest status report (None: none yet; an earlier server sent only counts).
+        "processes": _entries(agent.get("processes")),
+        "containers": _entries(agent.get("containers")),
+        "processes_omitted": int(agent.get("processes_omitted") or 0),
+        "containers_omitted": int(agent.get("containers_omitted") or 0),
+        "notes": list(agent.get("notes") or ()),
     }
+
+
+def _entries(value: Any) -> list[dict[str, Any]] | None:
+    return [dict(entry) for entry in value] if isinstance(value, list) else None
 
 
 def _from_data_dir(directory: Path, now: float) -> list[dict[str, Any]]:

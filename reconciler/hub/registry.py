@@ -32,7 +32,7 @@ class AgentInfo:
 
 
 def as_json(info: AgentInfo) -> dict[str, Any]:
-    """A JSON-ready view of ``info`` (for ``GET /api/release/agents`` and the status page)."""
+    """A JSON-ready view of ``info`` (the agents API, the status page, the snapshot)."""
     return {
         "name": info.name,
         "labels": dict(info.labels),
@@ -43,8 +43,39 @@ def as_json(info: AgentInfo) -> dict[str, Any]:
         "last_heartbeat": info.last_heartbeat,
         "address": info.address,
         "heartbeat_interval": info.heartbeat_interval,
-        "status": None if info.status is None else protocol.status_to_meta(info.status),
+        **status_json(info.status),
     }
+
+
+def status_json(report: protocol.StatusReport | None) -> dict[str, Any]:
+    """The processes and containers of an agent's latest report (None lists: no report yet).
+
+    Only what the agent collected travels: no command lines, no container environment.
+    """
+    if report is None:
+        return {
+            "reported_at": None,
+            "processes": None,
+            "containers": None,
+            "processes_omitted": 0,
+            "containers_omitted": 0,
+            "notes": [],
+        }
+    meta = protocol.status_to_meta(report)
+    return {"reported_at": meta.pop("time"), **meta}
+
+
+def size_text(size: int | None) -> str:
+    """A memory size for people (``512 B``, ``12.3 MiB``); ``-`` when unknown."""
+    if size is None:
+        return "-"
+    value, unit = float(size), 0
+    while value >= 1024 and unit < len(_SIZE_UNITS) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{size} B" if unit == 0 else f"{value:.1f} {_SIZE_UNITS[unit]}"
+
+
+_SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
 def matches(

@@ -3,8 +3,10 @@
 The running hub rewrites the file whenever an agent connects or leaves and at least once a
 heartbeat interval (at most every ``MAX_INTERVAL`` s), atomically, so a reader sees a whole
 file.  It holds what ``quicflow agents`` prints -- name, labels, version, address, last
-heartbeat -- not status reports.  On a clean stop the hub writes an empty, "stopped" one;
-a snapshot much older than its interval means the hub died without saying so.
+heartbeat, and with ``--detail`` the processes and containers of each agent's latest status
+report (``registry.as_json``, as the API shows them; capped per agent by the protocol).  On
+a clean stop the hub writes an empty, "stopped" one; a snapshot much older than its
+interval means the hub died without saying so.
 """
 
 from __future__ import annotations
@@ -58,20 +60,7 @@ def render(
         "address": address,
         "interval": interval,
         "running": running,
-        "agents": [
-            {
-                "name": info.name,
-                "labels": dict(info.labels),
-                "hostname": info.hostname,
-                "os": info.os,
-                "agent_version": info.agent_version,
-                "address": info.address,
-                "connected_since": info.connected_since,
-                "last_heartbeat": info.last_heartbeat,
-                "heartbeat_interval": info.heartbeat_interval,
-            }
-            for info in agents
-        ],
+        "agents": [registry.as_json(info) for info in agents],
     }
 
 

@@ -119,6 +119,50 @@ def test_results_hello_and_status_round_trip() -> None:
     assert protocol.status_from_meta(meta) == report
 
 
+def test_status_detail_travels_and_older_or_larger_reports_still_decode() -> None:
+    report = protocol.StatusReport(
+        10.0,
+        (protocol.ProcessStatus("nginx", 12, "sleeping", 1.5, 4096, started=5.0),),
+        (
+            protocol.ContainerStatus(
+                "shop-prod", "r/shop:1", "sha256:ef", "running", "healthy",
+                {"quicflow.version": "1.0"}, id="0123456789ab", started=7.5,
+                cpu_percent=2.5, memory_bytes=1 << 20,
+            ),
+        ),
+        processes_omitted=3,
+    )  # fmt: skip
+    assert protocol.status_from_meta(protocol.status_to_meta(report)) == report
+
+    # An agent of the first release: no ids, times, container cpu/memory or omitted counts.
+    old = {
+        "time": 1.0,
+        "processes": [
+            {"name": "app", "pid": 7, "state": "running", "cpu_percent": 1, "memory_bytes": 2}
+        ],
+        "containers": [{"name": "web", "image": "i", "digest": None, "state": "running"}],
+        "notes": [],
+    }
+    decoded = protocol.status_from_meta(old)
+    assert decoded.processes == (protocol.ProcessStatus("app", 7, "running", 1.0, 2),)
+    assert decoded.containers == (protocol.ContainerStatus("web", "i", None, "running"),)
+    assert decoded.containers[0].memory_bytes is None and decoded.containers_omitted == 0
+
+    # It also listed every container on the host, uncapped: the hub keeps the first ones.
+    many = {**old, "containers": [{"name": f"c{i}"} for i in range(120)]}
+    decoded = protocol.status_from_meta(many)
+    assert len(decoded.containers) == protocol.MAX_STATUS_ENTRIES
+    assert decoded.containers_omitted == 120 - protocol.MAX_STATUS_ENTRIES
+
+    for bad in (
+        {"processes": [["not", "an", "object"]]},
+        {"containers": [{"name": "c", "labels": ["x"]}]},
+        {"processes": [{"name": "p", "pid": "seven"}]},
+    ):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.status_from_meta(bad)
+
+
 def test_deploy_type_and_instance_travel_and_default_for_older_peers() -> None:
     request = protocol.ExecRequest(command_id="c", argv=["true"], deploy_type="container")
     frame = protocol.FrameDecoder().feed(protocol.request_frame(request))[0]

@@ -58,14 +58,29 @@ def test_running_labelled_containers_become_observations_by_their_registry_diges
         ),
     )
     found = observing.observations(
-        [("web-1", report), ("web-9", None)], {("shop", "stage"): "green"}
+        [("web-1", report), ("web-9", None)], _everyone, {("shop", "stage"): "green"}
     )
     assert found == [
         planning.Observation("shop", "prod", "web-1", image_digest=GOOD),
         planning.Observation("shop", "stage", "web-1", image_digest=GOOD),
     ]
     # Without knowing the live color, both colors are observed.
-    assert len(observing.observations([("web-1", report)])) == 3
+    assert len(observing.observations([("web-1", report)], _everyone)) == 3
+
+
+def _everyone(project: str, env: str) -> set[str]:
+    return {"web-1", "web-2"}
+
+
+def test_a_container_counts_only_on_an_agent_its_environment_targets() -> None:
+    prod = _container("shop-prod", f"r/shop@{OTHER}", target="web-1")
+    targets = {("shop", "prod"): {"web-1"}}
+    found = observing.observations(
+        [("web-1", _report(prod)), ("web-2", _report(prod))],
+        lambda project, env: targets.get((project, env), set()),
+    )
+    # web-2's copy is not prod's even though its labels (target included) say so.
+    assert found == [planning.Observation("shop", "prod", "web-1", image_digest=OTHER)]
 
 
 def test_image_digest_of_a_reference() -> None:
@@ -133,5 +148,76 @@ async def test_the_reconciler_plans_drift_when_an_agent_runs_another_digest(
         (action,) = engine.plan().actions
         assert (action.kind, action.reason) == (planning.ActionKind.DEPLOY, planning.Reason.DRIFT)
         assert "web-1" in action.detail
+    finally:
+        await engine.close()
+
+
+async def test_only_agents_an_environment_targets_count_for_its_drift(tmp_path: Path) -> None:
+    # prod targets web-1 by name, stage every agent labelled role=web (web-2 only).
+    repo = ConfigRepo(tmp_path / "config")
+    commit = repo.commit(
+        {
+            "quicflow.yaml": USERS
+            + "agents:\n"
+            + "  - {name: web-1, address: 127.0.0.1}\n"
+            + "  - {name: web-2, address: 127.0.0.2, labels: {role: web}}\n",
+            "projects/shop/project.yaml": (
+                "members: [{user: bob, role: owner}]\n"
+                "deploy: {type: container, container: {image: 'r/shop:{{ version }}'}}\n"
+            ),
+            "projects/shop/environments/prod.yaml": 'version: "1.0"\ntargets: [{agent: web-1}]\n',
+            "projects/shop/environments/stage.yaml": (
+                'version: "1.0"\ntargets: [{selector: {role: web}}]\n'
+            ),
+        }
+    )
+    engine = Reconciler(GitRepository.open(repo.path), tmp_path / "data")
+    try:
+        await engine.refresh()
+        assert engine.desired is not None, engine.problems
+        for name in ("prod", "stage"):
+            env = engine.desired.environment("shop", name)
+            assert env is not None
+            engine.history.record_run(
+                RunOutcome(
+                    run_id=f"r-{name}",
+                    project="shop",
+                    env=name,
+                    config_commit=commit,
+                    version="1.0",
+                    config_hash=env.config_hash,
+                    outcome="succeeded",
+                    image_digest=GOOD,
+                )
+            )
+
+        def reasons() -> dict[str, planning.Reason]:
+            return {a.env: a.reason for a in engine.plan().actions}
+
+        # web-2 runs a container labelled shop/prod with another image -- a copy started by
+        # hand, or left from before prod's targets changed: prod does not target web-2.
+        engine.hub = _HubStatus(
+            {
+                "web-1": _report(_container("shop-prod", f"r/shop@{GOOD}")),
+                "web-2": _report(
+                    _container("shop-prod", f"r/shop@{OTHER}", target="web-2"),
+                    _container("shop-stage", f"r/shop@{GOOD}", env="stage", target="web-2"),
+                ),
+            }
+        )
+        assert reasons() == {"prod": planning.Reason.UNCHANGED, "stage": planning.Reason.UNCHANGED}
+
+        # Its containers count for stage, which targets it through the selector …
+        engine.hub.reports["web-2"] = _report(
+            _container("shop-stage", f"r/shop@{OTHER}", env="stage", target="web-2")
+        )
+        assert reasons() == {"prod": planning.Reason.UNCHANGED, "stage": planning.Reason.DRIFT}
+
+        # … and web-1's containers, even labelled shop/stage, do not.
+        engine.hub.reports["web-2"] = _report()
+        engine.hub.reports["web-1"] = _report(
+            _container("shop-stage", f"r/shop@{OTHER}", env="stage", target="web-1")
+        )
+        assert reasons() == {"prod": planning.Reason.UNCHANGED, "stage": planning.Reason.UNCHANGED}
     finally:
         await engine.close()

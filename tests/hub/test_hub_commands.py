@@ -12,6 +12,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from agent import protocol
 from reconciler.hub import commands, locations, registry, snapshots, tls, tokens
 
 
@@ -74,6 +75,8 @@ def test_agents_lists_connected_agents_from_the_snapshot_and_the_others_offline(
         "VERSION",
         "ADDRESS",
         "HOST",
+        "PROCS",
+        "CONTAINERS",
         "LABELS",
     ]
     assert lines[1].split() == [
@@ -84,9 +87,11 @@ def test_agents_lists_connected_agents_from_the_snapshot_and_the_others_offline(
         "1.2.3",
         "10.0.0.5:4000",
         "host-1",
+        "-",  # no status report yet
+        "-",
         "role=web",
     ]
-    assert lines[2].split() == ["web-2", "offline", "-", "-", "-", "-", "-"]
+    assert lines[2].split() == ["web-2", "offline", "-", "-", "-", "-", "-", "-", "-"]
 
     # A hub that stopped updating the snapshot is not believed: every agent shows offline.
     now += 60
@@ -104,3 +109,58 @@ def test_files_an_earlier_release_left_in_the_data_dir_are_pointed_out(tmp_path:
     assert f"warning: {tmp_path / tls.CERTIFICATE_FILE} was written by an earlier" in result.stderr
     assert result.stdout.strip() == tls.ensure_identity(tmp_path / "hub").fingerprint()
     assert result.stdout.strip() != tls.ensure_identity(tmp_path).fingerprint()
+
+
+def test_agents_detail_lists_each_agent_s_processes_and_containers(
+    tmp_path: Path, monkeypatch
+) -> None:
+    hub_dir = locations.hub_dir(tmp_path)
+    tokens.TokenStore(hub_dir).create("web-1")
+    now = 10_000.0
+    monkeypatch.setattr(commands.time, "time", lambda: now)
+    report = protocol.StatusReport(
+        now - 2,
+        (protocol.ProcessStatus("nginx", 4321, "sleeping", 1.25, 12_900_000, started=0.0),),
+        (
+            protocol.ContainerStatus(
+                "shop-prod", "r/shop:1", None, "running", "healthy",
+                {"quicflow.project": "shop", "quicflow.env": "prod", "quicflow.version": "1.0"},
+                id="0123456789ab", started=3600.0, cpu_percent=3.0, memory_bytes=2048,
+            ),
+        ),
+        ("docker: slow",),
+        containers_omitted=4,
+    )  # fmt: skip
+    connected = registry.AgentInfo(
+        "web-1", {"role": "web"}, "host-1", "Linux", "1.2.3", now - 60, now - 4,
+        "10.0.0.5:4000", 15.0, report,
+    )  # fmt: skip
+    snapshots.write(
+        hub_dir, snapshots.render([connected], written=now - 1, address="h:4433", interval=5.0)
+    )
+    plain = CliRunner().invoke(commands.agents, ["--data", str(tmp_path)])
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout.splitlines()[1].split()[-3:] == ["1", "5", "role=web"]
+    assert "nginx" not in plain.stdout  # counts only, without --detail
+
+    result = CliRunner().invoke(commands.agents, ["--data", str(tmp_path), "--detail"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    at = lines.index("web-1: 1 process, 5 containers")
+    assert lines[at + 1].split() == [
+        "KIND", "NAME", "PID/ID", "STATE", "HEALTH", "CPU", "MEMORY", "VERSION", "STARTED",
+    ]  # fmt: skip
+    assert lines[at + 2].split() == [
+        "process", "nginx", "4321", "sleeping", "-", "1.2%", "12.3", "MiB", "-",
+        "1970-01-01T00:00:00Z",
+    ]  # fmt: skip
+    assert lines[at + 3].split() == [
+        "container", "shop-prod", "0123456789ab", "running", "healthy", "3.0%", "2.0", "KiB",
+        "1.0", "1970-01-01T01:00:00Z",
+    ]  # fmt: skip
+    assert lines[at + 4 :] == ["  (4 more containers not listed)", "  note: docker: slow"]
+
+    as_json = CliRunner().invoke(commands.agents, ["--data", str(tmp_path), "--format", "json"])
+    (row,) = json.loads(as_json.stdout)["agents"]
+    assert row["processes"][0]["pid"] == 4321 and row["containers"][0]["id"] == "0123456789ab"
+    assert row["containers_omitted"] == 4

@@ -48,4 +48,28 @@ def test_json_view_for_the_api() -> None:
     )  # fmt: skip
     view = registry.as_json(entry)
     assert json.loads(json.dumps(view)) == view
-    assert view["labels"] == {"role": "web"} and view["status"]["processes"][0]["pid"] == 7
+    assert view["labels"] == {"role": "web"} and view["reported_at"] == 3.0
+    assert view["processes"] == [
+        {
+            "name": "app",
+            "pid": 7,
+            "state": "running",
+            "cpu_percent": 0.0,
+            "memory_bytes": 0,
+            "started": None,
+        }
+    ]
+    assert view["containers"] == [] and view["notes"] == []
+    # Before its first report an agent has no lists (not empty ones: nothing is known).
+    quiet = registry.as_json(info("b"))
+    assert quiet["processes"] is None and quiet["containers"] is None
+
+
+def test_sizes_read_as_people_write_them() -> None:
+    assert [registry.size_text(n) for n in (None, 512, 1536, 12_900_000, 5 << 30)] == [
+        "-",
+        "512 B",
+        "1.5 KiB",
+        "12.3 MiB",
+        "5.0 GiB",
+    ]

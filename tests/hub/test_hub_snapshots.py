@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from agent import protocol
 from reconciler.hub import registry, snapshots
 
 
@@ -37,13 +39,29 @@ def test_written_snapshot_reads_back_and_is_fresh_while_rewritten_on_time(tmp_pa
     assert list(tmp_path.iterdir()) == [tmp_path / snapshots.SNAPSHOT_FILE]  # no temp left
 
 
-def test_a_stopped_hub_snapshot_is_never_fresh_and_holds_no_status(tmp_path: Path) -> None:
+def test_a_stopped_hub_snapshot_is_never_fresh_and_holds_no_agents(tmp_path: Path) -> None:
     content = snapshots.render([], written=1000.0, address="h:1", interval=5.0, running=False)
     snapshots.write(tmp_path, content)
     snapshot = snapshots.read(tmp_path)
     assert snapshot is not None and not snapshot.is_fresh(1000.0) and snapshot.agents == ()
-    document = snapshots.render([info("a")], written=0, address="", interval=1)
-    assert "status" not in document["agents"][0]
+
+
+def test_the_snapshot_carries_each_agent_s_latest_status_report(tmp_path: Path) -> None:
+    report = protocol.StatusReport(
+        105.0,
+        (protocol.ProcessStatus("nginx", 12, "sleeping", 0.5, 4096, started=90.0),),
+        (protocol.ContainerStatus("shop-prod", "r/shop:1", None, "running", "healthy"),),
+    )
+    reporting = dataclasses.replace(info("web-1"), status=report)
+    snapshots.write(
+        tmp_path, snapshots.render([reporting, info("web-2")], written=0, address="", interval=1)
+    )
+    snapshot = snapshots.read(tmp_path)
+    assert snapshot is not None
+    first, second = snapshot.agents
+    assert first == registry.as_json(reporting)  # what the API shows
+    assert first["processes"][0]["pid"] == 12 and first["containers"][0]["health"] == "healthy"
+    assert second["processes"] is None and second["containers"] is None
 
 
 def test_interval_follows_the_heartbeat_up_to_five_seconds() -> None:
