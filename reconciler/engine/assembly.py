@@ -140,6 +140,7 @@ class EngineParts:
             claimed=self.claims.held_elsewhere,
             recorded=self.history.record,
             rerecord=writer.rerecord,
+            fence=self.shards.confirm if self.shards is not None else None,
         )
         self.retirer = retiring.Retirer(
             self.runs,

@@ -132,6 +132,7 @@ class Dispatcher:
         claimed: Callable[[tuple[str, str]], str | None] | None = None,
         recorded: Callable[[str, str], planning.DeployedRecord | None] | None = None,
         rerecord: Callable[[Run, model.Environment], Awaitable[None]] | None = None,
+        fence: Callable[[str, str], str] | None = None,
     ):
         self.lifecycle = lifecycle
         self.runs = lifecycle.runs
@@ -143,6 +144,9 @@ class Dispatcher:
         # What the state ref records, and how a run it lost is recorded again.
         self.recorded = recorded
         self.rerecord = rerecord
+        # Replicas: why this one no longer holds an environment's lease ('' while it does),
+        # asked right before a run is created or resumed there.
+        self.fence = fence
         self._recording_again: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._forced: frozenset[str] = frozenset()
         self._rollback_actor = ""
@@ -186,6 +190,8 @@ class Dispatcher:
         reported = {r.id for r in out.waiting}
         for run in self.runs.active():
             if run.state.is_waiting and wanted(*run.key) and run.key not in self.lifecycle.tasks:
+                if self.fence is not None and self.fence(*run.key):
+                    continue
                 task = self.lifecycle.resume(run)
                 if task is not None:
                     out.started.append(task)
@@ -213,6 +219,8 @@ class Dispatcher:
         if reason is None and self.claimed is not None:
             # Another reconciler deploys it now: a run made here would only lose the claim.
             reason = self.claimed((env.project, env.name))
+        if not reason and self.fence is not None:
+            reason = self.fence(env.project, env.name)
         if reason:
             out.skipped.append((env.key, reason))
             return

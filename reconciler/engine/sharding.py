@@ -184,6 +184,35 @@ class Shards:
         self.owned -= lost
         return lost
 
+    def confirm(self, project: str, env: str) -> str:
+        """Renew the lease on ``project/env`` right before work starts on it: '' while this
+        replica still holds it with the token it took, else why not.
+
+        A pass computes what it holds at its start; if the pass outlives the lease (a
+        slow pass, a stalled loop) another replica may have taken it over meanwhile, and
+        a run created from the stale share would deploy the same release twice. The
+        renewal is one atomic upsert, so holding it here means a full lease period ahead.
+        """
+        name = key(project, env)
+        token = self.tokens.get(name)
+        renewed = None
+        if name in self.owned and token is not None:
+            renewed = self.leases.take(name, self.owner, self.clock(), self.ttl)
+        if renewed is not None and renewed == token:
+            return ""
+        self.owned.discard(name)
+        holder = self.holder(project, env)
+        if renewed is not None:
+            # Ours again, but only after it was free: what was decided under the old
+            # token is stale; the next pass decides afresh under the new one.
+            self.tokens[name] = renewed
+            holder = ""
+        return (
+            f"the lease on {name} changed hands during this pass"
+            + (f" (held by {holder} now)" if holder else "")
+            + "; the next pass decides again"
+        )
+
     def holder(self, project: str, env: str) -> str:
         """The replica that holds ``project/env`` ('' when this one does, or none does)."""
         name = key(project, env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reconciler.engine.sharding import Shards
 from reconciler.store import database
 from reconciler.store.leases import Leases
 
@@ -43,3 +44,35 @@ def test_heartbeats_older_than_the_ttl_are_not_live(db: database.Database) -> No
     leases.beat("a", 10.0)
     leases.beat("b", 30.0)
     assert leases.live(now=31.0, ttl=15.0) == ["b"]
+
+
+def test_a_pass_that_outlived_its_lease_does_not_start_work_on_it(db: database.Database) -> None:
+    """``Shards.confirm``: what a pass decided under a lease another replica took since is void."""
+    clock = {"now": 100.0}
+    a = Shards(Leases(db), "a", ttl=3.0, clock=lambda: clock["now"])
+    b = Shards(Leases(db), "b", ttl=3.0, clock=lambda: clock["now"])
+    a.claim(["app/prod"])
+    assert a.owned == {"app/prod"}
+    clock["now"] = 101.0
+    assert a.confirm("app", "prod") == ""  # still a's: renewed for a full period
+    assert Leases(db).all()["app/prod"].expires_at == 104.0
+
+    clock["now"] = 104.5  # a's pass stalled past the lease; b takes the key over
+    b.leases.beat("b", clock["now"])
+    assert Leases(db).take("app/prod", "b", clock["now"], 3.0) == 2
+    why = a.confirm("app", "prod")
+    assert "changed hands" in why and "held by b" in why
+    assert "app/prod" not in a.owned
+    assert Leases(db).all()["app/prod"].owner == "b"  # confirm never takes it back
+
+
+def test_a_lease_freed_and_retaken_meanwhile_is_stale_too(db: database.Database) -> None:
+    clock = {"now": 0.0}
+    a = Shards(Leases(db), "a", ttl=3.0, clock=lambda: clock["now"])
+    a.claim(["app/dev"])
+    Leases(db).release(["app/dev"], "a")  # as a hand-over would
+    assert Leases(db).take("app/dev", "b", 1.0, 3.0) == 2
+    Leases(db).release(["app/dev"], "b")
+    clock["now"] = 2.0
+    assert "changed hands" in a.confirm("app", "dev")  # free again, but not under a's token
+    assert a.tokens["app/dev"] == 3
