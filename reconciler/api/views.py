@@ -64,8 +64,10 @@ def environment_view(
     action: Action | None,
     last: Run | None,
     deployer: Run | None = None,
+    skipped: str | None = None,
 ) -> dict[str, Any]:
-    """One environment: desired vs deployed (since when, by whom), drift and the last run."""
+    """One environment: desired vs deployed (since when, by whom), drift and the last run;
+    ``skipped``: why this reconciler cannot run it at all (it is never planned here)."""
     deployed = record.version if record else None
     reason = action.reason.value if action else None
     return {
@@ -98,6 +100,7 @@ def environment_view(
         "four_eyes": env.four_eyes,
         "config_commit": record.config_commit if record else None,
         "last_run": _last_run(last),
+        "skipped": skipped,
     }
 
 
@@ -117,9 +120,8 @@ def project_view(
         deployer = last if last and record and last.id == record.run_id else None
         if deployer is None and record and record.run_id:
             deployer = engine.runs.get(record.run_id)
-        envs.append(
-            environment_view(env, record, actions.get((project.name, name)), last, deployer)
-        )
+        action = actions.get((project.name, name))
+        envs.append(environment_view(env, record, action, last, deployer, engine.unrunnable(env)))
     role = project.role_of(principal.user.username) if principal.user else None
     return {
         "name": project.name,

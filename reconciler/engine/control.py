@@ -53,6 +53,9 @@ class EngineControl(Protocol):
     async def reconcile_now(self, reason: str) -> None:
         """Fetch the config repo and reconcile at once (instead of waiting for the poll)."""
 
+    def unrunnable(self, env: model.Environment) -> str | None:
+        """Why this reconciler cannot run ``env`` at all (reported as skipped), or None."""
+
     def reconciled_elsewhere(self, project: str, env: str) -> str:
         """Replicas on a shared store: the replica holding ``project/env`` if not this one."""
 
