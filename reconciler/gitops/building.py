@@ -90,8 +90,8 @@ def settings(raw: Mapping[str, Any] | None) -> model.Settings:
         enforce_policy=raw.get("enforce_policy", False),
         public_url=raw.get("public_url"),
         anonymous_status_page=raw.get("anonymous_status_page", False),
-        http_listen=raw.get("http", {}).get("listen", "127.0.0.1:8080"),
-        quic_listen=raw.get("quic", {}).get("listen", "0.0.0.0:4433"),
+        http_listen=raw.get("http", {}).get("listen"),
+        quic=hub_settings(raw.get("quic")),
         store=merging.freeze(merging.merge({"backend": "sqlite"}, raw.get("store"))),
         logs=merging.freeze(merging.merge({"backend": "local"}, raw.get("logs"))),
         features=merging.freeze(
@@ -109,6 +109,19 @@ def settings(raw: Mapping[str, Any] | None) -> model.Settings:
         max_concurrent_builds=raw.get("builds", {}).get("max_concurrent", 2),
         config_webhook=merging.freeze(raw["config_webhook"]) if "config_webhook" in raw else None,
         timeouts=step_timeouts(raw),
+    )
+
+
+def hub_settings(raw: Mapping[str, Any] | None) -> model.HubSettings:
+    """``settings.quic``, with the hub's defaults where unset."""
+    raw = raw or {}
+    return model.HubSettings(
+        listen=raw.get("listen"),
+        heartbeat=_duration(raw.get("heartbeat"), model.DEFAULT_HUB_HEARTBEAT),
+        reconnect_grace=parse_duration(raw.get("reconnect_grace"), None),
+        names=tuple(raw.get("names", ())),
+        certificate=raw.get("certificate"),
+        key=raw.get("key"),
     )
 
 

@@ -120,6 +120,26 @@ class Loader:
         self._last_root, self._last = root, result
         return result
 
+    def global_settings(
+        self, rev: str = "HEAD"
+    ) -> tuple[model.Settings | None, tuple[ConfigProblem, ...]]:
+        """The settings of quicflow.yaml alone at ``rev``, or its problems.
+
+        For what ``quicflow serve`` needs before its first load (where to listen): an
+        invalid project elsewhere does not hide them.
+        """
+        commit = self.repo.resolve(rev)
+        root = self.repo.root_tree(commit)
+        entry = (
+            None if root is None else {e.name: e for e in self.repo.entries(root)}.get(GLOBAL_FILE)
+        )
+        if entry is None or entry.is_tree:
+            return None, (ConfigProblem(GLOBAL_FILE, f"no {GLOBAL_FILE} at commit {commit[:10]}"),)
+        doc = self._doc("quicflow", entry.id)
+        if not doc.valid:
+            return None, tuple(self._located(GLOBAL_FILE, entry.id, doc.problems))
+        return building.settings(doc.data.get("settings")), ()
+
     def _reuse(self, previous: LoadResult, commit: str) -> LoadResult:
         desired = previous.desired
         if desired is not None:

@@ -64,6 +64,24 @@ class StepTimeouts:
     build: float = DEFAULT_BUILD_TIMEOUT
 
 
+DEFAULT_HUB_HEARTBEAT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """``settings.quic``: the hub's address, heartbeat, reconnect grace and certificate.
+
+    ``serve`` reads them at start; None means not set (its flags or defaults decide).
+    """
+
+    listen: str | None = None
+    heartbeat: float = DEFAULT_HUB_HEARTBEAT
+    reconnect_grace: float | None = None  # None: 4 heartbeats
+    names: tuple[str, ...] = ()  # extra DNS names / IPs for the generated certificate
+    certificate: str | None = None  # an operator's certificate and key (paths), instead
+    key: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where an object was declared: a file of the config repo (relative to its root)."""
@@ -142,8 +160,8 @@ class Settings:
     enforce_policy: bool = False
     public_url: str | None = None
     anonymous_status_page: bool = False
-    http_listen: str = "127.0.0.1:8080"
-    quic_listen: str = "0.0.0.0:4433"
+    http_listen: str | None = None  # None: serve's --http or its default
+    quic: HubSettings = HubSettings()
     store: Mapping[str, Any] = field(default_factory=_empty)
     logs: Mapping[str, Any] = field(default_factory=_empty)
     features: Mapping[str, bool] = field(default_factory=_empty)

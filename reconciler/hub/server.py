@@ -7,6 +7,12 @@ after 3 missed heartbeats (its own announced interval), and disconnects agents w
 is revoked (also when ``quicflow agent-token revoke`` changed the token file from another
 process: the watchdog looks at the file at least once a second), cancelling what they run.
 
+Until its HELLO is answered a peer is a stranger and may make the hub hold little: QUIC
+limits of one stream and ``HELLO_MAX_BYTES`` (raised once it is welcomed), the same caps
+again where frames are decoded (a second stream, or more bytes, closes the connection),
+``HELLO_TIMEOUT`` to say HELLO, and at most ``PREAUTH_PER_ADDRESS`` such connections
+from one address, ``PREAUTH_TOTAL`` in all (more are closed: ``hub busy``).
+
 One name, one agent: a HELLO for a name that is already connected is the same agent back
 (same process ``instance``: the old connection is replaced) or a second agent.  For a
 second agent the hub PINGs the connected one; if it answers within ``claim_timeout`` the
@@ -33,6 +39,7 @@ import functools
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +49,7 @@ from aioquic.asyncio import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
 import agent
 from agent import protocol
@@ -73,12 +81,24 @@ CLOSE_LOST = 0x203
 CLOSE_REPLACED = 0x204
 CLOSE_REVOKED = 0x205
 CLOSE_DUPLICATE = 0x206
+CLOSE_BUSY = 0x207
 # 200 agents connecting at once overflow the default ~200 KB UDP receive buffer and cost
 # seconds of retransmits; 4 MiB holds several full handshake flights of all of them.
 SOCKET_BUFFER = 4 << 20
 # Let an ERROR frame reach the agent before the CONNECTION_CLOSE that follows it.
 ERROR_CLOSE_DELAY = 0.05
 HELLO_TIMEOUT = 10.0
+# Until its HELLO is answered a peer is a stranger: it may open one stream (the control
+# stream) and send this much on it.  A HELLO is well under 1 KiB; labels make it grow.
+HELLO_MAX_BYTES = 64 * 1024
+# Connections still to say HELLO, from one source address and in all: a newcomer over
+# either is closed at once (CLOSE_BUSY) and an agent retries with backoff.  Generous,
+# because many agents behind one NAT reconnect at once after a hub restart; what each
+# holds is bounded by HELLO_MAX_BYTES.
+PREAUTH_PER_ADDRESS = 1024
+PREAUTH_TOTAL = 8192
+# Streams an agent may open once welcomed (aioquic's default; it opens only one).
+STREAMS_AFTER_HELLO = 128
 # How long a connected agent has to answer a PING when a second one claims its name.
 CLAIM_TIMEOUT = 2.0
 
@@ -94,6 +114,41 @@ class _Pending:
     next_seq: int = 0
     cancel_requested: bool = False
     disconnected_at: float | None = None
+
+
+def _offer_before_hello(quic: QuicConnection) -> None:
+    """Offer a peer that has not said HELLO the QUIC limits of one HELLO, not of an agent.
+
+    aioquic has no per-connection setting for them: they are ``QuicConnection`` attributes
+    read when it writes its transport parameters, on the first datagram (after this).
+    Should they move in a later aioquic, the stream and byte caps of ``_admissible`` still
+    hold; these only keep aioquic itself from buffering more than a HELLO's worth.
+    """
+    try:
+        for limit, value in (
+            (quic._local_max_data, HELLO_MAX_BYTES),
+            (quic._local_max_streams_bidi, 1),
+            (quic._local_max_streams_uni, 0),
+        ):
+            limit.value = limit.sent = value
+        quic._local_max_stream_data_bidi_remote = HELLO_MAX_BYTES
+        quic._local_max_stream_data_uni = 0
+    except AttributeError:  # pragma: no cover - another aioquic
+        logger.debug("aioquic has no connection limits to lower before HELLO", exc_info=True)
+
+
+def _offer_after_hello(quic: QuicConnection) -> None:
+    """Raise the limits ``_offer_before_hello`` lowered; aioquic sends MAX_DATA/MAX_STREAMS."""
+    try:
+        configuration = quic._configuration
+        quic._local_max_data.value = max(quic._local_max_data.value, configuration.max_data)
+        quic._local_max_streams_bidi.value = STREAMS_AFTER_HELLO
+        quic._local_max_streams_uni.value = STREAMS_AFTER_HELLO
+        # For streams opened from now on; the control stream's window grows by itself.
+        quic._local_max_stream_data_bidi_remote = configuration.max_stream_data
+        quic._local_max_stream_data_uni = configuration.max_stream_data
+    except AttributeError:  # pragma: no cover - another aioquic
+        logger.debug("aioquic has no connection limits to raise after HELLO", exc_info=True)
 
 
 class _AgentConnection(CoalescedSending, QuicConnectionProtocol):
@@ -112,18 +167,50 @@ class _AgentConnection(CoalescedSending, QuicConnectionProtocol):
         self.closed = False
         self.commands: dict[int, _Pending] = {}
         self._decoders: dict[int, protocol.FrameDecoder] = {}
+        # Until ``Hub._admit``: one stream and HELLO_MAX_BYTES (``_admissible``), and the
+        # source address counted among those still to say HELLO (``Hub._preauth``).
+        self.admitted = False
+        self.preauth_address: str | None = None
+        self._preauth_stream: int | None = None
+        self._preauth_bytes = 0
+        self._over_limits = False
+        self._close_when_handshaken: tuple[int, str] | None = None
+        _offer_before_hello(self._quic)
         # A peer that never says a valid HELLO does not get to hold a connection open.
         self._loop.call_later(HELLO_TIMEOUT, self._require_hello)
 
     def _require_hello(self) -> None:
         if self.name is None and not self.closed:
             self.close_with(CLOSE_AUTH, f"no valid HELLO within {HELLO_TIMEOUT:g} s")
+        if not self.admitted:
+            self.hub._release_preauth(self)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         """Note the agent's address, then feed the datagram to aioquic."""
-        if not self.address:
-            self.address = f"{addr[0]}:{addr[1]}"
+        if self.address:
+            super().datagram_received(data, addr)
+            return
+        self.address = f"{addr[0]}:{addr[1]}"
         super().datagram_received(data, addr)
+        # After aioquic has the peer's path, so that a refusal reaches it.
+        self.hub._count_preauth(self, str(addr[0]))
+
+    def preauth_held(self) -> int:
+        """Stream bytes received and not yet decoded into frames (before HELLO: all of it)."""
+        return sum(decoder.pending for decoder in self._decoders.values())
+
+    def refuse_when_handshaken(self, close_code: int, reason: str) -> None:
+        """Close once the handshake is done (before it, QUIC would drop code and reason)."""
+        self._over_limits = True  # nothing it sends is read
+        if self._quic._handshake_complete:
+            self.close_with(close_code, reason)
+        else:
+            self._close_when_handshaken = (close_code, reason)
+
+    def welcomed(self) -> None:
+        """HELLO accepted: lift the limits a stranger had (``_offer_before_hello``)."""
+        self.admitted = True
+        _offer_after_hello(self._quic)
 
     def new_stream_id(self) -> int:
         """A fresh server-initiated bidirectional stream id."""
@@ -143,9 +230,32 @@ class _AgentConnection(CoalescedSending, QuicConnectionProtocol):
         if not self.closed:
             self.close(error_code=close_code, reason_phrase=reason)
 
+    def _admissible(self, stream_id: int, size: int) -> bool:
+        """Before HELLO: data on the first stream only, HELLO_MAX_BYTES in all; else close."""
+        if self._over_limits:
+            return False  # closing already: drop what is still in flight
+        if self._preauth_stream is None:
+            self._preauth_stream = stream_id
+        self._preauth_bytes += size
+        if stream_id != self._preauth_stream:
+            reason = "only the control stream may be opened before HELLO is answered"
+        elif self._preauth_bytes > HELLO_MAX_BYTES:
+            reason = f"more than {HELLO_MAX_BYTES // 1024} KiB sent before HELLO was answered"
+        else:
+            return True
+        self._over_limits = True
+        self._decoders.clear()
+        logger.warning("closed a connection from %s: %s", self.address, reason)
+        if self.control_stream is None:
+            self.control_stream = self._preauth_stream  # so that the ERROR frame reaches it
+        self.refuse("protocol", reason, CLOSE_PROTOCOL)
+        return False
+
     def quic_event_received(self, event: events.QuicEvent) -> None:
         """Decode stream data into frames; report the end of the connection."""
         if isinstance(event, events.StreamDataReceived):
+            if not self.admitted and not self._admissible(event.stream_id, len(event.data)):
+                return
             decoder = self._decoders.setdefault(event.stream_id, protocol.FrameDecoder())
             try:
                 frames = decoder.feed(event.data)
@@ -158,9 +268,15 @@ class _AgentConnection(CoalescedSending, QuicConnectionProtocol):
             if event.end_stream:
                 self._decoders.pop(event.stream_id, None)
         elif isinstance(event, events.StreamReset):
+            if not self.admitted and not self._admissible(event.stream_id, 0):
+                return
             self._decoders.pop(event.stream_id, None)
+        elif isinstance(event, events.HandshakeCompleted):
+            if self._close_when_handshaken is not None:
+                self.close_with(*self._close_when_handshaken)
         elif isinstance(event, events.ConnectionTerminated):
             self.closed = True
+            self.hub._release_preauth(self)
             self.hub._on_terminated(self)
 
 
@@ -177,10 +293,17 @@ class Hub:
         reconnect_grace: float | None = None,
         certificate: Path | None = None,
         key: Path | None = None,
+        names: Sequence[str] = (),
         socket_buffer: int = SOCKET_BUFFER,
         claim_timeout: float = CLAIM_TIMEOUT,
+        preauth_per_address: int = PREAUTH_PER_ADDRESS,
+        preauth_total: int = PREAUTH_TOTAL,
     ) -> None:
-        """``data_dir`` is the hub's own directory (``locations.hub_dir`` of the data dir)."""
+        """``data_dir`` is the hub's own directory (``locations.hub_dir`` of the data dir).
+
+        ``names`` are the DNS names and addresses agents reach the hub by, for the
+        certificate generated on first start (``tls.ensure_identity``).
+        """
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
@@ -191,8 +314,16 @@ class Hub:
         )
         self._certificate = certificate
         self._key = key
+        self._names = tuple(names)
         self._socket_buffer = socket_buffer
         self.claim_timeout = claim_timeout
+        self.preauth_per_address = preauth_per_address
+        self.preauth_total = preauth_total
+        # Connections still to say HELLO, and how many of them each source address has.
+        self._preauth: set[_AgentConnection] = set()
+        self._preauth_by_address: Counter[str] = Counter()
+        self._busy_refused = 0
+        self._busy_logged = float("-inf")
         self.registry = registry.Registry()
         self.tokens: tokens.TokenStore | None = None
         self.identity: tls.HubIdentity | None = None
@@ -212,7 +343,10 @@ class Hub:
 
     async def start(self) -> None:
         """Load or create the TLS identity and token store, bind the UDP port, start serving."""
-        self.identity = tls.ensure_identity(self.data_dir, self._certificate, self._key)
+        self.identity = tls.ensure_identity(
+            self.data_dir, self._certificate, self._key, self._names
+        )
+        self._check_names(self.identity)
         self.tokens = tokens.TokenStore(self.data_dir)
         configuration = QuicConfiguration(
             is_client=False,
@@ -237,6 +371,29 @@ class Hub:
             self.port,
             self.identity.fingerprint(),
             self.tokens.path,
+        )
+
+    def _check_names(self, identity: tls.HubIdentity) -> None:
+        """Warn when the certificate in use lacks a configured name (it is never replaced
+        here: a new certificate would lock out every agent pinned to the old one)."""
+        missing = tls.missing_names(identity.certificate, self._names)
+        if not missing:
+            return
+        if self._certificate is not None:
+            advice = "issue one that names them and restart"
+        else:
+            advice = (
+                f"to rotate: stop serve, delete {identity.certificate} and {identity.key},"
+                " start serve (a new one is made with the names), then re-pin every agent"
+                " with 'quicflow hub fingerprint' (or give --ca agents the new certificate)"
+            )
+        logger.warning(
+            "hub certificate %s does not name %s: agents verifying the hub with --ca cannot"
+            " reach it by %s (pinned agents are not affected); %s",
+            identity.certificate,
+            ", ".join(missing),
+            "that name" if len(missing) == 1 else "those names",
+            advice,
         )
 
     def _bind(self) -> socket.socket:
@@ -279,12 +436,13 @@ class Hub:
                     )
                 )
         self._pending.clear()
-        for connection in list(self._connections.values()):
-            connection.close_with(CLOSE_NORMAL, "hub shutting down")
+        self.close_connections()
         if self._server is not None:
             self._server.close()
             self._server = None
         self._connections.clear()
+        self._preauth.clear()
+        self._preauth_by_address.clear()
         for info in self.registry.all():
             self.registry.remove(info.name)
         with contextlib.suppress(OSError):
@@ -293,6 +451,15 @@ class Hub:
             )
         # Let the CONNECTION_CLOSE datagrams and the transport's own close run.
         await asyncio.sleep(0)
+
+    def close_connections(self) -> None:
+        """Close every agent connection now, saying the hub is shutting down.
+
+        Synchronous (a datagram each, sent at once), so a process about to end can still
+        tell its agents, which then reconnect as soon as a hub listens again.
+        """
+        for connection in list(self._connections.values()):
+            connection.close_with(CLOSE_NORMAL, "hub shutting down")
 
     # --- registry -----------------------------------------------------------------------
 
@@ -307,6 +474,10 @@ class Hub:
     ) -> list[AgentInfo]:
         """Connected agents with one of ``names`` (if given) carrying all ``selector`` labels."""
         return self.registry.select(names, selector)
+
+    def preauth_usage(self) -> tuple[int, int]:
+        """Connections still to say HELLO, and the stream bytes they make the hub hold."""
+        return len(self._preauth), sum(c.preauth_held() for c in self._preauth)
 
     def commands_in_flight(self) -> int:
         """Commands sent to agents whose result has not come back yet."""
@@ -450,6 +621,43 @@ class Hub:
                 stream_id, protocol.encode(protocol.FrameKind.ACK, {"seq": pending.next_seq - 1})
             )
 
+    def _count_preauth(self, connection: _AgentConnection, address: str) -> None:
+        """Count a new connection among those still to say HELLO, or close it if too many."""
+        if (
+            self._preauth_by_address[address] >= self.preauth_per_address
+            or len(self._preauth) >= self.preauth_total
+        ):
+            self._busy_refused += 1
+            now = time.monotonic()
+            if now - self._busy_logged >= 10.0:  # a flood must not flood the log too
+                logger.warning(
+                    "hub busy: refused %d connection(s) (from %s the last): %d connections"
+                    " are still to say HELLO, %d of them from that address",
+                    self._busy_refused,
+                    address,
+                    len(self._preauth),
+                    self._preauth_by_address[address],
+                )
+                self._busy_logged, self._busy_refused = now, 0
+            connection.refuse_when_handshaken(
+                CLOSE_BUSY, "hub busy: too many connections still to say HELLO; retry later"
+            )
+            return
+        connection.preauth_address = address
+        self._preauth.add(connection)
+        self._preauth_by_address[address] += 1
+
+    def _release_preauth(self, connection: _AgentConnection) -> None:
+        """``connection`` said HELLO, or is gone: it no longer counts as a stranger."""
+        address = connection.preauth_address
+        if address is None:
+            return
+        connection.preauth_address = None
+        self._preauth.discard(connection)
+        self._preauth_by_address[address] -= 1
+        if self._preauth_by_address[address] <= 0:
+            del self._preauth_by_address[address]
+
     def _on_unauthenticated(
         self, connection: _AgentConnection, stream_id: int, frame: protocol.Frame
     ) -> None:
@@ -568,6 +776,8 @@ class Hub:
         connection.instance = hello.instance
         connection.token = hello.token
         connection.heartbeat = hello.heartbeat
+        connection.welcomed()
+        self._release_preauth(connection)
         self._connections[hello.name] = connection
         now = time.time()
         self.registry.add(
