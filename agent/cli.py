@@ -1,7 +1,9 @@
 """The ``agent`` click command (``quicflow agent`` and ``python -m agent``).
 
 Parses options, sets up logging and signals, and runs ``client.AgentClient`` until SIGTERM
-or SIGINT.  The token comes from a file (``--token-file``, re-read before every
+or SIGINT.  ``--server`` may be given once per hub: an agent serving several reconciler
+replicas connects to every replica's hub (``--pin-sha256`` once for all of them, or once
+per ``--server`` in the same order).  The token comes from a file (``--token-file``, re-read before every
 connection) or the environment (``QUICFLOW_AGENT_TOKEN``) so it does not show in the
 process list; ``--token`` works but says so.  ``--print-systemd-unit`` prints the service
 unit for the same options instead of running.  The agent refuses to run as root unless
@@ -63,7 +65,16 @@ def _convert(parser, value, what):  # type: ignore[no-untyped-def]
 
 
 @click.command("agent")
-@click.option("--server", required=True, envvar="QUICFLOW_SERVER", help="Hub address, HOST:PORT.")
+@click.option(
+    "--server",
+    "servers",
+    required=True,
+    multiple=True,
+    envvar="QUICFLOW_SERVER",
+    metavar="HOST:PORT",
+    help="Hub address; repeat it to serve several reconciler replicas (one connection to"
+    " each hub; env QUICFLOW_SERVER: addresses separated by spaces).",
+)
 @click.option("--name", default=socket.gethostname, show_default="hostname", help="Agent name.")
 @click.option("--labels", default="", help="Labels for target selection, k=v,k2=v2.")
 @click.option(
@@ -82,13 +93,16 @@ def _convert(parser, value, what):  # type: ignore[no-untyped-def]
     "--ca",
     "ca_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Verify the hub's certificate against this CA (or certificate) file.",
+    help="Verify every hub's certificate against this CA (or certificate) file.",
 )
 @click.option(
     "--pin-sha256",
+    "pins",
+    multiple=True,
     envvar="QUICFLOW_HUB_PIN",
-    default=None,
-    help="Verify the hub by its certificate's SHA-256 fingerprint (quicflow hub fingerprint).",
+    metavar="FINGERPRINT",
+    help="Verify the hub by its certificate's SHA-256 fingerprint (quicflow hub fingerprint):"
+    " once for every --server, or once per --server in the same order.",
 )
 @click.option(
     "--work-root",
@@ -159,13 +173,13 @@ def _convert(parser, value, what):  # type: ignore[no-untyped-def]
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def agent(
-    server: str,
+    servers: tuple[str, ...],
     name: str,
     labels: str,
     token: str,
     token_file: Path | None,
     ca_file: Path | None,
-    pin_sha256: str | None,
+    pins: tuple[str, ...],
     work_dir: Path,
     heartbeat: float,
     watch: tuple[str, ...],
@@ -178,19 +192,19 @@ def agent(
     print_systemd_unit: bool,
     verbose: bool,
 ) -> None:
-    """Run the QUIC-Flow agent: connect to the hub and run the commands it sends."""
-    host, port = _convert(parse_server, server, "--server")
+    """Run the QUIC-Flow agent: connect to the hub(s) and run the commands they send."""
+    hubs = _hubs(servers, pins)
     parsed_labels = _convert(parse_labels, labels, "--labels")
     deploy_types = (
         None
         if allow_deploy_types is None
         else _convert(parse_deploy_types, allow_deploy_types, "--allow-deploy-types")
     )
-    if ca_file is not None and pin_sha256:
+    if ca_file is not None and pins:
         raise click.UsageError("give --ca or --pin-sha256, not both")
     context = click.get_current_context()
     if print_systemd_unit:
-        click.echo(_unit(context, name, work_dir, shutdown_grace), nl=False)
+        click.echo(_unit(context, name, work_dir, shutdown_grace, len(hubs)), nl=False)
         return
     if token_file is not None:
         try:
@@ -206,16 +220,18 @@ def agent(
             "refusing to run as root: every step the hub sends would run as root. Run the "
             "agent as its own user (quicflow agent --print-systemd-unit), or pass --allow-root"
         )
+    first, *others = hubs
     settings = client.AgentSettings(
-        host=host,
-        port=port,
+        host=first.host,
+        port=first.port,
         name=name,
         token=token,
         token_file=token_file,
         work_dir=work_dir,
         labels=parsed_labels,
         ca_file=ca_file,
-        pin_sha256=pin_sha256,
+        pin_sha256=first.pin_sha256,
+        more_hubs=tuple(others),
         heartbeat=heartbeat,
         watch=watch,
         status_interval=status_interval,
@@ -242,7 +258,27 @@ def agent(
 _NOT_IN_UNIT = {"token", "token_file", "print_systemd_unit", "work_dir", "allow_root"}
 
 
-def _unit(context: click.Context, name: str, work_dir: Path, shutdown_grace: float) -> str:
+def _hubs(servers: tuple[str, ...], pins: tuple[str, ...]) -> list[client.HubAddress]:
+    """The hubs of ``--server`` options, each with its ``--pin-sha256`` (or the only one)."""
+    addresses = [_convert(parse_server, server, "--server") for server in servers]
+    if len(set(addresses)) != len(addresses):
+        raise click.BadParameter("the same hub is given twice", param_hint="--server")
+    if len(pins) > 1 and len(pins) != len(addresses):
+        raise click.BadParameter(
+            f"{len(pins)} pins for {len(addresses)} hubs: give --pin-sha256 once for every"
+            " --server, or once per --server in the same order",
+            param_hint="--pin-sha256",
+        )
+    matched = list(pins) if len(pins) > 1 else [pins[0] if pins else None] * len(addresses)
+    return [
+        client.HubAddress(host, port, pin)
+        for (host, port), pin in zip(addresses, matched, strict=True)
+    ]
+
+
+def _unit(
+    context: click.Context, name: str, work_dir: Path, shutdown_grace: float, hubs: int
+) -> str:
     """The systemd unit for the options of this invocation."""
     explicit = context.get_parameter_source("work_dir") is not ParameterSource.DEFAULT
     work_root = PurePosixPath(work_dir.absolute()) if explicit else systemd.STATE_DIRECTORY
@@ -269,7 +305,9 @@ def _unit(context: click.Context, name: str, work_dir: Path, shutdown_grace: flo
         else:
             command += [flag, str(value)]
     command += ["--work-root", str(work_root)]
-    return systemd.unit(command, name=name, work_root=work_root, shutdown_grace=shutdown_grace)
+    return systemd.unit(
+        command, name=name, work_root=work_root, shutdown_grace=shutdown_grace, hubs=hubs
+    )
 
 
 async def _main(settings: client.AgentSettings) -> None:

@@ -1,18 +1,29 @@
-"""The agent's QUIC connection to the hub (the only agent module that imports aioquic).
+"""The agent's QUIC connections to its hubs (the only agent module that imports aioquic).
 
-``AgentClient.run`` connects, verifies the hub (CA file, or a pinned SHA-256 fingerprint
-of its certificate -- never no verification), says HELLO with its token, then heartbeats,
-reports status and serves the command streams the hub opens.  When the connection ends it
-reconnects forever with exponential backoff and jitter capped at 60 s; commands keep
-running meanwhile and are re-attached by the hub after the reconnect.  A refusal that
-retrying cannot cure (unknown agent, wrong or revoked token, a second agent with this
-name) is logged once with the hub's reason and retried only every ``refused_retry`` s --
-or at once when the token file changes, which is re-read before every connection.
-``request_shutdown`` (wired to SIGTERM) lets running commands finish (or cancels them
-after a grace period), delivers their results, then closes.
+``AgentClient.run`` connects to every hub it is given -- one per reconciler replica -- and
+keeps one connection per hub, each with its own reconnect loop (``HubLink``), all serving
+one ``executing.Executor``.  Per hub it verifies the hub (CA file, or a pinned SHA-256
+fingerprint of its certificate -- never no verification), says HELLO with its token, then
+heartbeats, reports status and serves the command streams the hub opens.  When a
+connection ends that hub's loop reconnects forever with exponential backoff and jitter
+capped at 60 s; commands keep running meanwhile and are re-attached by the hub after the
+reconnect.  A hub that is down delays nothing the others send.
 
-Log lines an operator greps for: ``connected to hub``, ``hub refused``, ``connection to
-hub lost``, ``cannot reach hub``, ``reconnecting in``.
+One executor for every hub: command ids are stable per run, step and attempt, so a
+command a replica re-issues after it took over from another is adopted while it runs, or
+answered from the result journal, never run twice.  A command's output and result go to
+every hub attached to it (the one that started it and the one that adopted it); the
+latest to attach paces the output with its ACKs, and a hub cannot cancel a command
+another connected hub also waits for.
+
+A refusal that retrying cannot cure (unknown agent, wrong or revoked token, a second agent
+with this name) is logged once with the hub's reason and retried only every
+``refused_retry`` s -- or at once when the token file changes, which is re-read before
+every connection.  ``request_shutdown`` (wired to SIGTERM) lets running commands finish
+(or cancels them after a grace period), delivers their results, then closes.
+
+Log lines an operator greps for, each naming the hub's address: ``connected to hub``,
+``hub … refused``, ``connection to hub … lost``, ``cannot reach hub``, ``reconnecting in``.
 """
 
 from __future__ import annotations
@@ -74,9 +85,22 @@ class TokenUnreadable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class HubAddress:
+    """One hub to connect to, and the fingerprint its certificate must have (None: the CA)."""
+
+    host: str
+    port: int
+    pin_sha256: str | None = None
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSettings:
     """Everything the agent needs to know to connect and run."""
 
+    # The first hub (with ``pin_sha256``); ``more_hubs`` are the others, one per replica.
     host: str
     port: int
     name: str
@@ -97,6 +121,11 @@ class AgentSettings:
     refused_retry: float = 300.0
     deploy_types: frozenset[str] | None = None
     pass_env: tuple[str, ...] | None = None
+    more_hubs: tuple[HubAddress, ...] = ()
+
+    def hubs(self) -> tuple[HubAddress, ...]:
+        """Every hub this agent serves: the first (``host``, ``port``), then ``more_hubs``."""
+        return (HubAddress(self.host, self.port, self.pin_sha256), *self.more_hubs)
 
 
 def backoff_delays(initial: float, cap: float, rng: random.Random) -> Iterator[float]:
@@ -167,16 +196,32 @@ async def _open_connection(
 
 
 class _HubConnection(CoalescedSending, QuicConnectionProtocol):
-    """One QUIC connection to the hub: decodes frames per stream and hands them to the client."""
+    """One QUIC connection to a hub: decodes frames per stream and hands them to its link.
+
+    It also holds what one connection's session knows: its control stream, the answer to
+    HELLO, when the hub was last heard, and which command each of its streams carries.
+    """
 
     # A command's EXIT usually follows its EXEC within a few ms: it carries the ACK then.
     ack_delay = sending.MAX_ACK_DELAY
 
-    def __init__(self, *args: Any, client: AgentClient, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, link: HubLink, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.client = client
+        self.link = link
         self.closed = False
+        # Set when the session is over: nothing more is sent on this connection.
+        self.detached = False
+        self.control_stream: int | None = None
+        self.welcome: asyncio.Future[protocol.Frame] | None = None
+        self.last_heard = time.monotonic()
+        self.close_reason = ""
+        self.streams: dict[int, str] = {}
         self._decoders: dict[int, protocol.FrameDecoder] = {}
+
+    @property
+    def live(self) -> bool:
+        """True while frames sent here can still reach the hub."""
+        return not self.closed and not self.detached
 
     def peer_certificate_der(self) -> bytes | None:
         """DER bytes of the certificate the hub presented in the handshake."""
@@ -199,22 +244,357 @@ class _HubConnection(CoalescedSending, QuicConnectionProtocol):
             try:
                 frames = decoder.feed(event.data)
             except protocol.ProtocolError as error:
-                logger.error("hub sent a bad frame: %s", error)
+                logger.error("hub %s sent a bad frame: %s", self.link.address, error)
                 self.close(CLOSE_PROTOCOL, str(error))
                 return
             for frame in frames:
-                self.client._on_frame(self, event.stream_id, frame)
+                self.link._on_frame(self, event.stream_id, frame)
             if event.end_stream:
                 self._decoders.pop(event.stream_id, None)
         elif isinstance(event, events.StreamReset):
             self._decoders.pop(event.stream_id, None)
         elif isinstance(event, events.ConnectionTerminated):
             self.closed = True
-            self.client._on_terminated(self, event)
+            self.link._on_terminated(self, event)
+
+
+class _Delivery:
+    """Where one command's frames go: the stream of every hub connection attached to it.
+
+    The executor sees one ``send``; after a takeover two hubs may wait for the command (the
+    replica that started it, if it is still there, and the one that adopted it), and both
+    get its output and result.  While a hub attaches, the replay of what it missed goes to
+    it alone (``only``): the others have it already.
+    """
+
+    __slots__ = ("only", "streams")
+
+    def __init__(self) -> None:
+        # In the order they attached: the last live one is the primary.
+        self.streams: dict[_HubConnection, int] = {}
+        self.only: tuple[_HubConnection, int] | None = None
+
+    def __call__(self, data: bytes, end_stream: bool) -> None:
+        targets = [self.only] if self.only is not None else list(self.streams.items())
+        for connection, stream_id in targets:
+            if connection.live:
+                connection.send(stream_id, data, end_stream)
+
+    def attach(self, connection: _HubConnection, stream_id: int) -> None:
+        """Send to ``stream_id`` of ``connection`` too, and make it the primary."""
+        self.streams.pop(connection, None)
+        self.streams[connection] = stream_id
+
+    def detach(self, connection: _HubConnection) -> None:
+        """Stop sending to ``connection``."""
+        self.streams.pop(connection, None)
+
+    def primary(self) -> _HubConnection | None:
+        """The live connection that attached last: its ACKs pace the command's output."""
+        for connection in reversed(self.streams):
+            if connection.live:
+                return connection
+        return None
+
+    def others(self, connection: _HubConnection) -> list[_HubConnection]:
+        """Live connections attached besides ``connection``."""
+        return [other for other in self.streams if other is not connection and other.live]
+
+
+class HubLink:
+    """One hub of an agent: its connection, forever re-established, and its frames."""
+
+    def __init__(self, client: AgentClient, address: HubAddress) -> None:
+        self.client = client
+        self.address = address
+        self.connected = asyncio.Event()
+        self.connection: _HubConnection | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, finisher: asyncio.Future[None]) -> None:
+        """Connect and serve until ``finisher`` is done; reconnect with backoff after a loss."""
+        settings = self.client.settings
+        rng = self.client.rng
+        delays = backoff_delays(settings.backoff_initial, settings.backoff_cap, rng)
+        # During a shutdown the link keeps (re)connecting until the running commands have
+        # finished, so that their results can still be delivered.
+        while not finisher.done():
+            welcomed = False
+            refusal: HubRefused | None = None
+            try:
+                # A revocation while connected is followed by one prompt retry (the token
+                # file may hold a new token); its refusal then counts.
+                welcomed = await self._attempt(finisher)
+            except HubRefused as refused:
+                refusal = refused
+            except HubUntrusted as distrust:
+                logger.error("not connecting to hub %s: %s", self.address, distrust)
+            except TokenUnreadable as unreadable:
+                refusal = HubRefused(str(unreadable), "auth")
+            except (OSError, ConnectionError, TimeoutError) as failure:
+                logger.warning(
+                    "cannot reach hub %s: %s", self.address, str(failure) or type(failure).__name__
+                )
+            if finisher.done():
+                break
+            if welcomed:
+                delays = backoff_delays(settings.backoff_initial, settings.backoff_cap, rng)
+            if refusal is not None and refusal.permanent:
+                await self._wait_after_refusal(refusal, finisher)
+                continue
+            if refusal is not None:
+                logger.error("hub %s refused agent %r: %s", self.address, settings.name, refusal)
+            delay = next(delays)
+            logger.info("hub %s: reconnecting in %.1f s", self.address, delay)
+            await asyncio.wait({finisher}, timeout=delay)
+
+    async def _attempt(self, finisher: asyncio.Future[None]) -> bool:
+        """One session; given up if the agent shuts down before this hub welcomed it."""
+        session = asyncio.ensure_future(self._session(finisher))
+        either: set[asyncio.Future[Any]] = {session, finisher}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            session.cancel()
+            raise
+        if not session.done() and not self.connected.is_set():
+            # A hub still being reached (perhaps down) must not hold up the agent's exit.
+            session.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session
+            return False
+        return await session
+
+    async def _wait_after_refusal(
+        self, refusal: HubRefused, finisher: asyncio.Future[None]
+    ) -> None:
+        """Wait ``refused_retry`` s, or until the token file changes, or shutdown."""
+        settings = self.client.settings
+        cure = " or as soon as the token file changes" if settings.token_file else ""
+        logger.error(
+            "hub %s refused agent %r (%s): %s; retrying in %.0f s%s",
+            self.address,
+            settings.name,
+            refusal.code or "refused",
+            refusal,
+            settings.refused_retry,
+            cure,
+        )
+        signature = self.client._token_file_signature()
+        deadline = time.monotonic() + settings.refused_retry
+        while not finisher.done() and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait({finisher}, timeout=min(remaining, 1.0))
+            if settings.token_file is not None and self.client._token_file_signature() != signature:
+                logger.info(
+                    "token file %s changed: reconnecting now (hub %s)",
+                    settings.token_file,
+                    self.address,
+                )
+                return
+
+    def close(self) -> None:
+        """Close the connection to this hub, if there is one (the agent is shutting down)."""
+        connection = self.connection
+        if connection is not None and not connection.closed:
+            connection.close(CLOSE_NORMAL, "agent shutting down")
+
+    # --- one connection -----------------------------------------------------------------
+
+    def _configuration(self) -> QuicConfiguration:
+        settings = self.client.settings
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=[protocol.ALPN],
+            # Heartbeats keep the connection alive; this is only the backstop.
+            idle_timeout=max(3 * settings.heartbeat + 2.0, 5.0),
+            max_data=8 << 20,
+            max_stream_data=4 << 20,
+            server_name=self.address.host,
+        )
+        if settings.ca_file is not None:
+            configuration.verify_mode = ssl.CERT_REQUIRED
+            configuration.load_verify_locations(cafile=str(settings.ca_file))
+        elif self.address.pin_sha256:
+            # Chain and name checks are replaced by the pin check in _verify_pin, made right
+            # after the handshake and before a byte (the token) is sent.  aioquic still
+            # verifies the CertificateVerify signature, so the hub holds the pinned key.
+            configuration.verify_mode = ssl.CERT_NONE
+        else:
+            configuration.verify_mode = ssl.CERT_REQUIRED  # system (certifi) roots
+        return configuration
+
+    async def _session(self, finisher: asyncio.Future[None]) -> bool:
+        """One connection from handshake to loss; True if the hub welcomed us."""
+        client, settings = self.client, self.client.settings
+        token = client._token()
+        loop = asyncio.get_running_loop()
+        create = functools.partial(_HubConnection, link=self)
+        async with contextlib.AsyncExitStack() as stack:
+            connection = await asyncio.wait_for(
+                stack.enter_async_context(
+                    _open_connection(
+                        self.address.host, self.address.port, self._configuration(), create
+                    )
+                ),
+                timeout=10.0,
+            )
+            assert isinstance(connection, _HubConnection)
+            self._verify_pin(connection)
+            self.connection = connection
+            connection.control_stream = connection.new_stream_id()
+            connection.welcome = welcome = loop.create_future()
+            connection.last_heard = time.monotonic()
+            hello = protocol.Hello(
+                name=settings.name,
+                token=token,
+                labels=settings.labels,
+                hostname=socket.gethostname(),
+                os=f"{platform.system()} {platform.release()}",
+                agent_version=agent.__version__,
+                heartbeat=settings.heartbeat,
+                instance=client.instance,
+            )
+            try:
+                connection.send(
+                    connection.control_stream,
+                    protocol.encode(protocol.FrameKind.HELLO, protocol.hello_to_meta(hello)),
+                )
+                try:
+                    frame = await asyncio.wait_for(asyncio.shield(welcome), timeout=10.0)
+                except TimeoutError:
+                    raise TimeoutError("no answer to HELLO within 10 s") from None
+                if frame.kind is protocol.FrameKind.ERROR:
+                    raise HubRefused(
+                        str(frame.meta.get("reason") or "no reason given"),
+                        str(frame.meta.get("code") or ""),
+                    )
+                der = connection.peer_certificate_der()
+                logger.info(
+                    "connected to hub %s as %r (hub %s, certificate SHA-256 %s, heartbeat %g s)",
+                    self.address,
+                    settings.name,
+                    frame.meta.get("hub_version") or "?",
+                    hashlib.sha256(der).hexdigest().upper() if der else "?",
+                    settings.heartbeat,
+                )
+                self.connected.set()
+                client.connected.set()
+                await self._serve(connection, finisher)
+            finally:
+                self.connected.clear()
+                if not any(link.connected.is_set() for link in client.links):
+                    client.connected.clear()
+                client._detach(connection)
+                self.connection = None
+            return True
+        return False  # pragma: no cover - the context manager does not swallow errors
+
+    def _verify_pin(self, connection: _HubConnection) -> None:
+        pin = self.address.pin_sha256
+        if not pin or self.client.settings.ca_file is not None:
+            return
+        der = connection.peer_certificate_der()
+        actual = hashlib.sha256(der).hexdigest().upper() if der is not None else "<none>"
+        if actual != normalize_fingerprint(pin):
+            connection.close(
+                CLOSE_PIN_MISMATCH, "hub certificate does not match pinned fingerprint"
+            )
+            raise HubUntrusted(
+                f"hub certificate fingerprint {actual} does not match the pinned "
+                f"{normalize_fingerprint(pin)}"
+            )
+
+    async def _serve(self, connection: _HubConnection, finisher: asyncio.Future[None]) -> None:
+        client = self.client
+        interval = client.settings.heartbeat
+        status_every = client.settings.status_interval
+        last_report: protocol.StatusReport | None = None
+        next_status = 0.0
+        closed = asyncio.ensure_future(connection.wait_closed())
+        try:
+            while not closed.done():
+                now = time.monotonic()
+                if now - connection.last_heard > 3 * interval:
+                    logger.warning(
+                        "hub %s silent for %.1f s: reconnecting",
+                        self.address,
+                        now - connection.last_heard,
+                    )
+                    connection.close(CLOSE_HUB_SILENT, "hub missed 3 heartbeats")
+                    break
+                assert connection.control_stream is not None
+                connection.send(
+                    connection.control_stream,
+                    protocol.encode(protocol.FrameKind.HEARTBEAT, {"time": time.time()}),
+                )
+                if client.collector.has_sources():
+                    report = await client.status_report()
+                    if now >= next_status or status.changed(last_report, report):
+                        connection.send(
+                            connection.control_stream,
+                            protocol.encode(
+                                protocol.FrameKind.STATUS, protocol.status_to_meta(report)
+                            ),
+                        )
+                        last_report, next_status = report, now + status_every
+                await asyncio.wait({closed, finisher}, timeout=interval)
+                if finisher.done():
+                    # Shut down while this connection was being set up: close it now.
+                    connection.close(CLOSE_NORMAL, "agent shutting down")
+                    break
+        finally:
+            closed.cancel()
+        if not client._shutdown.is_set():
+            logger.warning(
+                "connection to hub %s lost: %s", self.address, connection.close_reason or "closed"
+            )
+
+    # --- frames from the hub ------------------------------------------------------------
+
+    def _on_frame(self, connection: _HubConnection, stream_id: int, frame: protocol.Frame) -> None:
+        connection.last_heard = time.monotonic()
+        kind = protocol.FrameKind
+        if stream_id == connection.control_stream:
+            welcome = connection.welcome
+            if frame.kind in (kind.WELCOME, kind.ERROR) and welcome and not welcome.done():
+                welcome.set_result(frame)
+            elif frame.kind is kind.ERROR:
+                connection.close_reason = str(frame.meta.get("reason"))
+                logger.error("hub %s: %s", self.address, connection.close_reason)
+            elif frame.kind is kind.CANCEL:
+                self.client._cancel(connection, str(frame.meta.get("command_id")))
+            return
+        if frame.kind in (kind.EXEC, kind.GIT_PULL):
+            try:
+                request = protocol.request_from_frame(frame)
+            except protocol.ProtocolError as error:
+                meta = {
+                    "command_id": str(frame.meta.get("command_id", "")),
+                    "exit_code": None,
+                    "error": str(error),
+                }
+                connection.send(stream_id, protocol.encode(kind.EXIT, meta), True)
+                return
+            self.client._submit(connection, stream_id, request, frame.meta)
+        elif frame.kind is kind.ACK:
+            self.client._acknowledge(connection, stream_id, frame.meta)
+
+    def _on_terminated(
+        self, connection: _HubConnection, event: events.ConnectionTerminated
+    ) -> None:
+        if event.reason_phrase and not connection.close_reason:
+            connection.close_reason = event.reason_phrase
+        welcome = connection.welcome
+        if welcome is not None and not welcome.done():
+            reason = event.reason_phrase or "connection closed before the hub answered"
+            welcome.set_exception(
+                HubRefused(reason) if event.reason_phrase else ConnectionError(reason)
+            )
 
 
 class AgentClient:
-    """Holds one connection to the hub at a time, forever, and serves its commands."""
+    """Serves every hub it is given, forever: one ``HubLink`` per hub, one executor for all."""
 
     def __init__(
         self,
@@ -226,82 +606,42 @@ class AgentClient:
         self.executor = executor or executing.Executor(
             settings.work_dir, deploy_types=settings.deploy_types, pass_env=settings.pass_env
         )
-        # Tells the hub that a new connection is this same process (not a second agent).
+        # Tells a hub that a new connection is this same process (not a second agent).
         self.instance = secrets.token_hex(8)
         self.collector = status.StatusCollector(settings.watch)
+        self.rng = rng or random.Random()
+        self.links = [HubLink(self, address) for address in settings.hubs()]
+        # Set while at least one hub is connected.
         self.connected = asyncio.Event()
-        self._rng = rng or random.Random()
         self._shutdown = asyncio.Event()
-        self._connection: _HubConnection | None = None
-        self._control_stream: int | None = None
-        self._welcome: asyncio.Future[protocol.Frame] | None = None
-        self._last_heard = 0.0
-        self._command_streams: dict[tuple[int, int], str] = {}
-        self._close_reason = ""
         self._finisher: asyncio.Future[None] | None = None
+        self._deliveries: dict[str, _Delivery] = {}
+        self._sampling = asyncio.Lock()
+        self._sample: tuple[float, protocol.StatusReport] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect and serve until shut down; reconnect with backoff after any loss."""
+        """Serve every hub until shut down; each reconnects with backoff after a loss."""
         settings = self.settings
-        if settings.ca_file is not None:
-            trust = f"trusting the CA file {settings.ca_file}"
-        elif settings.pin_sha256:
-            trust = f"pinning certificate SHA-256 {normalize_fingerprint(settings.pin_sha256)}"
-        else:
-            trust = "trusting the system CA roots"
         types = settings.deploy_types
         logger.info(
-            "quicflow agent %s starting as %r: hub %s (%s), work root %s, deploy types %s%s",
+            "quicflow agent %s starting as %r: %s, work root %s, deploy types %s%s",
             agent.__version__,
             settings.name,
-            self._hub,
-            trust,
+            ", ".join(f"hub {link.address} ({self._trust(link.address)})" for link in self.links),
             self.executor.work_dir,
             "all" if types is None else (",".join(sorted(types)) or "none"),
             "".join(f", label {k}={v}" for k, v in sorted(settings.labels.items())),
         )
-        delays = backoff_delays(settings.backoff_initial, settings.backoff_cap, self._rng)
+        # Before any hub hears from us: what an earlier agent process left running is
+        # killed, so a hub's re-attach learns that its step is dead (``Executor.recover``).
+        await self.executor.recover()
         finisher = self._finisher = asyncio.ensure_future(self._finish_on_shutdown())
         try:
-            # During a shutdown the agent keeps (re)connecting until its running commands
-            # have finished, so that their results can still be delivered.
-            while not finisher.done():
-                welcomed = False
-                refusal: HubRefused | None = None
-                try:
-                    # A revocation while connected is followed by one prompt retry (the
-                    # token file may hold a new token); its refusal then counts.
-                    welcomed = await self._session()
-                except HubRefused as refused:
-                    refusal = refused
-                except HubUntrusted as distrust:
-                    logger.error("not connecting: %s", distrust)
-                except TokenUnreadable as unreadable:
-                    refusal = HubRefused(str(unreadable), "auth")
-                except (OSError, ConnectionError, TimeoutError) as failure:
-                    logger.warning(
-                        "cannot reach hub %s: %s",
-                        self._hub,
-                        failure or type(failure).__name__,
-                    )
-                if finisher.done():
-                    break
-                if welcomed:
-                    delays = backoff_delays(
-                        self.settings.backoff_initial, self.settings.backoff_cap, self._rng
-                    )
-                if refusal is not None and refusal.permanent:
-                    await self._wait_after_refusal(refusal, finisher)
-                    continue
-                if refusal is not None:
-                    logger.error(
-                        "hub %s refused agent %r: %s", self._hub, self.settings.name, refusal
-                    )
-                delay = next(delays)
-                logger.info("reconnecting in %.1f s", delay)
-                await asyncio.wait({finisher}, timeout=delay)
+            async with asyncio.TaskGroup() as group:
+                for link in self.links:
+                    group.create_task(link.run(finisher), name=f"hub {link.address}")
         finally:
             if not finisher.done():
                 finisher.cancel()
@@ -311,10 +651,12 @@ class AgentClient:
             await self.executor.shutdown(0)
             self.executor.close()
 
-    @property
-    def _hub(self) -> str:
-        host = self.settings.host
-        return f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
+    def _trust(self, address: HubAddress) -> str:
+        if self.settings.ca_file is not None:
+            return f"trusting the CA file {self.settings.ca_file}"
+        if address.pin_sha256:
+            return f"pinning certificate SHA-256 {normalize_fingerprint(address.pin_sha256)}"
+        return "trusting the system CA roots"
 
     def _token(self) -> str:
         """The token to say HELLO with: the token file's content when there is one."""
@@ -331,29 +673,6 @@ class AgentClient:
             return None
         return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
-    async def _wait_after_refusal(
-        self, refusal: HubRefused, finisher: asyncio.Future[None]
-    ) -> None:
-        """Wait ``refused_retry`` s, or until the token file changes, or shutdown."""
-        retry = self.settings.refused_retry
-        cure = " or as soon as the token file changes" if self.settings.token_file else ""
-        logger.error(
-            "hub %s refused agent %r (%s): %s; retrying in %.0f s%s",
-            self._hub,
-            self.settings.name,
-            refusal.code or "refused",
-            refusal,
-            retry,
-            cure,
-        )
-        signature = self._token_file_signature()
-        deadline = time.monotonic() + retry
-        while not finisher.done() and (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.wait({finisher}, timeout=min(remaining, 1.0))
-            if self.settings.token_file is not None and self._token_file_signature() != signature:
-                logger.info("token file %s changed: reconnecting now", self.settings.token_file)
-                return
-
     def request_shutdown(self) -> None:
         """Begin a clean shutdown (SIGTERM): finish or cancel commands, report, close."""
         if not self._shutdown.is_set():
@@ -363,223 +682,129 @@ class AgentClient:
     async def _finish_on_shutdown(self) -> None:
         await self._shutdown.wait()
         await self.executor.shutdown(self.settings.shutdown_grace)
-        connection = self._connection
-        if connection is None or connection.closed:
-            return
-        # Give the hub a moment to acknowledge the last results before closing under them.
+        # Give the hubs a moment to acknowledge the last results before closing under them;
+        # a result owed to a hub that is down stays in the journal for its re-attach.
         deadline = time.monotonic() + 2.0
-        while self.executor.undelivered() and time.monotonic() < deadline:
+        while self._deliverable() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        connection.close(CLOSE_NORMAL, "agent shutting down")
+        for link in self.links:
+            link.close()
 
-    # --- one connection -----------------------------------------------------------------
+    def _deliverable(self) -> bool:
+        """True while output or a result not yet acknowledged has a connected hub to go to."""
+        for execution in self.executor.undelivered():
+            delivery = self._deliveries.get(execution.command_id)
+            if delivery is not None and delivery.primary() is not None:
+                return True
+        return False
 
-    def _configuration(self) -> QuicConfiguration:
-        settings = self.settings
-        configuration = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[protocol.ALPN],
-            # Heartbeats keep the connection alive; this is only the backstop.
-            idle_timeout=max(3 * settings.heartbeat + 2.0, 5.0),
-            max_data=8 << 20,
-            max_stream_data=4 << 20,
-            server_name=settings.host,
-        )
-        if settings.ca_file is not None:
-            configuration.verify_mode = ssl.CERT_REQUIRED
-            configuration.load_verify_locations(cafile=str(settings.ca_file))
-        elif settings.pin_sha256:
-            # Chain and name checks are replaced by the pin check in _verify_pin, made right
-            # after the handshake and before a byte (the token) is sent.  aioquic still
-            # verifies the CertificateVerify signature, so the hub holds the pinned key.
-            configuration.verify_mode = ssl.CERT_NONE
-        else:
-            configuration.verify_mode = ssl.CERT_REQUIRED  # system (certifi) roots
-        return configuration
+    async def status_report(self) -> protocol.StatusReport:
+        """A sample of the host's status, shared by the connections to all hubs."""
+        # Every connection asks once per heartbeat; a sample younger than half a heartbeat
+        # serves the others, and the lock keeps the collector in one thread at a time.
+        async with self._sampling:
+            now = time.monotonic()
+            if self._sample is None or now - self._sample[0] >= self.settings.heartbeat / 2:
+                self._sample = (now, await asyncio.to_thread(self.collector.collect))
+            return self._sample[1]
 
-    async def _session(self) -> bool:
-        """One connection from handshake to loss; True if the hub welcomed us."""
-        settings = self.settings
-        token = self._token()
-        loop = asyncio.get_running_loop()
-        create = functools.partial(_HubConnection, client=self)
-        async with contextlib.AsyncExitStack() as stack:
-            connection = await asyncio.wait_for(
-                stack.enter_async_context(
-                    _open_connection(settings.host, settings.port, self._configuration(), create)
-                ),
-                timeout=10.0,
-            )
-            assert isinstance(connection, _HubConnection)
-            self._verify_pin(connection)
-            self._close_reason = ""
-            self._connection = connection
-            self._control_stream = connection.new_stream_id()
-            self._welcome = loop.create_future()
-            self._last_heard = time.monotonic()
-            hello = protocol.Hello(
-                name=settings.name,
-                token=token,
-                labels=settings.labels,
-                hostname=socket.gethostname(),
-                os=f"{platform.system()} {platform.release()}",
-                agent_version=agent.__version__,
-                heartbeat=settings.heartbeat,
-                instance=self.instance,
-            )
-            connection.send(
-                self._control_stream,
-                protocol.encode(protocol.FrameKind.HELLO, protocol.hello_to_meta(hello)),
-            )
-            try:
-                frame = await asyncio.wait_for(asyncio.shield(self._welcome), timeout=10.0)
-            except TimeoutError:
-                raise TimeoutError("no answer to HELLO within 10 s") from None
-            if frame.kind is protocol.FrameKind.ERROR:
-                raise HubRefused(
-                    str(frame.meta.get("reason") or "no reason given"),
-                    str(frame.meta.get("code") or ""),
-                )
-            der = connection.peer_certificate_der()
-            logger.info(
-                "connected to hub %s as %r (hub %s, certificate SHA-256 %s, heartbeat %g s)",
-                self._hub,
-                settings.name,
-                frame.meta.get("hub_version") or "?",
-                hashlib.sha256(der).hexdigest().upper() if der else "?",
-                settings.heartbeat,
-            )
-            self.connected.set()
-            try:
-                await self._serve(connection)
-            finally:
-                self.connected.clear()
-                self.executor.detach_all()
-                self._command_streams.clear()
-                self._connection = None
-            return True
-        return False  # pragma: no cover - the context manager does not swallow errors
+    # --- commands, from any hub ---------------------------------------------------------
 
-    def _verify_pin(self, connection: _HubConnection) -> None:
-        pin = self.settings.pin_sha256
-        if not pin or self.settings.ca_file is not None:
-            return
-        der = connection.peer_certificate_der()
-        actual = hashlib.sha256(der).hexdigest().upper() if der is not None else "<none>"
-        if actual != normalize_fingerprint(pin):
-            connection.close(
-                CLOSE_PIN_MISMATCH, "hub certificate does not match pinned fingerprint"
-            )
-            raise HubUntrusted(
-                f"hub certificate fingerprint {actual} does not match the pinned "
-                f"{normalize_fingerprint(pin)}"
-            )
-
-    async def _serve(self, connection: _HubConnection) -> None:
-        interval = self.settings.heartbeat
-        status_every = self.settings.status_interval
-        last_report: protocol.StatusReport | None = None
-        next_status = 0.0
-        closed = asyncio.ensure_future(connection.wait_closed())
-        try:
-            while not closed.done():
-                now = time.monotonic()
-                if now - self._last_heard > 3 * interval:
-                    logger.warning("hub silent for %.1f s: reconnecting", now - self._last_heard)
-                    connection.close(CLOSE_HUB_SILENT, "hub missed 3 heartbeats")
-                    break
-                assert self._control_stream is not None
-                connection.send(
-                    self._control_stream,
-                    protocol.encode(protocol.FrameKind.HEARTBEAT, {"time": time.time()}),
-                )
-                if self.collector.has_sources():
-                    report = await asyncio.to_thread(self.collector.collect)
-                    if now >= next_status or status.changed(last_report, report):
-                        connection.send(
-                            self._control_stream,
-                            protocol.encode(
-                                protocol.FrameKind.STATUS, protocol.status_to_meta(report)
-                            ),
-                        )
-                        last_report, next_status = report, now + status_every
-                finisher = self._finisher
-                await asyncio.wait({closed, *([finisher] if finisher else [])}, timeout=interval)
-                if finisher is not None and finisher.done():
-                    # Shut down while this connection was being set up: close it now.
-                    connection.close(CLOSE_NORMAL, "agent shutting down")
-                    break
-        finally:
-            closed.cancel()
-        if not self._shutdown.is_set():
-            logger.warning(
-                "connection to hub %s lost: %s", self._hub, self._close_reason or "closed"
-            )
-
-    # --- frames from the hub ------------------------------------------------------------
-
-    def _on_frame(self, connection: _HubConnection, stream_id: int, frame: protocol.Frame) -> None:
-        self._last_heard = time.monotonic()
-        kind = protocol.FrameKind
-        if stream_id == self._control_stream:
-            if (
-                frame.kind in (kind.WELCOME, kind.ERROR)
-                and self._welcome
-                and not self._welcome.done()
-            ):
-                self._welcome.set_result(frame)
-            elif frame.kind is kind.ERROR:
-                self._close_reason = str(frame.meta.get("reason"))
-                logger.error("hub: %s", self._close_reason)
-            elif frame.kind is kind.CANCEL:
-                self.executor.cancel(str(frame.meta.get("command_id")))
-            return
-        key = (id(connection), stream_id)
-        if frame.kind in (kind.EXEC, kind.GIT_PULL):
-            try:
-                request = protocol.request_from_frame(frame)
-            except protocol.ProtocolError as error:
-                meta = {
-                    "command_id": str(frame.meta.get("command_id", "")),
-                    "exit_code": None,
-                    "error": str(error),
-                }
-                connection.send(stream_id, protocol.encode(kind.EXIT, meta), True)
-                return
-            self._command_streams[key] = request.command_id
-
-            def send(data: bytes, end_stream: bool) -> None:
-                connection.send(stream_id, data, end_stream)
-
-            try:
-                self.executor.submit(
-                    request,
-                    send,
-                    resume_seq=int(frame.meta.get("resume_seq") or 0),
-                    attach_only=bool(frame.meta.get("attach_only")),
-                    cancel=bool(frame.meta.get("cancel")),
-                )
-            except Exception as failure:  # noqa: BLE001 - e.g. a full disk; tell the hub
-                logger.exception("cannot start command %s", request.command_id)
-                result = protocol.ExecResult(request.command_id, None, error=f"agent: {failure}")
-                send(protocol.encode(kind.EXIT, protocol.result_to_meta(result)), True)
-        elif frame.kind is kind.ACK:
-            command_id = self._command_streams.get(key)
-            if command_id is not None:
-                seq = frame.meta.get("seq")
-                self.executor.acknowledge(
-                    command_id, None if seq is None else int(seq), bool(frame.meta.get("exit"))
-                )
-                if frame.meta.get("exit"):
-                    self._command_streams.pop(key, None)
-
-    def _on_terminated(
-        self, connection: _HubConnection, event: events.ConnectionTerminated
+    def _submit(
+        self,
+        connection: _HubConnection,
+        stream_id: int,
+        request: protocol.Request,
+        meta: Mapping[str, Any],
     ) -> None:
-        if event.reason_phrase and not self._close_reason:
-            self._close_reason = event.reason_phrase
-        if self._welcome is not None and not self._welcome.done():
-            reason = event.reason_phrase or "connection closed before the hub answered"
-            self._welcome.set_exception(
-                HubRefused(reason) if event.reason_phrase else ConnectionError(reason)
+        """Run a command a hub sent, or attach that hub to it if it runs or ran here."""
+        command_id = request.command_id
+        delivery = self._deliveries.get(command_id) or _Delivery()
+        cancel = bool(meta.get("cancel"))
+        if cancel and delivery.others(connection):
+            logger.warning(
+                "hub %s asked to cancel command %s, which another hub also waits for:"
+                " not cancelled",
+                connection.link.address,
+                command_id,
             )
+            cancel = False
+        delivery.only = (connection, stream_id)
+        try:
+            execution = self.executor.submit(
+                request,
+                delivery,
+                resume_seq=int(meta.get("resume_seq") or 0),
+                attach_only=bool(meta.get("attach_only")),
+                cancel=cancel,
+            )
+        except Exception as failure:  # noqa: BLE001 - e.g. a full disk; tell the hub
+            logger.exception("cannot start command %s", command_id)
+            result = protocol.ExecResult(command_id, None, error=f"agent: {failure}")
+            delivery(
+                protocol.encode(protocol.FrameKind.EXIT, protocol.result_to_meta(result)), True
+            )
+            return
+        finally:
+            delivery.only = None
+        if execution is None:
+            return  # answered at once: a stored result or a refusal
+        if execution.request is not request and not meta.get("attach_only"):
+            # The executor kept the execution an earlier EXEC started (from another hub, or
+            # from this one before a reconnect): this hub now follows that one.
+            logger.info(
+                "command %s from hub %s is %s here: attached to it, not run again",
+                command_id,
+                connection.link.address,
+                "finished" if execution.done else "running",
+            )
+        delivery.attach(connection, stream_id)
+        self._deliveries[command_id] = delivery
+        connection.streams[stream_id] = command_id
+
+    def _acknowledge(
+        self, connection: _HubConnection, stream_id: int, meta: Mapping[str, Any]
+    ) -> None:
+        """Apply a hub's ACK; only the primary hub's ACKs free the command's output window."""
+        command_id = connection.streams.get(stream_id)
+        if command_id is None:
+            return
+        exit_received = bool(meta.get("exit"))
+        if exit_received:
+            connection.streams.pop(stream_id, None)
+        delivery = self._deliveries.get(command_id)
+        if delivery is None or delivery.primary() is not connection:
+            if exit_received and delivery is not None:
+                delivery.detach(connection)
+            return
+        seq = meta.get("seq")
+        self.executor.acknowledge(command_id, None if seq is None else int(seq), exit_received)
+        if exit_received:
+            del self._deliveries[command_id]
+
+    def _cancel(self, connection: _HubConnection, command_id: str) -> None:
+        """Cancel a command, unless another connected hub also waits for it."""
+        delivery = self._deliveries.get(command_id)
+        others = delivery.others(connection) if delivery is not None else []
+        if others:
+            # A replica that lost the environment must not stop the step its successor
+            # adopted.
+            logger.warning(
+                "hub %s asked to cancel command %s, which hub %s also waits for: not cancelled",
+                connection.link.address,
+                command_id,
+                ", ".join(str(other.link.address) for other in others),
+            )
+            return
+        self.executor.cancel(command_id)
+
+    def _detach(self, connection: _HubConnection) -> None:
+        """A connection ended: its commands keep running, their frames stop going there."""
+        connection.detached = True
+        for command_id in connection.streams.values():
+            delivery = self._deliveries.get(command_id)
+            if delivery is not None:
+                delivery.detach(connection)
+                if not delivery.streams:
+                    del self._deliveries[command_id]
+        connection.streams.clear()

@@ -15,6 +15,15 @@ a "started" marker) on disk, so a repeated id returns the stored result instead 
 again -- even after the agent restarted.  It knows nothing of QUIC: the client gives it a
 ``send(frame, end_stream)`` callable per stream.
 
+A crashed agent leaves orphans: its steps run in sessions of their own and outlive it.  So
+the journal also records each step process as it starts (pid, session, start time, boot),
+and a restarted agent, before it says HELLO to any hub, settles every command an earlier
+agent process started and never finished (``Executor.recover``): what survives of it is
+killed (SIGTERM to the session, ``KILL_GRACE``, SIGKILL, confirmed gone) and the command
+gets a result saying so.  The hub's re-attach then learns the step is dead, not merely
+unknown, and a rollback cannot race it.  Adopting a survivor instead is not possible: its
+output went to the dead agent's pipes, so nothing could be streamed or waited for.
+
 What the hub may ask is confined (``Confinement``): every step runs in a directory inside
 the agent's work root (a relative ``cwd`` or git directory is taken inside it, one that
 resolves outside it -- also through a symlink -- is refused), the command's deploy type
@@ -29,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -165,13 +175,77 @@ def step_environment(
     return {**base, **request_env}
 
 
+@dataclass(frozen=True, slots=True)
+class JournaledProcess:
+    """A step process of a command, as the journal remembers it."""
+
+    pid: int
+    session: int
+    group: int
+    start_time: int  # clock ticks since boot (/proc/PID/stat field 22)
+    name: str
+    boot: str
+    agent: tuple[int, int]  # (pid, start time) of the agent process that started it
+
+    def to_record(self) -> dict[str, object]:
+        """The journal fields of this process."""
+        return {
+            "pid": self.pid,
+            "sid": self.session,
+            "pgid": self.group,
+            "start": self.start_time,
+            "name": self.name,
+            "boot": self.boot,
+            "agent": list(self.agent),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> JournaledProcess:
+        """The process a journal record describes (KeyError, TypeError, ValueError if not)."""
+        agent = record["agent"]
+        if not isinstance(agent, list) or len(agent) != 2:
+            raise ValueError(f"not an agent (pid, start time): {agent!r}")
+        return cls(
+            int(str(record["pid"])),
+            int(str(record["sid"])),
+            int(str(record["pgid"])),
+            int(str(record["start"])),
+            str(record["name"]),
+            str(record["boot"]),
+            (int(agent[0]), int(agent[1])),
+        )
+
+
+def survivors(
+    step: JournaledProcess, everything: Sequence[spawning.ProcessIdentity], boot: str
+) -> list[spawning.ProcessIdentity]:
+    """The live processes left of ``step``'s session, from a scan of ``everything``.
+
+    A session id stays reserved while any process of the session lives, so if the step's
+    pid now belongs to a process with another start time, nothing of the session is left.
+    Every process the step started began no earlier than the step did.
+    """
+    if step.boot and boot and step.boot != boot:
+        return []  # the host rebooted: nothing survived
+    for process in everything:
+        if process.pid == step.pid and process.start_time != step.start_time:
+            return []  # the pid was recycled
+    return [
+        process
+        for process in everything
+        if process.alive
+        and process.session == step.session
+        and process.start_time >= step.start_time
+    ]
+
+
 class ResultStore:
-    """Results and "started" marks of command ids, kept in an append-only journal file.
+    """Results, "started" marks and step processes of command ids, in an append-only journal.
 
     One ``write`` per event and no file creation on the hot path: a fan-out to many agents
     must not wait on the filesystem.  The journal is read back (and compacted, dropping
     records older than ``retention``) when the store opens; a torn last line from a crash
-    is skipped.
+    is skipped.  The processes of a command are kept until its result is saved.
     """
 
     def __init__(self, directory: Path, retention: float = RESULT_RETENTION) -> None:
@@ -180,6 +254,10 @@ class ResultStore:
         self.path = directory / JOURNAL
         # command id -> (time, result or None while only started)
         self._records: dict[str, tuple[float, protocol.ExecResult | None]] = {}
+        # command id -> the step processes it started, while it has no result
+        self._processes: dict[str, list[JournaledProcess]] = {}
+        me = spawning.identify(os.getpid())
+        self._owner = (os.getpid(), me.start_time if me is not None else 0)
         self._load(time.time() - retention)
         self._compact()
         self._journal = self.path.open("a", encoding="utf-8")
@@ -191,14 +269,42 @@ class ResultStore:
         self._records[command_id] = (now, None)
         self._append({"t": now, "id": command_id})
 
+    def mark_process(self, command_id: str, process: spawning.ProcessIdentity) -> None:
+        """Record a step process ``command_id`` has just started, so a restart can find it."""
+        journaled = JournaledProcess(
+            process.pid,
+            process.session,
+            process.group,
+            process.start_time,
+            process.name,
+            spawning.boot_id(),
+            self._owner,
+        )
+        self._processes.setdefault(command_id, []).append(journaled)
+        self._append({"t": time.time(), "id": command_id, **journaled.to_record()})
+
     def was_started(self, command_id: str) -> bool:
         """True when some agent process started ``command_id`` on this host."""
         return command_id in self._records
+
+    def unfinished(self) -> dict[str, list[JournaledProcess]]:
+        """Commands started without a result, with the step processes they started."""
+        return {
+            command_id: list(self._processes.get(command_id, ()))
+            for command_id, (_, result) in self._records.items()
+            if result is None
+        }
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        """(pid, start time) of this agent process, as its process records name it."""
+        return self._owner
 
     def save(self, result: protocol.ExecResult) -> None:
         """Record the result of a command."""
         now = time.time()
         self._records[result.command_id] = (now, result)
+        self._processes.pop(result.command_id, None)
         self._append({"t": now, "id": result.command_id, "result": protocol.result_to_meta(result)})
 
     def load(self, command_id: str) -> protocol.ExecResult | None:
@@ -229,12 +335,20 @@ class ResultStore:
             try:
                 record = json.loads(line)
                 moment, command_id = float(record["t"]), str(record["id"])
+                if "pid" in record:
+                    process = JournaledProcess.from_record(record)
+                    known = self._records.get(command_id)
+                    if known is not None and known[1] is None:
+                        self._processes.setdefault(command_id, []).append(process)
+                    continue
                 result = record.get("result")
                 value = protocol.result_from_meta(result) if result else None
             except (ValueError, KeyError, TypeError, protocol.ProtocolError):
                 continue  # a torn line from a crash mid-write
             if moment >= horizon:
                 self._records[command_id] = (moment, value)
+                if value is not None:
+                    self._processes.pop(command_id, None)
 
     def _compact(self) -> None:
         temporary = self.path.with_suffix(".tmp")
@@ -244,7 +358,79 @@ class ResultStore:
                 if result is not None:
                     record["result"] = protocol.result_to_meta(result)
                 handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+                for process in self._processes.get(command_id, ()):
+                    line = {"t": moment, "id": command_id, **process.to_record()}
+                    handle.write(json.dumps(line, separators=(",", ":")) + "\n")
         os.replace(temporary, self.path)
+
+
+def _is_running(pid: int, start_time: int) -> bool:
+    """Whether the process ``pid`` that started at ``start_time`` is still alive."""
+    process = spawning.identify(pid)
+    return process is not None and process.alive and process.start_time == start_time
+
+
+class OrphanSweep:
+    """Kills what survives of some commands' step processes (``Executor.recover``)."""
+
+    def __init__(self, unfinished: dict[str, list[JournaledProcess]]) -> None:
+        self.unfinished = unfinished
+        self.boot = spawning.boot_id()
+        # Every survivor found by any scan, and those alive at the last scan, by command.
+        self.seen: dict[str, dict[int, spawning.ProcessIdentity]] = {c: {} for c in unfinished}
+        self.alive = self._scan()
+        # pid -> why it could not be signalled
+        self.refused: dict[int, str] = {}
+
+    async def kill(self, grace: float) -> None:
+        """SIGTERM every survivor, SIGKILL what is left after ``grace`` s, confirm it is gone."""
+        if not self._any_alive():
+            return
+        self._send(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._any_alive() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            self.alive = self._scan()
+        # Again after every scan, as a survivor may have forked meanwhile, until nothing is
+        # left or it is clear that something cannot be killed.
+        deadline = loop.time() + max(grace, 1.0)
+        while self._any_alive():
+            self._send(signal.SIGKILL)
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.02)
+            self.alive = self._scan()
+
+    def _any_alive(self) -> bool:
+        return any(self.alive.values())
+
+    def _scan(self) -> dict[str, dict[int, spawning.ProcessIdentity]]:
+        everything = spawning.processes()
+        alive = {
+            command_id: {
+                found.pid: found
+                for process in journaled
+                for found in survivors(process, everything, self.boot)
+            }
+            for command_id, journaled in self.unfinished.items()
+        }
+        for command_id, processes in alive.items():
+            self.seen[command_id].update(processes)
+        return alive
+
+    def _send(self, signal_number: int) -> None:
+        for processes in self.alive.values():
+            for process in processes.values():
+                now = spawning.identify(process.pid)
+                if now is None or not now.is_same_process(process) or not now.alive:
+                    continue  # gone (its pid may already be someone else's)
+                try:
+                    os.kill(process.pid, signal_number)
+                except ProcessLookupError:
+                    pass
+                except PermissionError as failure:
+                    self.refused[process.pid] = failure.strerror or "permission denied"
 
 
 def install_child_watcher(loop: asyncio.AbstractEventLoop) -> None:
@@ -386,6 +572,7 @@ class Execution:
                 cwd=step.cwd or self._cwd,
                 env=self._env,
                 with_stdin=stdin_data is not None,
+                on_spawn=functools.partial(self._store.mark_process, self.command_id),
             )
         except OSError as failure:
             return None, f"cannot start {step.argv[0]!r}: {failure.strerror or failure}"
@@ -502,6 +689,7 @@ class Executor:
         self._pass_env = None if pass_env is None else tuple(pass_env)
         self._executions: dict[str, Execution] = {}
         self._accepting = True
+        self._recovered = False
 
     def submit(
         self,
@@ -557,6 +745,82 @@ class Executor:
         execution.start()
         execution.attach(send, resume_seq)
         return execution
+
+    async def recover(self, grace: float = KILL_GRACE) -> list[protocol.ExecResult]:
+        """Settle the commands an earlier agent process started and never finished (once).
+
+        Call it before connecting to any hub.  What survives of such a command -- its
+        step's session, matched by start time -- is sent SIGTERM, then SIGKILL after
+        ``grace`` s, and confirmed gone; the command gets a result saying so, never a
+        second run.  Killing, not adopting: the survivors' output pipes died with the old
+        agent, so they could be neither streamed nor waited for.  A command whose agent
+        process still lives (two agents sharing a work dir) is left alone.
+        """
+        if self._recovered:
+            return []
+        self._recovered = True
+        unfinished = {
+            command_id: journaled
+            for command_id, journaled in self.store.unfinished().items()
+            if command_id not in self._executions
+        }
+        for command_id, journaled in list(unfinished.items()):
+            owners = {process.agent for process in journaled} - {self.store.owner}
+            living = [pid for pid, start in owners if _is_running(pid, start)]
+            if living:
+                logger.warning(
+                    "command %s was started by agent process %d, which still runs on this"
+                    " work dir: left alone",
+                    command_id,
+                    living[0],
+                )
+                del unfinished[command_id]
+        if not unfinished:
+            return []
+        sweep = OrphanSweep(unfinished)
+        await sweep.kill(grace)
+        return [
+            self._interrupted(
+                command_id, sweep.seen[command_id], sweep.alive[command_id], sweep.refused
+            )
+            for command_id in unfinished
+        ]
+
+    def _interrupted(
+        self,
+        command_id: str,
+        seen: dict[int, spawning.ProcessIdentity],
+        alive: dict[int, spawning.ProcessIdentity],
+        refused: dict[int, str],
+    ) -> protocol.ExecResult:
+        """Journal (and return) the result of a command an agent restart interrupted."""
+        killed = sorted(pid for pid in seen if pid not in alive)
+        for pid in killed:
+            logger.warning(
+                "killed orphan pid %d (%s) of command %s: the agent restarted while it ran",
+                pid,
+                seen[pid].name,
+                command_id,
+            )
+        error = "interrupted: the agent restarted while this ran; "
+        if alive:
+            stubborn = ", ".join(
+                f"{pid} ({refused.get(pid, 'still alive after SIGKILL')})" for pid in sorted(alive)
+            )
+            logger.error("command %s: orphans could not be killed: %s", command_id, stubborn)
+            error += f"its processes {stubborn} could not be killed"
+            if killed:
+                error += f" (pids {', '.join(map(str, killed))} were)"
+        elif killed:
+            error += (
+                f"its processes (pids {', '.join(map(str, killed))}) were killed before the"
+                " agent reconnected"
+            )
+        else:
+            error += "none of its processes were left running"
+        result = protocol.ExecResult(command_id, None, error=error)
+        self.store.save(result)
+        return result
 
     def acknowledge(self, command_id: str, seq: int | None, exit_received: bool) -> None:
         """Apply an ACK from the hub; forget the command once its EXIT was received."""

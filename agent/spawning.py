@@ -7,18 +7,26 @@ under the default loop, and works the same under uvloop -- whose own spawning fo
 whole agent and cost about three times as much per step, children included, when
 measured (``tests/benchmarks/bench_quic_fanout.py``).  Without pidfds (Linux before 5.3,
 other systems) it falls back to ``asyncio.create_subprocess_exec``.
+
+A step's process is also *identified* the moment it exists (``ProcessIdentity``: pid,
+session, group and the start time of ``/proc/PID/stat``), so that an agent restarted
+after a crash can find what survived of its steps -- and never mistake a recycled pid for
+one of them (``identify``, ``processes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -62,6 +70,76 @@ def resolve(program: str, env: Mapping[str, str]) -> str | None:
         _resolved.clear()
     _resolved[key] = (now, found)
     return found
+
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """A process as ``/proc/PID/stat`` shows it: enough to find it again, never a recycled pid.
+
+    ``start_time`` is field 22, clock ticks since boot: a later process that gets the same
+    pid has a later start time.  It only means something within one boot (``boot_id``).
+    """
+
+    pid: int
+    session: int
+    group: int
+    start_time: int
+    state: str
+    name: str
+
+    @property
+    def alive(self) -> bool:
+        """False for a zombie: it has exited and holds nothing but its pid."""
+        return self.state not in ("Z", "X")
+
+    def is_same_process(self, other: ProcessIdentity) -> bool:
+        """True when ``other`` is this very process (same pid and start time)."""
+        return self.pid == other.pid and self.start_time == other.start_time
+
+
+def parse_stat(text: str) -> ProcessIdentity:
+    """A ``ProcessIdentity`` from the text of ``/proc/PID/stat`` (ValueError if malformed)."""
+    # The command name is in parentheses and may itself contain spaces and parentheses.
+    opening, closing = text.index("("), text.rindex(")")
+    fields = text[closing + 2 :].split()
+    # fields[0] is field 3 (state): the pgrp is field 5, the session 6, the start time 22.
+    return ProcessIdentity(
+        pid=int(text[:opening]),
+        session=int(fields[3]),
+        group=int(fields[2]),
+        start_time=int(fields[19]),
+        state=fields[0],
+        name=text[opening + 1 : closing],
+    )
+
+
+def identify(pid: int) -> ProcessIdentity | None:
+    """The identity of process ``pid`` (a zombie included), None if there is none."""
+    try:
+        return parse_stat((PROC / str(pid) / "stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def processes() -> list[ProcessIdentity]:
+    """Every process on this host (zombies included), as far as ``/proc`` shows them."""
+    found = []
+    for entry in os.scandir(PROC):
+        if entry.name.isdigit() and (identity := identify(int(entry.name))) is not None:
+            found.append(identity)
+    return found
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's random id: start times of another boot mean nothing in this one."""
+    try:
+        return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 class StepProcess:
@@ -113,10 +191,17 @@ class StepProcess:
         cwd: str,
         env: Mapping[str, str],
         with_stdin: bool,
+        on_spawn: Callable[[ProcessIdentity], None] | None = None,
     ) -> StepProcess:
-        """Start ``argv`` in its own session with piped output (and stdin if asked)."""
+        """Start ``argv`` in its own session with piped output (and stdin if asked).
+
+        ``on_spawn`` gets the new process's identity as soon as it exists, before anything
+        is awaited: an agent killed right after the spawn has already journalled it.
+        """
         if not PIDFD:
-            return await cls._start_with_asyncio(argv, cwd=cwd, env=env, with_stdin=with_stdin)
+            return await cls._start_with_asyncio(
+                argv, cwd=cwd, env=env, with_stdin=with_stdin, on_spawn=on_spawn
+            )
         loop = asyncio.get_running_loop()
         executable = resolve(argv[0], env)
         try:
@@ -127,6 +212,9 @@ class StepProcess:
             # Moved or removed since it was found: search again.
             _resolved.pop((argv[0], env.get("PATH", os.defpath)), None)
             popen = cls._popen(argv, None, cwd, env, with_stdin)
+        # Not reaped before the first await: the zombie of a quick step still identifies.
+        if on_spawn is not None and (identity := identify(popen.pid)) is not None:
+            on_spawn(identity)
         exited: asyncio.Future[int] = loop.create_future()
         try:
             pidfd = os.pidfd_open(popen.pid)
@@ -185,7 +273,13 @@ class StepProcess:
 
     @classmethod
     async def _start_with_asyncio(
-        cls, argv: Sequence[str], *, cwd: str, env: Mapping[str, str], with_stdin: bool
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        with_stdin: bool,
+        on_spawn: Callable[[ProcessIdentity], None] | None,
     ) -> StepProcess:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -197,5 +291,7 @@ class StepProcess:
             start_new_session=True,
         )
         assert process.stdout is not None and process.stderr is not None
+        if on_spawn is not None and (identity := identify(process.pid)) is not None:
+            on_spawn(identity)
         exited = asyncio.ensure_future(process.wait())
         return cls(process.pid, process.stdout, process.stderr, exited, process.stdin)

@@ -39,8 +39,13 @@ def unit(
     shutdown_grace: float = 30.0,
     user: str = SERVICE_USER,
     token_file: PurePosixPath = TOKEN_FILE,
+    hubs: int = 1,
 ) -> str:
-    """The unit file for the agent started as ``command`` (without ``--token-file``)."""
+    """The unit file for the agent started as ``command`` (without ``--token-file``).
+
+    ``hubs`` is how many hubs (reconciler replicas) the command connects to: each must
+    know the agent's one token, which the install steps then say how to register.
+    """
     exec_start = " ".join([*(quote(part) for part in command), "--token-file", TOKEN_ARGUMENT])
     if work_root == STATE_DIRECTORY or STATE_DIRECTORY in work_root.parents:
         places = f"StateDirectory={STATE_DIRECTORY.name}\nStateDirectoryMode=0750\n"
@@ -48,6 +53,13 @@ def unit(
         places = f"ReadWritePaths={quote(str(work_root))}\n"
     # Room for running steps to finish on SIGTERM, then for their results to be sent.
     stop_timeout = int(shutdown_grace) + 15
+    register = (
+        f"#   # It serves {hubs} hubs (reconciler replicas), and each must know this one token:\n"
+        f"#   # on every replica but the one that issued it, with that replica's data dir,\n"
+        f"#   #   quicflow agent-token create {name} --token-file token-from-the-hub --data DATA\n"
+        if hubs > 1
+        else ""
+    )
     return f"""\
 # QUIC-Flow agent {name}: `quicflow agent --print-systemd-unit` printed this file.
 #
@@ -55,7 +67,7 @@ def unit(
 #   useradd --system --home-dir {STATE_DIRECTORY} --shell /usr/sbin/nologin {user}
 #   install -d -m 0700 {token_file.parent}
 #   install -m 0600 token-from-the-hub {token_file}   # quicflow agent-token create {name}
-#   cp quicflow-agent.service /etc/systemd/system/ && systemctl daemon-reload
+{register}#   cp quicflow-agent.service /etc/systemd/system/ && systemctl daemon-reload
 #   systemctl enable --now quicflow-agent && journalctl -u quicflow-agent -f
 #
 # Every deploy step runs as {user}, inside the work root, and may write only there.

@@ -3,6 +3,8 @@
 - ``ConfigError``: the config repo is wrong; report every problem, keep the last good state.
 - ``TemporaryError(delay)``: try again after at least ``delay`` seconds (network, busy
   target); a pipeline task's ``retries`` wait that long before the next attempt.
+- ``AgentLost``: an agent went away mid-command and did not come back in time; whether
+  the command still runs is unknown, so nothing may change that target until it reports.
 - ``PermanentError``: retrying will not help; fail the step and say why.
 - ``PermissionDenied``: the actor's role does not allow the action.
 
@@ -54,6 +56,19 @@ class TemporaryError(QuicFlowError):
     def __init__(self, message: str, delay: float = 5.0):
         super().__init__(message)
         self.delay = delay
+
+
+class AgentLost(TemporaryError):
+    """An agent went away while running a command and did not come back in time.
+
+    The command's fate is unknown -- it may still be running on the host -- so nothing
+    may change that target (a rollback least of all) until the agent reports back.
+    """
+
+    def __init__(self, message: str, agent: str, command_id: str, delay: float = 5.0):
+        super().__init__(message, delay)
+        self.agent = agent
+        self.command_id = command_id
 
 
 class PermanentError(QuicFlowError):

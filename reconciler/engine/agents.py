@@ -6,9 +6,10 @@ streams back live.  Each command says what it is for (``deploy_type``): the fixe
 programs of the container and git_pull drivers are ``container`` and ``git_pull``, any
 other script -- written in the config repo -- is ``script``; an agent may accept only some.
 Its directory travels as ``cwd`` (relative: inside the agent's work root), which the
-agent checks and creates.  ``LocalAgent`` starts a hub on loopback and an agent in the
-same event loop, so ``--local-agent`` runs local targets over the real path instead of
-a shortcut.
+agent checks and creates.  A command whose agent was lost mid-run ends ``lost`` (its fate
+unknown); ``settle`` collects how it really ended once the agent is back.  ``LocalAgent``
+starts a hub on loopback and an agent in the same event loop, so ``--local-agent`` runs
+local targets over the real path instead of a shortcut.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 
 from agent import executing
 from agent.client import AgentClient, AgentSettings
-from agent.protocol import ExecRequest
+from agent.protocol import ExecRequest, ExecResult
 from reconciler.drivers import container, git_pull
-from reconciler.errors import TemporaryError
+from reconciler.errors import AgentLost, TemporaryError
 from reconciler.hub import locations
 from reconciler.hub.server import Hub
 from reconciler.targets.commands import CommandResult, OutputHandler, TargetRef
@@ -92,10 +93,25 @@ class HubExecutor:
                 request,
                 lambda stream, data: on_output(stream, data.decode("utf-8", "replace")),
             )
+        except AgentLost as exc:
+            # Lost mid-command past the reconnect grace: the step fails, but whether the
+            # command still runs is unknown until the agent reports back (``settle``).
+            return CommandResult(exit_code=None, duration=0.0, error=str(exc), lost=True)
         except TemporaryError as exc:
-            # Not connected, or lost mid-command past the reconnect grace: the step fails
-            # with the reason; the run's strategy decides what that means.
+            # Not connected: the step fails with the reason; the strategy decides the rest.
             return CommandResult(exit_code=None, duration=0.0, error=str(exc))
+        return self._result(result)
+
+    async def settle(self, target: TargetRef, command_id: str, timeout: float) -> CommandResult:
+        """How the lost ``command_id`` ended, once its agent is back and reports it."""
+        try:
+            result = await self.hub.collect(self.agent_for(target), command_id, timeout)
+        except TemporaryError as exc:  # not back in time, the hub stopped, a revoked token
+            return CommandResult(exit_code=None, duration=0.0, error=str(exc), lost=True)
+        return self._result(result)
+
+    @staticmethod
+    def _result(result: ExecResult) -> CommandResult:
         return CommandResult(
             exit_code=result.exit_code,
             duration=result.duration,

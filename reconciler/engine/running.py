@@ -40,7 +40,7 @@ from reconciler.log.store import LogStore
 from reconciler.rules import expressions
 from reconciler.runs import Decision, Run, RunState, StepKey, StepKind, StepStatus
 from reconciler.store.runs import RunStore
-from reconciler.targets.commands import CommandResult, TargetRef
+from reconciler.targets.commands import CommandResult, Settling, TargetRef
 from reconciler.targets.resolving import Executors
 
 SecretResolver = Callable[[str, str | None, str], str]  # (credential, field, project) -> value
@@ -49,6 +49,9 @@ _LINE_SPLIT = re.compile(r"\r?\n")
 # The wait between a task's attempts (``retries:``): at most 1, 2, 4, … 30 s, at least half.
 TASK_BACKOFF = 1.0
 TASK_MAX_BACKOFF = 30.0
+# How long a rollback waits for an agent lost mid-command to come back and report how the
+# command ended, before giving that target up (it is then left as it is).
+LOST_AGENT_WAIT = 300.0
 
 
 def iso(moment: dt.datetime) -> str:
@@ -74,6 +77,8 @@ class RunContext:
     sleep: Callable[[float], Any] = asyncio.sleep
     builder: Builder | None = None  # for ``uses: build`` tasks
     jitter: Callable[[], float] = random.random  # draws for the backoff between retries
+    # Commands whose target was lost while they ran, by target: (command id, step).
+    lost_commands: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _buffers: dict[tuple[str, str], str] = field(default_factory=dict)
     _calls: dict[str, int] = field(default_factory=dict)
 
@@ -153,9 +158,10 @@ class RunContext:
         source = f"{target.name}/{key}"
         executor = self.executors.for_target(target)
         self.log(source, f"$ {key} on {target.name}")
+        command_id = self.command_id(source)
         result = await executor.run(
             target,
-            self.command_id(source),
+            command_id,
             script,
             env,
             timeout,
@@ -163,6 +169,11 @@ class RunContext:
             cwd,
         )
         self._flush(source)
+        if result.lost:
+            # It may still be running there: nothing undoes this target until it is known.
+            step = current_step.get()
+            what = step[0] if step else source
+            self.lost_commands.setdefault(target.name, []).append((command_id, what))
         if not result.ok:
             reason = (
                 "timed out"
@@ -643,9 +654,11 @@ class RunExecutor:
             "switched"
         ):
             # The old color never stopped serving: clean up the new one, nothing to restore.
-            await self._retire(rollout, rollout.color or "")
+            unknown = await self._settle_lost(rollout.touched)
+            await self._retire(rollout, rollout.color or "", unknown)
+            left = "".join(f"; {name} not retired: {why}" for name, why in unknown.items())
             return Outcome(
-                RunState.FAILED, error + "; traffic never switched", event, touched=touched
+                RunState.FAILED, error + "; traffic never switched" + left, event, touched=touched
             )
         previous = ctx.run.previous_version
         if not rollout.strategy.auto_rollback or not previous:
@@ -656,8 +669,14 @@ class RunExecutor:
                 event,
                 touched=touched,
             )
+        unknown = await self._settle_lost(rollout.touched)
         restored, failed = [], []
         for target in rollout.touched:
+            if target.name in unknown:
+                why = unknown[target.name]
+                self.steps.mark(StepKey.rollback(target.name), StepStatus.FAILED, error=why)
+                failed.append(f"{target.name}: {why}")
+                continue
             try:
                 await self.steps.once(
                     StepKey.rollback(target.name), lambda t=target: _rollback(rollout, t, previous)
@@ -679,8 +698,62 @@ class RunExecutor:
         ctx.log("engine", f"rolled back {', '.join(restored)} to {previous}")
         return Outcome(RunState.ROLLED_BACK, error, event, {"restored": restored}, touched=touched)
 
-    async def _retire(self, rollout: Rollout, color: str) -> None:
+    async def _settle_lost(self, targets: list[TargetRef]) -> dict[str, str]:
+        """Wait until the commands lost with any of ``targets`` are known to have ended.
+
+        A target whose agent went away mid-command may still be running it, and undoing
+        anything while it does -- there, or elsewhere in the run -- races it.  So the undo
+        waits for those agents to come back and report (a restarted agent first kills
+        what survived of the command), at most ``LOST_AGENT_WAIT`` s; cancelling the run
+        stops the wait.  Returns why, by target, for each whose fate is still unknown:
+        those are left as they are.
+        """
+        ctx = self.ctx
+        lost = [t for t in targets if ctx.lost_commands.get(t.name)]
+        if not lost:
+            return {}
+        wait = LOST_AGENT_WAIT
+        for target in lost:
+            for command_id, what in ctx.lost_commands[target.name]:
+                ctx.log(
+                    "engine",
+                    f"agent {target.name} lost while running {what} (command {command_id}); "
+                    "its fate is unknown: the rollback waits until the agent reports back "
+                    f"(at most {wait:g}s; cancelling the run stops the wait)",
+                )
+        reasons = await asyncio.gather(*(self._settle_target(t, wait) for t in lost))
+        return {t.name: why for t, why in zip(lost, reasons, strict=True) if why}
+
+    async def _settle_target(self, target: TargetRef, wait: float) -> str:
+        """'' once every lost command of ``target`` has ended, else why its fate is unknown."""
+        ctx = self.ctx
+        executor = ctx.executors.for_target(target)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        commands = ctx.lost_commands[target.name]
+        for command_id, what in list(commands):
+            result = None
+            if isinstance(executor, Settling):
+                result = await executor.settle(target, command_id, max(0.0, deadline - loop.time()))
+            if result is None or result.lost:
+                detail = result.error if result is not None else "its executor cannot tell"
+                return (
+                    f"agent {target.name} lost while running {what}; its fate is unknown, so "
+                    f"nothing was undone there ({detail}): check the host before rolling back"
+                )
+            commands.remove((command_id, what))
+            how = result.error or (
+                f"signal {result.signal}" if result.signal else f"exit code {result.exit_code}"
+            )
+            ctx.log("engine", f"agent {target.name} reported {what} (command {command_id}): {how}")
+        return ""
+
+    async def _retire(
+        self, rollout: Rollout, color: str, unknown: Mapping[str, str] | None = None
+    ) -> None:
         for target in rollout.touched:
+            if unknown and target.name in unknown:
+                continue
             try:
                 await self.steps.once(
                     StepKey.retire(target.name, color),

@@ -5,9 +5,11 @@ data dir (``--data``, the same option and default as ``quicflow serve``) and wor
 hub's directory inside it (``locations.hub_dir``), so what they print and change is what
 the running hub uses.  ``agent-token create`` prints the token alone on stdout so it can
 be captured (``quicflow agent-token create web-1 > web-1.token``); everything else goes
-to stderr.  ``agents`` lists agents from the running server's API (``--api``) or from the
-snapshot the hub keeps in its directory; ``--detail`` adds each agent's reported
-processes and containers.
+to stderr.  ``agent-token create NAME --token-file FILE`` registers a token another
+replica's hub issued instead, so an agent serving several replicas has one token.
+``agents`` lists agents from the running server's API (``--api``) or from the snapshot
+the hub keeps in its directory; ``--detail`` adds each agent's reported processes and
+containers.
 """
 
 from __future__ import annotations
@@ -71,14 +73,42 @@ def agent_token() -> None:
 @agent_token.command("create")
 @click.argument("name")
 @data_option
-def create(name: str, data_dir: Path) -> None:
-    """Issue a token for agent NAME (replacing its old one) and print it alone on stdout."""
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    default=None,
+    help="Register the token in this file ('-': stdin), issued by another replica's hub,"
+    " instead of issuing a new one: an agent serving several replicas uses one token.",
+)
+def create(name: str, data_dir: Path, token_file: Path | None) -> None:
+    """Issue a token for agent NAME (replacing its old one) and print it alone on stdout.
+
+    With --token-file, register the token another replica's hub issued instead.
+    """
     try:
-        token = tokens.TokenStore(_hub_dir(data_dir)).create(name)
+        tokens.check_name(name)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="NAME") from error
-    click.echo(token)
-    click.echo(f"token issued for agent {name!r}; it is stored hashed and shown only now", err=True)
+    store = tokens.TokenStore(_hub_dir(data_dir))
+    if token_file is None:
+        click.echo(store.create(name))
+        click.echo(
+            f"token issued for agent {name!r}; it is stored hashed and shown only now", err=True
+        )
+        return
+    try:
+        store.register(name, _read_token(token_file))
+    except (OSError, ValueError) as error:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise click.BadParameter(f"{token_file}: {why}", param_hint="--token-file") from None
+    source = "stdin" if str(token_file) == "-" else token_file
+    click.echo(f"token of agent {name!r} from {source} registered (stored hashed)", err=True)
+
+
+def _read_token(path: Path) -> str:
+    """The token in ``path`` ('-': stdin), surrounding whitespace removed."""
+    text = click.get_text_stream("stdin").read() if str(path) == "-" else path.read_text()
+    return text.strip()
 
 
 @agent_token.command("revoke")
@@ -89,7 +119,9 @@ def revoke(name: str, data_dir: Path) -> None:
     if not tokens.TokenStore(_hub_dir(data_dir)).revoke(name):
         raise click.ClickException(f"agent {name!r} has no token")
     click.echo(
-        f"token of agent {name!r} revoked; a running hub disconnects it and cancels its commands",
+        f"token of agent {name!r} revoked; a running hub disconnects it and cancels its commands."
+        " Each replica's hub has its own token file: revoke it on every replica the agent"
+        " connects to",
         err=True,
     )
 

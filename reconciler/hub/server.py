@@ -26,7 +26,8 @@ Commands: ``execute``/``git_pull`` open one stream per command and resolve with 
 each exactly once.  A command survives its agent's reconnect: when the agent says HELLO
 again, the hub re-sends every pending command with ``attach_only`` and the next seq it
 expects, and the agent replays what was missed and delivers the result.  A command whose
-agent stays away longer than ``reconnect_grace`` fails with ``TemporaryError``.
+agent stays away longer than ``reconnect_grace`` fails with ``errors.AgentLost``: its fate
+is unknown until ``collect`` gets its result from the agent once it is back.
 
 Protocol kinds and encoding: see ``agent.protocol``.
 """
@@ -101,6 +102,8 @@ PREAUTH_TOTAL = 8192
 STREAMS_AFTER_HELLO = 128
 # How long a connected agent has to answer a PING when a second one claims its name.
 CLAIM_TIMEOUT = 2.0
+# Requests of lost commands remembered for ``collect`` (the oldest are forgotten first).
+LOST_KEPT = 10_000
 
 
 @dataclass(slots=True)
@@ -334,6 +337,8 @@ class Hub:
         self._snapshot_due = True
         self._snapshot_written = 0.0
         self._pending: dict[tuple[str, str], _Pending] = {}
+        # Requests of commands whose agent was lost, for ``collect`` (oldest first).
+        self._lost: dict[tuple[str, str], protocol.Request] = {}
         self._server: QuicServer | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -546,6 +551,56 @@ class Hub:
             connection.control_stream,
             protocol.encode(protocol.FrameKind.CANCEL, {"command_id": command_id}),
         )
+
+    async def collect(self, agent_name: str, command_id: str, timeout: float) -> ExecResult:
+        """The result of a command whose agent was lost, once the agent is back and reports it.
+
+        The agent answers from its journal -- the command ran to its end, or the restarted
+        agent killed what survived of it -- or re-attaches while it still runs.  Raises
+        ``AgentLost`` when no result comes within ``timeout`` s; the command is not
+        cancelled then (nobody would learn how it ended).
+        """
+        key = (agent_name, command_id)
+        # Never run: asked with attach_only, an agent answers for a command, it starts none.
+        request = self._lost.get(key) or ExecRequest(command_id=command_id, argv=["true"])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                await self.wait_for_agents([agent_name], remaining)
+            except errors.TemporaryError:
+                break
+            connection = self._connections.get(agent_name)
+            if connection is None:
+                continue
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = _Pending(agent_name, request, None, loop.create_future())
+                # Given up on, it may still fail later: that is no news to anybody.
+                pending.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                self._pending[key] = pending
+                self._send_command(connection, pending, attach_only=True)
+            future = pending.future
+            await asyncio.wait({future}, timeout=max(0.0, deadline - loop.time()))
+            if not future.done():
+                break
+            if future.cancelled():
+                continue  # an ``execute`` of the same id gave up on it: ask again
+            failure = future.exception()
+            if failure is None:
+                self._lost.pop(key, None)
+                return future.result()
+            if not isinstance(failure, errors.AgentLost):
+                raise failure  # the hub stopped, or the agent's token was revoked
+            # Lost again before it reported: wait for it to come back once more.
+        if agent_name in self._connections:
+            why = f"is back, but {command_id!r} did not end within {timeout:g} s: it still runs"
+        else:
+            why = (
+                f"(lost while running {command_id!r}) did not report back within {timeout:g} s;"
+                " the command's fate is unknown"
+            )
+        raise errors.AgentLost(f"agent {agent_name!r} {why}", agent_name, command_id)
 
     async def _command(
         self, agent_name: str, request: protocol.Request, on_output: OutputCallback | None
@@ -966,10 +1021,17 @@ class Hub:
                 and now - pending.disconnected_at > self.reconnect_grace
             ):
                 del self._pending[key]
+                # Kept so that ``collect`` can ask the agent for it when it is back.
+                self._lost.pop(key, None)
+                self._lost[key] = pending.request
+                while len(self._lost) > LOST_KEPT:
+                    del self._lost[next(iter(self._lost))]
                 pending.future.set_exception(
-                    errors.TemporaryError(
+                    errors.AgentLost(
                         f"agent {pending.agent!r} lost while running {pending.request.command_id!r}"
-                        f" (not back within {self.reconnect_grace:g} s)"
+                        f" (not back within {self.reconnect_grace:g} s); its fate is unknown",
+                        pending.agent,
+                        pending.request.command_id,
                     )
                 )
 

@@ -4,6 +4,10 @@ Tokens are 256-bit random strings, so a plain SHA-256 (compared in constant time
 enough; a slow password hash would only slow down 200 agents reconnecting at once.  The file
 may be changed by another process (``quicflow agent-token revoke``): the hub calls
 ``reload_if_changed`` periodically and disconnects agents whose token no longer verifies.
+
+An agent serving several reconciler replicas says HELLO to each replica's hub with one
+token: one hub issues it (``create``), the others take its hash (``register``).  Each
+replica keeps its own file, so a revocation is per replica.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from pathlib import Path
 
 TOKENS_FILE = "agent-tokens.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# A registered token is stored as a plain SHA-256 too: it must be as hard to guess as the
+# 256-bit ones ``create`` issues (43 characters after the prefix), not a password.
+MIN_TOKEN_LENGTH = 32
 
 
 class TokenStore:
@@ -32,13 +39,20 @@ class TokenStore:
 
     def create(self, name: str) -> str:
         """Issue a new token for agent ``name`` (replacing any previous one) and return it."""
-        if not NAME_PATTERN.match(name):
-            raise ValueError(f"invalid agent name {name!r}: use letters, digits, '.', '_', '-'")
+        check_name(name)
         token = "qfa_" + secrets.token_urlsafe(32)
-        self.reload_if_changed()
-        self._entries[name] = {"sha256": _digest(token), "created": time.time()}
-        self._save()
+        self._store(name, token)
         return token
+
+    def register(self, name: str, token: str) -> None:
+        """Accept ``token`` (issued by another replica's hub) for agent ``name``, replacing any."""
+        check_name(name)
+        if len(token) < MIN_TOKEN_LENGTH or any(character.isspace() for character in token):
+            raise ValueError(
+                f"not an agent token: it must be at least {MIN_TOKEN_LENGTH} characters without"
+                " spaces, like those 'quicflow agent-token create NAME' prints"
+            )
+        self._store(name, token)
 
     def revoke(self, name: str) -> bool:
         """Remove the token of ``name``; return whether there was one."""
@@ -79,6 +93,11 @@ class TokenStore:
         self._signature = signature
         return True
 
+    def _store(self, name: str, token: str) -> None:
+        self.reload_if_changed()
+        self._entries[name] = {"sha256": _digest(token), "created": time.time()}
+        self._save()
+
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
@@ -89,6 +108,12 @@ class TokenStore:
         os.replace(temporary, self.path)
         stat = self.path.stat()
         self._signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def check_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` can name an agent."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"invalid agent name {name!r}: use letters, digits, '.', '_', '-'")
 
 
 def _digest(token: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 OutputHandler = Callable[[str, str], None]  # (channel, text chunk)
 
@@ -38,10 +38,13 @@ class CommandResult:
     # with the same command id, and this result is that process's (adopted while it ran,
     # or recorded when it ended).
     adopted: bool = False
+    # The target went away while the command ran and did not come back in time: whether
+    # it still runs is unknown (``errors.AgentLost``); ``Settling.settle`` finds out.
+    lost: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.cancelled
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled and not self.lost
 
 
 class Executor(Protocol):
@@ -57,3 +60,13 @@ class Executor(Protocol):
         on_output: OutputHandler,
         cwd: str | None = None,
     ) -> CommandResult: ...
+
+
+@runtime_checkable
+class Settling(Protocol):
+    """An executor whose commands can be ``lost`` with their target and collected later."""
+
+    async def settle(self, target: TargetRef, command_id: str, timeout: float) -> CommandResult:
+        """How lost ``command_id`` ended, once the target reports it within ``timeout`` s
+        (else a result still ``lost``)."""
+        ...

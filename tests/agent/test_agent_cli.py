@@ -31,3 +31,27 @@ def test_a_token_is_required_and_ca_excludes_pin(tmp_path) -> None:
         cli.agent, ["--server", "h:1", "--token", "t", "--ca", str(ca), "--pin-sha256", "AB"]
     )
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_servers_take_one_pin_for_all_or_one_each_in_order() -> None:
+    hub = cli.client.HubAddress
+    assert cli._hubs(("a:1", "[::1]:2"), ("AA",)) == [hub("a", 1, "AA"), hub("::1", 2, "AA")]
+    assert cli._hubs(("a:1", "b:2"), ("AA", "BB")) == [hub("a", 1, "AA"), hub("b", 2, "BB")]
+    assert cli._hubs(("a:1", "b:2"), ()) == [hub("a", 1), hub("b", 2)]
+    assert str(hub("::1", 2)) == "[::1]:2" and str(hub("a", 1)) == "a:1"
+    runner = CliRunner()
+    servers = ["--server", "a:1", "--server", "b:2", "--server", "c:3"]
+    result = runner.invoke(
+        cli.agent, [*servers, "--pin-sha256", "AA", "--pin-sha256", "BB", "--token", "t"]
+    )
+    assert result.exit_code == 2 and "2 pins for 3 hubs" in result.output
+    result = runner.invoke(cli.agent, ["--server", "a:1", "--server", "a:1", "--token", "t"])
+    assert result.exit_code == 2 and "the same hub is given twice" in result.output
+    # The environment takes several, separated by spaces, as a unit's Environment= would.
+    result = runner.invoke(
+        cli.agent,
+        ["--print-systemd-unit", "--name", "web-1"],
+        env={"QUICFLOW_SERVER": "a:1 b:2", "QUICFLOW_HUB_PIN": "AA BB"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "--server a:1 --server b:2 --pin-sha256 AA --pin-sha256 BB" in result.output

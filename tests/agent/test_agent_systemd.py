@@ -126,3 +126,18 @@ def test_an_unreadable_token_file_and_unknown_deploy_types_are_usage_errors(tmp_
         cli.agent, ["--server", "h:1", "--token", "t", "--allow-deploy-types", "script,ssh"]
     )
     assert result.exit_code == 2 and "unknown deploy type ssh" in result.output
+
+
+def test_a_unit_for_several_replicas_keeps_every_hub_and_says_to_register_the_token() -> None:
+    unit = print_unit(
+        "--name", "web-1", "--server", "b.example.com:4433",
+        "--pin-sha256", "AA", "--pin-sha256", "BB",
+    )  # fmt: skip
+    (exec_start,) = directives(unit)["ExecStart"]
+    assert exec_start.split()[4:12] == [
+        "--server", "hub.example.com:4433", "--server", "b.example.com:4433",
+        "--pin-sha256", "AA", "--pin-sha256", "BB",
+    ]  # fmt: skip
+    assert "It serves 2 hubs" in unit
+    assert "quicflow agent-token create web-1 --token-file token-from-the-hub" in unit
+    assert "hubs" not in print_unit("--name", "web-1", "--pin-sha256", "AA")

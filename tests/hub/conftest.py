@@ -1,8 +1,9 @@
 """Fixtures for real-QUIC tests: an in-process hub, agents as subprocesses, a controllable UDP relay.
 
 Everything runs on loopback with ports the kernel picks (port 0), so tests can run in
-parallel with other suites.  Agents run as ``python -m agent`` in their own session so a
-test can SIGKILL an agent together with the commands it started.
+parallel with other suites.  Agents run as ``python -m agent`` in their own session; the
+commands an agent starts run in sessions of their own, so killing an agent orphans them
+(as on a real host) and ``Fleet.cleanup`` finds them by the test's tmp path.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ class AgentProcess:
         return self.log.read_text(errors="replace")
 
     def kill(self) -> None:
-        """SIGKILL the agent and every command it started."""
+        """SIGKILL the agent (its commands, in sessions of their own, live on as orphans)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def crash(self) -> None:
+        """SIGKILL the agent process only, as a crash would: its running steps are orphaned."""
+        self.process.kill()
         self.process.wait()
 
     def terminate(self) -> None:

@@ -164,3 +164,42 @@ def test_agents_detail_lists_each_agent_s_processes_and_containers(
     (row,) = json.loads(as_json.stdout)["agents"]
     assert row["processes"][0]["pid"] == 4321 and row["containers"][0]["id"] == "0123456789ab"
     assert row["containers_omitted"] == 4
+
+
+def test_a_token_issued_on_one_replica_is_registered_on_another(tmp_path: Path) -> None:
+    runner = CliRunner()
+    first, second = tmp_path / "a", tmp_path / "b"
+    issued = runner.invoke(commands.agent_token, ["create", "web-1", "--data", str(first)])
+    token_file = tmp_path / "web-1.token"
+    token_file.write_text(issued.stdout)
+    result = runner.invoke(
+        commands.agent_token,
+        ["create", "web-1", "--token-file", str(token_file), "--data", str(second)],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # nothing new to capture: the token stays in its file
+    assert tokens.TokenStore(locations.hub_dir(second)).verify("web-1", issued.stdout.strip())
+    # From stdin too, e.g. piped over ssh to the replica.
+    third = tmp_path / "c"
+    result = runner.invoke(
+        commands.agent_token,
+        ["create", "web-1", "--token-file", "-", "--data", str(third)],
+        input=issued.stdout,
+    )
+    assert result.exit_code == 0 and "from stdin" in result.stderr
+    assert tokens.TokenStore(locations.hub_dir(third)).verify("web-1", issued.stdout.strip())
+
+    weak = tmp_path / "weak"
+    weak.write_text("secret\n")
+    for path, why in ((weak, "not an agent token"), (tmp_path / "nope", "No such file")):
+        result = runner.invoke(
+            commands.agent_token,
+            ["create", "web-1", "--token-file", str(path), "--data", str(second)],
+        )
+        assert result.exit_code == 2 and f"--token-file: {path}: {why}" in result.output
+        assert "secret" not in result.output
+
+    # Revoking is per replica, and says so.
+    result = runner.invoke(commands.agent_token, ["revoke", "web-1", "--data", str(second)])
+    assert result.exit_code == 0 and "revoke it on every replica" in result.stderr
+    assert tokens.TokenStore(locations.hub_dir(first)).knows("web-1")

@@ -49,3 +49,18 @@ def test_changes_by_another_store_are_picked_up(tmp_path: Path) -> None:
 def test_agent_names_are_checked(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="invalid agent name"):
         tokens.TokenStore(tmp_path).create(name)
+
+
+def test_a_token_issued_by_another_hub_is_registered_by_its_hash(tmp_path: Path) -> None:
+    """An agent serving several replicas has one token: one hub issues it, the others take it."""
+    token = tokens.TokenStore(tmp_path / "a").create("web-1")
+    other = tokens.TokenStore(tmp_path / "b")
+    other.register("web-1", token)
+    assert other.verify("web-1", token) and not other.verify("web-1", token + "x")
+    assert token not in (tmp_path / "b" / tokens.TOKENS_FILE).read_text()
+    for weak in ("qfa_short", "x" * 31, "a" * 20 + " " + "b" * 20):
+        with pytest.raises(ValueError, match="not an agent token"):
+            other.register("web-2", weak)
+    with pytest.raises(ValueError, match="invalid agent name"):
+        other.register("has space", token)
+    assert other.names() == ["web-1"]
