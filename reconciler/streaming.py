@@ -1,10 +1,13 @@
 """Server-sent events of runs and logs: the text a live client is sent, without HTTP.
 
-``log_events`` follows a run's (or build's) stored log lines, each event's ``id`` its
-sequence number, so a client that reconnects with ``Last-Event-ID`` (parsed by
-``last_event_id``) resumes without losing or repeating a line. ``run_events`` sends a
-run's view again whenever it changes; ``snapshot_events`` sends any snapshot (the status
-page's overview) whenever it changes. They send a comment when idle (a proxy keeps the
+``log_events`` follows a run's (or build's) stored log lines: each ``lines`` event
+carries the lines stored so far that the client has not had (a JSON array, up to a
+page of them) and its ``id`` is the sequence number of the last, so a client that
+reconnects with ``Last-Event-ID`` (parsed by ``last_event_id``) resumes without losing
+or repeating a line — an event cut off by a dropped connection is never dispatched, so
+its lines come again whole. ``run_events`` sends a run's view again whenever it
+changes; ``snapshot_events`` sends any snapshot (the status page's overview) whenever
+it changes. They send a comment when idle (a proxy keeps the
 connection, a gone client is noticed) and end when ``Streams.close()`` is called, so a
 shutdown never waits on a follower.
 
@@ -23,11 +26,13 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from reconciler.log.store import FOLLOW_PAGE
+
 if TYPE_CHECKING:
     from reconciler.engine.control import EngineControl
     from reconciler.events import Event
-    from reconciler.log.store import LogLine
     from reconciler.runs import Run, Step
+    from reconciler.store.logs import EncodedLines
 
 HEARTBEAT_SECONDS = 15.0
 T = TypeVar("T")
@@ -87,14 +92,8 @@ async def _with_heartbeat(
             await aclose()
 
 
-# One encoder for every event: ``json.dumps`` with options builds a new one per call,
-# which was a fifth of the time a followed log line cost.
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _sse(event: str, data: Any, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {_ENCODE(data)}\n\n"
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 async def log_events(
@@ -103,17 +102,18 @@ async def log_events(
     after: int,
     closing: asyncio.Event,
     heartbeat: float = HEARTBEAT_SECONDS,
+    page: int = FOLLOW_PAGE,
 ) -> AsyncIterator[str]:
-    """SSE of a run's log lines from ``after`` on: ``id:`` is the line's sequence number."""
+    """SSE of a run's log lines from ``after`` on: ``lines`` events, ``id:`` the last's number."""
     yield "retry: 2000\n\n"
-    # A stored batch goes out as one chunk: a write per line would cap a client at a few
-    # thousand lines a second.
-    batches: AsyncIterator[list[LogLine]] = engine.logs.follow_batches(run_id, after)
-    async for batch in _with_heartbeat(batches, closing, heartbeat):
-        if batch is None:
+    # Many lines to an event, encoded by the database: an event, a dataclass, a dict and
+    # an encoder call per line cost a follower five times as much CPU.
+    pages: AsyncIterator[EncodedLines] = engine.logs.follow_json(run_id, after, page=page)
+    async for found in _with_heartbeat(pages, closing, heartbeat):
+        if found is None:
             yield ": keep-alive\n\n"
             continue
-        yield "".join(_sse("line", line.as_dict(), line.seq) for line in batch)
+        yield f"id: {found.last_seq}\nevent: lines\ndata: {found.json}\n\n"
     if engine.logs.is_closed(run_id):
         yield _sse("end", {"run_id": run_id})
 

@@ -5,9 +5,10 @@ It asks the server's HTTP API, like ``quicflow agents --api``: ``--api URL`` (or
 or ``QUICFLOW_TOKEN``. Without ``-f`` it prints the stored log (the streamed export,
 ``GET /api/release/logs/{id}/export``) and exits. With ``-f`` it follows like
 ``kubectl logs -f``: every stored line, then new ones as they are written, until the
-run ends (the server's ``end`` event) or Ctrl-C; a dropped connection is resumed with
-``Last-Event-ID``, so no line is lost or printed twice. ``--grep`` keeps the lines
-containing the text (case-sensitive). Lines print as ``[source] text`` (``--timestamps``
+run ends (the server's ``end`` event) or Ctrl-C. The server sends many lines to a
+``lines`` event, the event's id the last line's number; a dropped connection is
+resumed with ``Last-Event-ID``, so no line is lost or printed twice. ``--grep`` keeps
+the lines containing the text (case-sensitive). Lines print as ``[source] text`` (``--timestamps``
 puts the time first); errors go to stderr with a non-zero exit.
 """
 
@@ -112,12 +113,18 @@ def follow_log(
                     failures = 0
                     if event == "end":
                         return
-                    if event != "line":
+                    if event != "lines":
                         continue
-                    line = json.loads(data)
-                    last = event_id or str(line.get("seq", last))
-                    if grep is None or grep in str(line.get("line", "")):
-                        click.echo(_format(line, timestamps))
+                    lines = json.loads(data)
+                    shown = [
+                        _format(line, timestamps)
+                        for line in lines
+                        if grep is None or grep in str(line.get("line", ""))
+                    ]
+                    if shown:
+                        click.echo("\n".join(shown))
+                    # The event's id is its last line's number: where a resumed stream starts.
+                    last = event_id or (str(lines[-1].get("seq", last)) if lines else last)
             reason = "the server closed the stream"  # before the end: it is restarting
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__

@@ -4,7 +4,7 @@ Lines are masked *before* they are stored, so nothing downstream (SSE, query, ex
 pages, VictoriaLogs) can leak a secret: the engine and the builder mask every line
 with the run's or build's ``Masker`` before ``append``. Each line gets a per-stream
 sequence number; a live reader (SSE) waits on a condition and resumes from the last
-number it saw (``Last-Event-ID``).
+number it saw (``Last-Event-ID``), and gets pages of lines as JSON (``follow_json``).
 
 ``LogStore`` is the one writer: ``append`` fills in what a line carries
 (``reconciler.log.records``) — its time in ns, level, the run or build, project and
@@ -32,6 +32,8 @@ from reconciler.store import database, logs
 
 __all__ = ["LogLine", "LogSink", "LogStore"]
 _SCOPES_CACHED = 4096
+#: Lines a live reader is sent at once at most (one SSE event).
+FOLLOW_PAGE = 1000
 
 
 class LogSink(Protocol):
@@ -73,7 +75,22 @@ class LogStore:
         if not entries:
             return self.last_seq(stream)
         stage, task, target = scopes.fields()
-        built = [self._entry(e, stage, task, target) for e in entries]
+        time_ns, level_of = self._time_ns, records.level_of
+        built = [
+            logs.Entry(
+                at,
+                source,
+                channel,
+                line,
+                time_ns(at),
+                level_of(channel, line),
+                stage,
+                task,
+                # "web-1/deploy": the target the command ran on, unless the step names one.
+                target or (source.partition("/")[0] if "/" in source else ""),
+            )
+            for at, source, channel, line in entries
+        ]
         scope = self._scope(stream)
         last = self.lines.append(stream, built, scope)
         self.written += len(built)
@@ -91,17 +108,6 @@ class LogStore:
             return time.time_ns()
         self._last_at = (at, time_ns)
         return time_ns
-
-    def _entry(
-        self, entry: tuple[str, str, str, str], stage: str, task: str, target: str
-    ) -> logs.Entry:
-        at, source, channel, line = entry
-        time_ns = self._time_ns(at)
-        if not target and "/" in source:
-            target = source.partition("/")[0]  # "web-1/deploy": the target the command ran on
-        return logs.Entry(
-            at, source, channel, line, time_ns, records.level_of(channel, line), stage, task, target
-        )
 
     def _scope(self, stream: str) -> dict[str, str]:
         cached = self._scopes.get(stream)
@@ -218,20 +224,44 @@ class LogStore:
     async def follow_batches(
         self, stream: str, after: int = 0, poll: float = 1.0
     ) -> AsyncIterator[list[LogLine]]:
-        """``follow``, a stored batch at a time (what a fast reader such as SSE sends at once)."""
+        """``follow``, a stored batch at a time."""
         while True:
+            closed = self.is_closed(stream)
             lines = self.read(stream, after)
             if lines:
                 yield lines
                 after = lines[-1].seq
                 continue
-            if self.is_closed(stream):
+            if closed:
                 return
-            cond = self._changed.setdefault(stream, asyncio.Condition())
-            # A poll bounds the wait: another process may write the same database.
-            async with cond:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait(), poll)
+            await self._wait(stream, poll)
+
+    async def follow_json(
+        self, stream: str, after: int = 0, poll: float = 1.0, page: int = FOLLOW_PAGE
+    ) -> AsyncIterator[logs.EncodedLines]:
+        """``follow_batches`` as JSON arrays of ``LogLine.as_dict`` objects (what SSE sends).
+
+        Each page holds up to ``page`` lines, encoded by the database: a live reader such
+        as SSE sends a page as it is and builds no line in between.
+        """
+        while True:
+            closed = self.is_closed(stream)
+            found = self.lines.read_json(stream, after, page)
+            if found.line_count:
+                yield found
+                after = found.last_seq
+                continue
+            if closed:
+                return
+            await self._wait(stream, poll)
+
+    async def _wait(self, stream: str, poll: float) -> None:
+        """Until a line is written to ``stream`` here, or ``poll`` seconds have passed."""
+        cond = self._changed.setdefault(stream, asyncio.Condition())
+        # A poll bounds the wait: another process may write the same database.
+        async with cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cond.wait(), poll)
 
     # -- sinks --------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from api import configs, driving
 from api.servers import LiveServer
 
 from reconciler.engine.reconciling import Reconciler
+from reconciler.log.store import FOLLOW_PAGE
 from reconciler.runs import RunState, StepStatus, Trigger
 
 
@@ -62,11 +63,12 @@ async def read_until(
     async for event in events:
         if event.get("event") == "end":
             return "end"
-        assert event["event"] == "line"
-        assert event["id"] == str(event["data"]["seq"])
-        seen.append(event["data"]["seq"])
+        assert event["event"] == "lines"
+        numbers = [line["seq"] for line in event["data"]]
+        assert numbers and event["id"] == str(numbers[-1])  # the id is the event's last line
+        seen.extend(numbers)
         last = event["id"]
-        if seq is not None and event["data"]["seq"] >= seq:
+        if seq is not None and numbers[-1] >= seq:
             return last
     return last
 
@@ -98,6 +100,70 @@ async def test_sse_client_that_reconnects_with_last_event_id_loses_no_line(
             assert cancelled.state is RunState.CANCELLED
             assert await asyncio.wait_for(read_until(events, None, seen), 10) == "end"
     assert seen == list(range(1, 16))
+
+
+async def test_a_resume_at_any_event_boundary_continues_exactly_after_it(
+    server: LiveServer, engine: Reconciler, tokens: dict[str, str]
+) -> None:
+    page = FOLLOW_PAGE  # the most lines one event carries
+    run = await driving.waiting_at(engine, "dev", configs.APPROVAL_GATE, "1.0.1")
+    ends = [page, 2 * page, 2 * page + page // 2]
+    write(engine, run.id, 1, ends[-1])
+    url = f"/api/release/runs/{run.id}/logs/stream"
+
+    async def events_from(
+        client: httpx.AsyncClient, last_id: str | None, count: int
+    ) -> list[dict[str, Any]]:
+        headers = {"Last-Event-ID": last_id} if last_id is not None else {}
+        got: list[dict[str, Any]] = []
+        async with client.stream("GET", url, headers=headers) as response:
+            assert response.status_code == 200
+            async with aclosing(sse_events(response)) as events:
+                async for event in events:
+                    got.append(event)
+                    if len(got) == count:
+                        break
+        return got
+
+    def numbers(events: list[dict[str, Any]]) -> list[int]:
+        return [line["seq"] for event in events for line in event["data"]]
+
+    async with server.client(tokens["vic"]) as client:
+        # Stored lines come a page to an event, each id the number of the event's last line.
+        whole = await events_from(client, None, 3)
+        assert [e["id"] for e in whole] == [str(end) for end in ends]
+        starts = [0, *ends[:-1]]
+        assert [numbers([e]) for e in whole] == [
+            list(range(start + 1, end + 1)) for start, end in zip(starts, ends, strict=True)
+        ]
+        # Reconnecting with an event's id resumes right after its last line.
+        for end in ends[:-1]:
+            assert numbers(await events_from(client, str(end), 1))[0] == end + 1
+        # From the last id on: only what is written later, nothing repeated.
+        write(engine, run.id, ends[-1] + 1, ends[-1] + 3)
+        later = await events_from(client, str(ends[-1]), 1)
+        assert numbers(later) == [ends[-1] + 1, ends[-1] + 2, ends[-1] + 3]
+        assert later[0]["id"] == str(ends[-1] + 3)
+        # A client that left off inside a page (an id the server never sent) too.
+        middle = await events_from(client, str(page + 1), 2)
+        assert numbers(middle) == list(range(page + 2, ends[-1] + 4))
+        assert [e["id"] for e in middle] == [str(page * 2 + 1), str(ends[-1] + 3)]
+
+
+async def test_sse_lines_are_the_stored_lines_as_the_api_gives_them(
+    server: LiveServer, engine: Reconciler, tokens: dict[str, str]
+) -> None:
+    run = await driving.waiting_at(engine, "dev", configs.APPROVAL_GATE, "1.0.1")
+    texts = ['say "hi"', "back\\slash", "tab\there", "\x1b[31mred\x1b[0m", "naïve 日本 🚀", ""]
+    engine.logs.append(run.id, [("2026-11-29T10:00:00.5Z", "web-1", "stderr", t) for t in texts])
+    async with server.client(tokens["vic"]) as client:
+        stored = (await client.get(f"/api/release/runs/{run.id}/logs")).json()["lines"]
+        url = f"/api/release/runs/{run.id}/logs/stream"
+        async with client.stream("GET", url) as response, aclosing(sse_events(response)) as events:
+            event = await anext(events)
+    assert [line["line"] for line in event["data"]] == texts
+    assert event["data"] == [line.as_dict() for line in engine.logs.read(run.id)]
+    assert [line["seq"] for line in stored] == [line["seq"] for line in event["data"]]
 
 
 async def test_log_query_and_export(

@@ -1,7 +1,10 @@
-"""Log lines: numbering per stream, reading after a number or by substring, closing a stream."""
+"""Log lines: numbering per stream, reading after a number, by substring or as JSON, closing."""
 
 from __future__ import annotations
 
+import json
+
+from reconciler.log import records
 from reconciler.store import database, logs
 
 
@@ -116,3 +119,21 @@ def test_retention_deletes_only_what_is_due_and_keeps_the_counts(db: database.Da
     assert [r["line"] for r in lines.read("new")] == ["new 2", "new 3", "new 4"]
     assert lines.usage() == (3, 3 * logs.size_of("new 0"))
     assert lines.append("new", [_entry(9, "more")]) == 6  # numbering goes on after a purge
+
+
+def test_lines_read_as_json_are_the_lines_read_as_rows(db: database.Database) -> None:
+    lines = logs.LogLines(db)
+    texts = ['say "hi"', "back\\slash", "tab\there", "\x1b[31mred\x1b[0m", "naïve 🚀", "a\nb\rc"]
+    scope = {"run_id": "r-1", "project": "shop", "env": "prod"}
+    lines.append(
+        "r-1",
+        [_entry(n, text, stage="deploy", level="warn") for n, text in enumerate(texts)],
+        scope,
+    )
+    page = lines.read_json("r-1", after=1, limit=4)
+    assert (page.last_seq, page.line_count) == (5, 4)
+    rows = lines.read("r-1", after=1, limit=4)
+    assert json.loads(page.json) == [records.LogLine.from_row(r).as_dict() for r in rows]
+    assert "\n" not in page.json and "\r" not in page.json  # one SSE data line holds it
+    assert list(json.loads(page.json)[0]) == list(logs.JSON_FIELDS)
+    assert lines.read_json("r-1", after=6) == logs.EncodedLines(6, 0, "[]")
