@@ -177,6 +177,9 @@ async def _open_connection(
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+        # Connected, so the kernel reports an ICMP "port unreachable" (a hub that is down
+        # or restarting) as an error at once instead of the attempt timing out after 10 s.
+        sock.connect(address)
         sock.setblocking(False)
         transport, connection = await loop.create_datagram_endpoint(
             lambda: create(QuicConnection(configuration=configuration)), sock=sock
@@ -184,15 +187,32 @@ async def _open_connection(
     except BaseException:
         sock.close()
         raise
+    assert isinstance(connection, _HubConnection)
     try:
         connection.connect(address)
-        await connection.wait_connected()
+        handshake = asyncio.ensure_future(connection.wait_connected())
+        await asyncio.wait({handshake, connection.unreachable}, return_when=asyncio.FIRST_COMPLETED)
+        if not handshake.done():
+            handshake.cancel()
+            raise ConnectionRefusedError(f"nothing answers at {host}:{port} (port unreachable)")
+        handshake.result()
         yield connection
     finally:
+        # aioquic fails its own handshake waiter when the connection ends; once we stopped
+        # waiting (timeout, refusal) nobody would retrieve that error and asyncio would
+        # print "Future exception was never retrieved" for every failed attempt.
+        waiter = getattr(connection, "_connected_waiter", None)
+        if isinstance(waiter, asyncio.Future):
+            waiter.add_done_callback(_retrieve)
         connection.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(connection.wait_closed(), 0.2)
         transport.close()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class _HubConnection(CoalescedSending, QuicConnectionProtocol):
@@ -217,6 +237,19 @@ class _HubConnection(CoalescedSending, QuicConnectionProtocol):
         self.close_reason = ""
         self.streams: dict[int, str] = {}
         self._decoders: dict[int, protocol.FrameDecoder] = {}
+        # Done when the kernel says nothing listens at the hub's address (ICMP).
+        self.unreachable: asyncio.Future[OSError] = self._loop.create_future()
+
+    def error_received(self, exc: OSError) -> None:
+        """The hub's port is unreachable: fail a handshake at once, close a session soon."""
+        if self.unreachable.done():
+            return
+        self.unreachable.set_result(exc)
+        if self.welcome is not None and not self.closed:
+            # The hub process is gone (SIGKILL, crash) without saying so: reconnect now
+            # rather than after three missed heartbeats.
+            self.close_reason = f"hub unreachable ({exc.strerror or exc})"
+            self.close(CLOSE_HUB_SILENT, "hub unreachable")
 
     @property
     def live(self) -> bool:

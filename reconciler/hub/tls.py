@@ -15,6 +15,7 @@ certificate and key (``settings.quic.certificate`` / ``key``); ``load_brought`` 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import os
@@ -29,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 CERTIFICATE_FILE = "hub-cert.pem"
 KEY_FILE = "hub-key.pem"
+IDENTITY_LOCK = ".identity.lock"
 VALIDITY = datetime.timedelta(days=3650)
 
 
@@ -55,8 +57,15 @@ def ensure_identity(
         return HubIdentity(certificate, key)
     data_dir.mkdir(parents=True, exist_ok=True)
     identity = HubIdentity(data_dir / CERTIFICATE_FILE, data_dir / KEY_FILE)
-    if not (identity.certificate.exists() and identity.key.exists()):
-        _generate(identity, names)
+    if identity.certificate.exists() and identity.key.exists():
+        return identity
+    # ``quicflow hub fingerprint`` and a starting ``serve`` may both find no identity:
+    # one generates it under the lock, the other then reads that one (two generated
+    # pairs would leave the hub serving a certificate its printed pin does not match).
+    with (data_dir / IDENTITY_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (identity.certificate.exists() and identity.key.exists()):
+            _generate(identity, names)
     return identity
 
 

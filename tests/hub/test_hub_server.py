@@ -340,6 +340,30 @@ async def test_hub_restart_agents_come_back_by_themselves(
         await again.stop()
 
 
+async def test_an_agent_sees_a_dead_hub_port_at_once_and_comes_back_when_it_listens(
+    hub: Hub, fleet: Fleet
+) -> None:
+    """A hub process that died without closing (SIGKILL) leaves its port unreachable: the
+    agent learns it from the kernel's ICMP answer, not from three missed heartbeats, and
+    an attempt against the closed port fails at once instead of after the 10 s timeout."""
+    agent = fleet.spawn(hub, "k-1")
+    await hub.wait_for_agents(["k-1"], timeout=10)
+    port = hub.port
+    assert hub._transport is not None
+    hub._transport.abort()  # the process is gone: no CONNECTION_CLOSE, the port closes
+    log = await agent.wait_log("lost: hub unreachable")
+    await agent.wait_log("(port unreachable)")
+    assert "no answer" not in log and "TimeoutError" not in agent.log_text()
+
+    again = Hub(hub.data_dir, port=port, heartbeat_interval=0.5)
+    await again.start()
+    try:
+        await again.wait_for_agents(["k-1"], timeout=10)
+    finally:
+        await again.stop()
+        hub._connections.clear()  # the aborted hub's connections went with its transport
+
+
 async def test_network_cut_result_arrives_exactly_once(
     hub: Hub, fleet: Fleet, relay: tuple[UdpRelay, int], tmp_path: Path
 ) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,3 +148,24 @@ async def test_an_agent_verifying_with_ca_reaches_the_hub_by_a_configured_addres
     finally:
         await unnamed.stop()
         await named.stop()
+
+
+def test_a_process_finding_no_identity_waits_for_the_one_being_made(tmp_path: Path) -> None:
+    """``hub fingerprint`` and a starting ``serve`` racing: the second reads the first's pair."""
+    hub_dir = tmp_path / "hub"
+    hub_dir.mkdir()
+    code = (
+        "import sys; from pathlib import Path; from reconciler.hub import tls;"
+        " print(tls.ensure_identity(Path(sys.argv[1])).fingerprint())"
+    )
+    with (hub_dir / tls.IDENTITY_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a process in the middle of generating it
+        other = subprocess.Popen(
+            [sys.executable, "-c", code, str(hub_dir)], stdout=subprocess.PIPE, text=True
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=2)  # it waits for the lock instead of generating a pair
+        made = tls.HubIdentity(hub_dir / tls.CERTIFICATE_FILE, hub_dir / tls.KEY_FILE)
+        tls._generate(made, ())
+    printed = other.communicate(timeout=60)[0].strip()
+    assert printed == made.fingerprint()
