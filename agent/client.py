@@ -188,6 +188,7 @@ async def _open_connection(
         sock.close()
         raise
     assert isinstance(connection, _HubConnection)
+    handshake: asyncio.Future[None] | None = None
     try:
         connection.connect(address)
         handshake = asyncio.ensure_future(connection.wait_connected())
@@ -202,8 +203,11 @@ async def _open_connection(
         # waiting (timeout, refusal) nobody would retrieve that error and asyncio would
         # print "Future exception was never retrieved" for every failed attempt.
         waiter = getattr(connection, "_connected_waiter", None)
-        if isinstance(waiter, asyncio.Future):
-            waiter.add_done_callback(_retrieve)
+        for pending in (waiter, handshake):
+            if isinstance(pending, asyncio.Future):
+                pending.add_done_callback(_retrieve)
+        if handshake is not None and not handshake.done():
+            handshake.cancel()  # given up on (the caller's timeout): it must not linger
         connection.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(connection.wait_closed(), 0.2)
