@@ -481,6 +481,9 @@ class HubLink:
             self.connection = connection
             connection.control_stream = connection.new_stream_id()
             connection.welcome = welcome = loop.create_future()
+            # Failed by the hub's close after we stopped waiting (timeout): not an error
+            # anyone is left to retrieve.
+            welcome.add_done_callback(_retrieve)
             connection.last_heard = time.monotonic()
             hello = protocol.Hello(
                 name=settings.name,
