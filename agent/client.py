@@ -61,6 +61,8 @@ CLOSE_NORMAL = 0
 CLOSE_PIN_MISMATCH = 0x101
 CLOSE_HUB_SILENT = 0x102
 CLOSE_PROTOCOL = 0x103
+# Each heartbeat leaves up to this fraction of the interval early (uniformly at random).
+HEARTBEAT_JITTER = 0.2
 
 
 class HubRefused(Exception):
@@ -494,6 +496,8 @@ class HubLink:
                 agent_version=agent.__version__,
                 heartbeat=settings.heartbeat,
                 instance=client.instance,
+                # The QUIC ACK of each heartbeat says the hub is there (``sending``).
+                answer_heartbeats=False,
             )
             try:
                 connection.send(
@@ -578,7 +582,11 @@ class HubLink:
                             ),
                         )
                         last_report, next_status = report, now + status_every
-                await asyncio.wait({closed, finisher}, timeout=interval)
+                # A little early, by a random amount each time: a fleet that (re)connected
+                # within a second -- after a hub restart -- spreads its heartbeats out
+                # again instead of beating in step for as long as it stays connected.
+                early = client.rng.uniform(0.0, HEARTBEAT_JITTER)
+                await asyncio.wait({closed, finisher}, timeout=interval * (1 - early))
                 if finisher.done():
                     # Shut down while this connection was being set up: close it now.
                     connection.close(CLOSE_NORMAL, "agent shutting down")
@@ -593,7 +601,6 @@ class HubLink:
     # --- frames from the hub ------------------------------------------------------------
 
     def _on_frame(self, connection: _HubConnection, stream_id: int, frame: protocol.Frame) -> None:
-        connection.last_heard = time.monotonic()
         kind = protocol.FrameKind
         if stream_id == connection.control_stream:
             welcome = connection.welcome

@@ -22,8 +22,11 @@ Streams
 -------
 - The agent opens the first client-initiated bidirectional stream, the *control stream*:
   ``HELLO`` -> ``WELCOME`` or ``ERROR`` (then the hub closes the connection); afterwards
-  ``HEARTBEAT`` both ways (the hub answers each one), ``STATUS`` from the agent and
-  ``CANCEL`` from the hub.
+  ``HEARTBEAT`` from the agent, ``STATUS`` from the agent and ``CANCEL`` from the hub.
+  The hub answers each heartbeat with one of its own unless the HELLO said
+  ``answer_heartbeats: false``: then the QUIC ACK of the heartbeat is the answer (both
+  ends count any packet the peer sent as a sign of life), which spares the hub a frame
+  and the agent's ACK of it -- a third of the hub's packets on an idle fleet.
 - The hub opens one bidirectional stream per command: ``EXEC`` or ``GIT_PULL`` (carrying
   ``command_id``, ``resume_seq`` and ``attach_only``); the agent answers with ``OUTPUT``
   frames (``seq`` counts from 0 per command, ``stream`` is ``stdout`` or ``stderr``) and one
@@ -38,7 +41,8 @@ Streams
 Meta fields by kind
 -------------------
 HELLO      version, name, token, labels{}, hostname, os, agent_version, heartbeat,
-           instance (random per agent process: the same agent on a new connection)
+           instance (random per agent process: the same agent on a new connection),
+           answer_heartbeats (optional, default true)
 WELCOME    hub_version, heartbeat
 HEARTBEAT  time
 EXEC       command_id, argv[] | script, env{}, cwd, timeout, deploy_type, resume_seq,
@@ -300,6 +304,8 @@ class Hello:
     agent_version: str
     heartbeat: float
     instance: str = ""
+    # False: the QUIC ACK of a heartbeat is answer enough (see "Streams" above).
+    answer_heartbeats: bool = True
 
 
 # --- meta <-> dataclass -----------------------------------------------------------------
@@ -407,6 +413,7 @@ def hello_to_meta(hello: Hello) -> dict[str, Any]:
         "agent_version": hello.agent_version,
         "heartbeat": hello.heartbeat,
         "instance": hello.instance,
+        "answer_heartbeats": hello.answer_heartbeats,
     }
 
 
@@ -425,6 +432,7 @@ def hello_from_meta(meta: Mapping[str, Any]) -> Hello:
             agent_version=str(meta.get("agent_version") or ""),
             heartbeat=heartbeat,
             instance=str(meta.get("instance") or ""),
+            answer_heartbeats=meta.get("answer_heartbeats", True) is not False,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ProtocolError(f"bad HELLO frame: {error}") from error

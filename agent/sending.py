@@ -14,6 +14,11 @@ announces as ``max_ack_delay``), so that the agent's EXIT carries the ACK of the
 With a longer delay, a second ack-eliciting datagram is acknowledged at once (RFC 9000
 section 13.2.2), so bulk transfers towards this end are not slowed down.
 
+Liveness: ``last_heard`` is the monotonic time of the peer's last packet that aioquic
+decrypted and accepted (it re-arms its idle timer, ``_close_at``, for exactly those), so
+a bare QUIC ACK counts as a sign of life as much as a frame does -- the agent's
+heartbeat needs no answer of its own -- and garbage from elsewhere counts for nothing.
+
 This mixin imports no aioquic: it relies on the ``QuicConnectionProtocol`` attributes
 (``_quic``, ``_loop``, ``transmit``, ``datagram_received``) of the class it is mixed into,
 listed first, and on aioquic's packet-space object (``ack_at``); if that ever moves, it
@@ -23,6 +28,7 @@ falls back to aioquic's own acknowledgement timing.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,8 @@ class CoalescedSending:
     """Mix into a ``QuicConnectionProtocol`` subclass (before it in the bases)."""
 
     closed: bool = False
+    # When the peer was last heard from (``time.monotonic``): see the module docstring.
+    last_heard: float = 0.0
     # Seconds this end may wait before acknowledging (None: aioquic's default, 1 ms).
     ack_delay: float | None = None
     _transmit_scheduled: bool = False
@@ -57,11 +65,15 @@ class CoalescedSending:
         """Feed a datagram to aioquic, noting that a transmit follows anyway."""
         space = self._application_space()
         owed_before = space is not None and space.ack_at is not None
+        idle_deadline = getattr(self._quic, "_close_at", None)
         self._receiving = True
         try:
             super().datagram_received(data, addr)  # type: ignore[misc]
         finally:
             self._receiving = False
+        if idle_deadline is None or getattr(self._quic, "_close_at", None) != idle_deadline:
+            # aioquic accepted a packet (or this aioquic cannot tell: count the datagram).
+            self.last_heard = time.monotonic()
         if owed_before and self.ack_delay is not None and space.ack_at is not None:
             # Two ack-eliciting datagrams are waiting for an ACK: send it now.
             space.ack_at = self._loop.time()
@@ -83,6 +95,13 @@ class CoalescedSending:
         if not self._transmit_scheduled and not self._receiving:
             self._transmit_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def acknowledge_now(self) -> None:
+        """Make an owed ACK due at once: inside ``datagram_received`` it leaves right after
+        the handlers return, instead of at aioquic's ack timer (one more wake-up)."""
+        space = self._application_space()
+        if space is not None and space.ack_at is not None:
+            space.ack_at = self._loop.time()
 
     def _flush(self) -> None:
         self._transmit_scheduled = False

@@ -11,7 +11,10 @@ Until its HELLO is answered a peer is a stranger and may make the hub hold littl
 limits of one stream and ``HELLO_MAX_BYTES`` (raised once it is welcomed), the same caps
 again where frames are decoded (a second stream, or more bytes, closes the connection),
 ``HELLO_TIMEOUT`` to say HELLO, and at most ``PREAUTH_PER_ADDRESS`` such connections
-from one address, ``PREAUTH_TOTAL`` in all (more are closed: ``hub busy``).
+from one address (more are closed: ``hub busy``) and ``PREAUTH_TOTAL`` in all: while
+that many are open the hub does not take on new ones (``_Server`` drops their first
+packets, and the peers' QUIC sends them again), so a reconnect storm is let in a few
+hundred at a time instead of all at once.
 
 One name, one agent: a HELLO for a name that is already connected is the same agent back
 (same process ``instance``: the old connection is replaced) or a second agent.  For a
@@ -48,9 +51,11 @@ from typing import Any
 
 from aioquic.asyncio import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 import agent
 from agent import protocol
@@ -92,12 +97,14 @@ HELLO_TIMEOUT = 10.0
 # Until its HELLO is answered a peer is a stranger: it may open one stream (the control
 # stream) and send this much on it.  A HELLO is well under 1 KiB; labels make it grow.
 HELLO_MAX_BYTES = 64 * 1024
-# Connections still to say HELLO, from one source address and in all: a newcomer over
-# either is closed at once (CLOSE_BUSY) and an agent retries with backoff.  Generous,
-# because many agents behind one NAT reconnect at once after a hub restart; what each
-# holds is bounded by HELLO_MAX_BYTES.
-PREAUTH_PER_ADDRESS = 1024
-PREAUTH_TOTAL = 8192
+# Connections still to say HELLO (in their handshake, or not yet welcomed). From one
+# source address: a newcomer over the bound is closed once its handshake is done
+# (CLOSE_BUSY, saying why) and the agent retries with backoff. In all: while that many
+# are open, new connections are not answered at all (``_Server``). Each one costs the
+# hub a few ms of CPU for its handshake and holds at most HELLO_MAX_BYTES, so 256 at a
+# time are through in about a second, well within the agents' 10 s handshake timeout.
+PREAUTH_PER_ADDRESS = 64
+PREAUTH_TOTAL = 256
 # Streams an agent may open once welcomed (aioquic's default; it opens only one).
 STREAMS_AFTER_HELLO = 128
 # How long a connected agent has to answer a PING when a second one claims its name.
@@ -163,6 +170,8 @@ class _AgentConnection(CoalescedSending, QuicConnectionProtocol):
         self.name: str | None = None
         self.token = ""
         self.heartbeat = hub.heartbeat_interval
+        # Whether the agent wants a HEARTBEAT back for each of its own (older agents do).
+        self.answer_heartbeats = True
         self.instance = ""
         self.address = ""
         self.control_stream: int | None = None
@@ -266,7 +275,6 @@ class _AgentConnection(CoalescedSending, QuicConnectionProtocol):
                 self.refuse("protocol", str(error), CLOSE_PROTOCOL)
                 return
             if frames:
-                self.last_heard = time.monotonic()
                 self.hub._on_frames(self, event.stream_id, frames)
             if event.end_stream:
                 self._decoders.pop(event.stream_id, None)
@@ -315,17 +323,48 @@ class _ConnectionIds(dict[bytes, QuicConnectionProtocol]):
 
 
 class _Server(QuicServer):
-    """aioquic's server, without its linear scan when a connection ends.
+    """aioquic's server, without its linear scan when a connection ends, and with a
+    bound on the connections it takes on at a time.
 
     ``QuicServer._connection_terminated`` walks every connection id of every connection
     to find the ended one's: ~60 ms each with 4,000 agents connected, so a storm of
     failed attempts after a hub restart stalled the loop until connected agents missed
     their heartbeats. With the ids indexed per connection it costs what that one holds.
+
+    While ``full()`` says so, a datagram that would open a new connection (an Initial
+    packet for a connection id it does not know) is dropped before any crypto is done,
+    as a kernel drops a SYN when the listen backlog is full: the client's QUIC sends it
+    again (after ~1, 2, 4 s) and gets in once the handshakes in progress are done. A
+    handshake costs the hub milliseconds of CPU; taking on thousands at once after a
+    restart made each one too slow to finish before its peer gave up, and starved the
+    heartbeats of the agents already connected.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self, *, full: Callable[[], bool], dropped: Callable[[], None], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._protocols = _ConnectionIds()
+        self._full = full
+        self._dropped = dropped
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self._full() and self._opens_connection(bytes(data)):
+            self._dropped()
+            return
+        super().datagram_received(data, addr)
+
+    def _opens_connection(self, data: bytes) -> bool:
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._configuration.connection_id_length
+            )
+        except ValueError:
+            return False  # aioquic ignores it as well
+        return (
+            header.packet_type == QuicPacketType.INITIAL
+            and header.destination_cid not in self._protocols
+        )
 
     def _connection_terminated(self, protocol: QuicConnectionProtocol) -> None:
         assert isinstance(self._protocols, _ConnectionIds)
@@ -377,6 +416,8 @@ class Hub:
         self._preauth_by_address: Counter[str] = Counter()
         self._busy_refused = 0
         self._busy_logged = float("-inf")
+        self._unanswered = 0
+        self._unanswered_logged = float("-inf")
         self.registry = registry.Registry()
         self.tokens: tokens.TokenStore | None = None
         self.identity: tls.HubIdentity | None = None
@@ -415,7 +456,13 @@ class Hub:
         sock = self._bind()
         create = functools.partial(_AgentConnection, hub=self)
         transport, server = await loop.create_datagram_endpoint(
-            lambda: _Server(configuration=configuration, create_protocol=create), sock=sock
+            lambda: _Server(
+                configuration=configuration,
+                create_protocol=create,
+                full=self._handshakes_full,
+                dropped=self._count_unanswered,
+            ),
+            sock=sock,
         )
         self._transport, self._server = transport, server
         self.port = sock.getsockname()[1]
@@ -726,26 +773,42 @@ class Hub:
                 stream_id, protocol.encode(protocol.FrameKind.ACK, {"seq": pending.next_seq - 1})
             )
 
+    def _handshakes_full(self) -> bool:
+        return len(self._preauth) >= self.preauth_total
+
+    def _count_unanswered(self) -> None:
+        """A new connection's packet dropped (``_Server``): log how many, now and then."""
+        self._unanswered += 1
+        now = time.monotonic()
+        if now - self._unanswered_logged >= 10.0:
+            logger.warning(
+                "hub busy: %d packet(s) opening new connections not answered while %d"
+                " connections are still to say HELLO (at most %d at a time); their agents"
+                " send them again",
+                self._unanswered,
+                len(self._preauth),
+                self.preauth_total,
+            )
+            self._unanswered_logged, self._unanswered = now, 0
+
     def _count_preauth(self, connection: _AgentConnection, address: str) -> None:
         """Count a new connection among those still to say HELLO, or close it if too many."""
-        if (
-            self._preauth_by_address[address] >= self.preauth_per_address
-            or len(self._preauth) >= self.preauth_total
-        ):
+        if self._preauth_by_address[address] >= self.preauth_per_address:
             self._busy_refused += 1
             now = time.monotonic()
             if now - self._busy_logged >= 10.0:  # a flood must not flood the log too
                 logger.warning(
                     "hub busy: refused %d connection(s) (from %s the last): %d connections"
-                    " are still to say HELLO, %d of them from that address",
+                    " from that address are still to say HELLO (at most %d)",
                     self._busy_refused,
                     address,
-                    len(self._preauth),
                     self._preauth_by_address[address],
+                    self.preauth_per_address,
                 )
                 self._busy_logged, self._busy_refused = now, 0
             connection.refuse_when_handshaken(
-                CLOSE_BUSY, "hub busy: too many connections still to say HELLO; retry later"
+                CLOSE_BUSY,
+                "hub busy: too many connections from this address still to say HELLO; retry later",
             )
             return
         connection.preauth_address = address
@@ -881,6 +944,7 @@ class Hub:
         connection.instance = hello.instance
         connection.token = hello.token
         connection.heartbeat = hello.heartbeat
+        connection.answer_heartbeats = hello.answer_heartbeats
         connection.welcomed()
         self._release_preauth(connection)
         self._connections[hello.name] = connection
@@ -916,10 +980,13 @@ class Hub:
         assert connection.name is not None and connection.control_stream is not None
         if frame.kind is protocol.FrameKind.HEARTBEAT:
             self.registry.touch(connection.name, time.time())
-            connection.send(
-                connection.control_stream,
-                protocol.encode(protocol.FrameKind.HEARTBEAT, {"time": time.time()}),
-            )
+            if connection.answer_heartbeats:
+                connection.send(
+                    connection.control_stream,
+                    protocol.encode(protocol.FrameKind.HEARTBEAT, {"time": time.time()}),
+                )
+            else:
+                connection.acknowledge_now()  # the ACK is the answer
         elif frame.kind is protocol.FrameKind.STATUS:
             try:
                 self.registry.set_status(connection.name, protocol.status_from_meta(frame.meta))

@@ -258,3 +258,37 @@ async def test_strangers_per_address_are_bounded_and_time_out(
         await agent.wait_log("connected to hub")
     finally:
         await hub.stop()
+
+
+async def test_over_the_total_new_connections_are_not_answered_until_a_place_is_free(
+    tmp_path: Path, fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(server, "HELLO_TIMEOUT", 2.0)
+    hub = Hub(tmp_path / "data", port=0, heartbeat_interval=HEARTBEAT, preauth_total=2)
+    await hub.start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            with Watch(hub) as watch:
+                peers = [await stack.enter_async_context(stranger(hub)) for _ in range(2)]
+                assert hub.preauth_usage()[0] == 2
+                # A third gets no answer at all (no handshake, nothing held for it) while
+                # the two are open; its QUIC keeps sending its first packet.
+                third = asyncio.ensure_future(stack.enter_async_context(stranger(hub)))
+                done, _ = await asyncio.wait({third}, timeout=1.5)
+                assert not done
+                assert watch.most_connections == 2
+                # The two time out without a HELLO; the third's next try gets in.
+                for peer in peers:
+                    how = await closed(peer)
+                    assert how.error_code == server.CLOSE_AUTH
+                newcomer = await asyncio.wait_for(third, 10)
+                assert newcomer.terminated is None
+                assert watch.most_connections == 2
+        assert "not answered while 2 connections are still to say HELLO" in caplog.text
+        # And an agent gets in as soon as there is room.
+        agent = fleet.spawn(hub, "next")
+        await hub.wait_for_agents(["next"], timeout=20)
+        await agent.wait_log("connected to hub")
+        assert hub.preauth_usage() == (0, 0)
+    finally:
+        await hub.stop()
