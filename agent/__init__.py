@@ -4,9 +4,8 @@ It must not import the reconciler's server-side packages; it shares only the wir
 protocol module.
 """
 
-from importlib import metadata as _metadata
-
-try:
-    __version__ = _metadata.version("quic-flow")
-except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+# The one place the version is written: pyproject.toml reads it from here (setuptools
+# ``dynamic``), and the reconciler re-exports it. A literal rather than a lookup in the
+# installed metadata, which would load ``importlib.metadata`` and the ``email`` package
+# into every agent process for one string.
+__version__ = "0.1.0"

@@ -5,4 +5,6 @@ server-side adapters (hub, api, store, log). Pure logic lives in modules that im
 no adapter library; see the import-linter contracts in pyproject.toml.
 """
 
-__version__ = "0.1.0"
+from agent import __version__
+
+__all__ = ["__version__"]

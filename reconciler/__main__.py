@@ -1,5 +1,5 @@
 """``python -m reconciler`` runs the ``quicflow`` command line."""
 
-from reconciler.cli import main
+from reconciler.launcher import main
 
 main()

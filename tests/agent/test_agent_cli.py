@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from click.testing import CliRunner
 
@@ -55,3 +58,32 @@ def test_servers_take_one_pin_for_all_or_one_each_in_order() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "--server a:1 --server b:2 --pin-sha256 AA --pin-sha256 BB" in result.output
+
+
+def imported_modules(*argv: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """The modules ``python -X importtime ARGV`` imported, and how it ran."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, timeout=60
+    )
+    names = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    return names, done
+
+
+def test_quicflow_agent_runs_the_agent_without_loading_the_reconciler() -> None:
+    # ``python -m reconciler`` is what the ``quicflow`` executable runs (the launcher).
+    names, done = imported_modules("-m", "reconciler", "agent", "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Usage: quicflow agent [OPTIONS]" in done.stdout
+    assert "agent.client" in names
+    assert {n for n in names if n.startswith("reconciler")} == {"reconciler", "reconciler.launcher"}
+    # Nor the server side's libraries, nor the installed-metadata lookup.
+    for heavy in ("pygit2", "starlette", "docker", "kubernetes", "importlib.metadata"):
+        assert heavy not in names, heavy
+    # Every other command still goes to the full command line.
+    names, done = imported_modules("-m", "reconciler", "validate", "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "reconciler.cli" in names and "validate" in done.stdout
