@@ -227,8 +227,14 @@ async def test_the_journal_keeps_step_processes_until_the_result(tmp_path: Path)
 def test_survivors_never_mistake_a_recycled_pid_or_another_boot(tmp_path: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        identity = spawning.identify(sleeper.pid)
-        assert identity is not None
+        # Identified once it sleeps: a snapshot taken while it still starts (state R) would
+        # differ from the later one in its state alone.
+        for _ in range(200):
+            identity = spawning.identify(sleeper.pid)
+            if identity is not None and identity.name == "sleep" and identity.state == "S":
+                break
+            time.sleep(0.01)
+        assert identity is not None and identity.state == "S"
         boot = spawning.boot_id()
         journaled = executing.JournaledProcess(
             identity.pid,
