@@ -141,16 +141,22 @@ class Confinement:
 
     def directory(self, value: str | None, what: str) -> Path:
         """``value`` (relative: inside the work root) as a path inside the work root, created."""
-        path = Path(value) if value else self.base
-        if not path.is_absolute():
-            path = self.base / path
-        resolved = Path(os.path.realpath(path))
-        if resolved != self.work_root and self.work_root not in resolved.parents:
-            raise Refused(
-                f"refused: {what} {value!r} is outside this agent's work root {self.work_root}"
-            )
+        if not value:
+            # The work dir itself, resolved when the agent started: no path from the
+            # config repo to check (most commands; resolving costs a syscall per part).
+            resolved = self.base
+        else:
+            path = Path(value)
+            if not path.is_absolute():
+                path = self.base / path
+            resolved = Path(os.path.realpath(path))
+            if resolved != self.work_root and self.work_root not in resolved.parents:
+                raise Refused(
+                    f"refused: {what} {value!r} is outside this agent's work root {self.work_root}"
+                )
         try:
-            resolved.mkdir(parents=True, exist_ok=True)
+            if not resolved.is_dir():
+                resolved.mkdir(parents=True, exist_ok=True)
         except OSError as failure:
             raise ValueError(
                 f"cannot start: {what} {value!r}: {failure.strerror or failure}"

@@ -119,7 +119,14 @@ def parse_stat(text: str) -> ProcessIdentity:
 def identify(pid: int) -> ProcessIdentity | None:
     """The identity of process ``pid`` (a zombie included), None if there is none."""
     try:
-        return parse_stat((PROC / str(pid) / "stat").read_text())
+        # os-level: called for every step the agent spawns, where pathlib's text I/O
+        # showed up in profiles (~7% of an agent's CPU in a fan-out of `true`).
+        descriptor = os.open(f"{PROC}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(descriptor, 4096).decode("utf-8", "replace")
+        finally:
+            os.close(descriptor)
+        return parse_stat(text)
     except (OSError, ValueError, IndexError):
         return None
 
