@@ -383,7 +383,9 @@ class HubLink:
                 await self._wait_after_refusal(refusal, finisher)
                 continue
             if refusal is not None:
-                logger.error("hub %s refused agent %r: %s", self.address, settings.name, refusal)
+                # Busy is the hub pacing a crowd (many agents behind one address), not a fault.
+                log = logger.warning if refusal.code == "busy" else logger.error
+                log("hub %s refused agent %r: %s", self.address, settings.name, refusal)
             delay = next(delays)
             logger.info("hub %s: reconnecting in %.1f s", self.address, delay)
             await asyncio.wait({finisher}, timeout=delay)
@@ -635,8 +637,11 @@ class HubLink:
         welcome = connection.welcome
         if welcome is not None and not welcome.done():
             reason = event.reason_phrase or "connection closed before the hub answered"
+            busy = event.error_code == protocol.CLOSE_BUSY
             welcome.set_exception(
-                HubRefused(reason) if event.reason_phrase else ConnectionError(reason)
+                HubRefused(reason, "busy" if busy else "")
+                if event.reason_phrase
+                else ConnectionError(reason)
             )
 
 

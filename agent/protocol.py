@@ -93,6 +93,9 @@ MAX_STATUS_ENTRIES = 50
 DEPLOY_TYPES = ("script", "git_pull", "container")
 # Error codes after which retrying with the same token cannot succeed.
 PERMANENT_REFUSALS = frozenset({"auth", "revoked"})
+# The QUIC application error code of the hub's close when too many connections from one
+# address are still to say HELLO: come back later, nothing is wrong with this agent.
+CLOSE_BUSY = 0x207
 
 
 class ProtocolError(Exception):

@@ -87,7 +87,7 @@ CLOSE_LOST = 0x203
 CLOSE_REPLACED = 0x204
 CLOSE_REVOKED = 0x205
 CLOSE_DUPLICATE = 0x206
-CLOSE_BUSY = 0x207
+CLOSE_BUSY = protocol.CLOSE_BUSY
 # 200 agents connecting at once overflow the default ~200 KB UDP receive buffer and cost
 # seconds of retransmits; 4 MiB holds several full handshake flights of all of them.
 SOCKET_BUFFER = 4 << 20
