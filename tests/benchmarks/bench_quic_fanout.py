@@ -7,7 +7,8 @@ Run as a plain script (not collected by pytest)::
 
 The hub runs in this process; the agents run as ``AgentClient`` objects, many per worker
 process (``--workers``, default 2: one per core here), each with its own QUIC connection, token and work dir, all on
-loopback.  It prints:
+loopback; their host status collection is off (a hundred simulated agents in one
+process would sample the same host a hundred times per heartbeat).  It prints:
 
 1. fan-out: seconds from sending ``true`` to 200 agents until all 200 results are back
    (each agent really spawns the process), per round, and the median;
@@ -43,8 +44,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from agent import client, executing  # noqa: E402
+from agent import client, executing, status  # noqa: E402
 from agent.protocol import ExecRequest  # noqa: E402
+from reconciler.hub import server  # noqa: E402
 from reconciler.hub.server import Hub  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,6 +88,11 @@ async def run_worker(config_path: Path) -> None:
         )
         for name, token in config["agents"].items()
     ]
+    # One host status each would be the same host sampled 100 times a heartbeat in one
+    # process (Docker queries in threads), load that a real agent's host does not share.
+    nowhere = Path("/nonexistent/docker.sock")
+    for agent in clients:
+        agent.collector = status.StatusCollector((), docker_socket=nowhere)
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(
@@ -98,7 +105,13 @@ async def run_benchmark(arguments: argparse.Namespace) -> float:
     """Start the hub and the agent workers, measure, print; return the median fan-out."""
     with tempfile.TemporaryDirectory(prefix="quicflow-bench-") as temporary:
         base = Path(temporary)
-        hub = Hub(base / "data", port=0, heartbeat_interval=15.0)
+        # All agents come from 127.0.0.1: the per-address bound is for one host.
+        hub = Hub(
+            base / "data",
+            port=0,
+            heartbeat_interval=15.0,
+            preauth_per_address=server.PREAUTH_TOTAL,
+        )
         await hub.start()
         assert hub.tokens is not None and hub.identity is not None
         names = [f"bench-{i:03d}" for i in range(arguments.agents)]
