@@ -25,7 +25,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,9 @@ class ProcessIdentity:
     start_time: int
     state: str
     name: str
+    # User plus system CPU time so far, in clock ticks (fields 14 and 15); not part of
+    # the identity, so two looks at one process compare equal.
+    cpu_ticks: int = field(default=0, compare=False)
 
     @property
     def alive(self) -> bool:
@@ -105,7 +108,8 @@ def parse_stat(text: str) -> ProcessIdentity:
     # The command name is in parentheses and may itself contain spaces and parentheses.
     opening, closing = text.index("("), text.rindex(")")
     fields = text[closing + 2 :].split()
-    # fields[0] is field 3 (state): the pgrp is field 5, the session 6, the start time 22.
+    # fields[0] is field 3 (state): the pgrp is field 5, the session 6, utime and stime
+    # 14 and 15, the start time 22.
     return ProcessIdentity(
         pid=int(text[:opening]),
         session=int(fields[3]),
@@ -113,6 +117,7 @@ def parse_stat(text: str) -> ProcessIdentity:
         start_time=int(fields[19]),
         state=fields[0],
         name=text[opening + 1 : closing],
+        cpu_ticks=int(fields[11]) + int(fields[12]),
     )
 
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent import protocol
+from agent import protocol, spawning
 
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 CGROUP = Path("/sys/fs/cgroup")
@@ -123,19 +123,16 @@ class StatusCollector:
 
     def _sample(self, watched: str, pid: int) -> protocol.ProcessStatus | None:
         try:
-            stat = (self._proc / str(pid) / "stat").read_text()
+            process = spawning.parse_stat((self._proc / str(pid) / "stat").read_text())
             statm = (self._proc / str(pid) / "statm").read_text().split()
-        except OSError:
+        except (OSError, ValueError, IndexError):
             return None
-        # The command name in field 2 may contain spaces and parentheses: split after it.
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        state = STATES.get(fields[0], fields[0])
-        cpu_seconds = (int(fields[11]) + int(fields[12])) / self._ticks
-        started = None if self._boot is None else self._boot + int(fields[19]) / self._ticks
+        state = STATES.get(process.state, process.state)
+        cpu_seconds = process.cpu_ticks / self._ticks
+        started = None if self._boot is None else self._boot + process.start_time / self._ticks
         return protocol.ProcessStatus(
             # Watched by pid, the process's own name says more than the number again.
-            name=name if watched.isdigit() else watched,
+            name=process.name if watched.isdigit() else watched,
             pid=pid,
             state=state,
             cpu_percent=self._cpu_percent(pid, cpu_seconds),

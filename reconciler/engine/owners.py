@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
+
+from agent import spawning
 
 
 def _start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot ('' where /proc is not there)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    identity = spawning.identify(pid)
+    if identity is None:
         return ""
-    # Fields after the parenthesised command name: state is the first, starttime the 20th.
-    fields = stat.rpartition(")")[2].split()
-    if len(fields) < 20 or fields[0] == "Z":
-        return "zombie" if fields and fields[0] == "Z" else ""
-    return fields[19]
+    return "zombie" if identity.state == "Z" else str(identity.start_time)
 
 
 def current() -> str:

@@ -46,6 +46,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from agent import spawning
 from reconciler.targets.commands import OutputHandler
 from reconciler.targets.supervisor import CLOCK
 
@@ -359,11 +360,8 @@ class Output:
 
 def start_time(pid: int) -> int | None:
     """When process ``pid`` started, in clock ticks after boot; None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rpartition(b")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    identity = spawning.identify(pid)
+    return None if identity is None else identity.start_time
 
 
 @dataclass(frozen=True, slots=True)
