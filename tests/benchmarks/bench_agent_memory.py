@@ -2,7 +2,11 @@
 
 Run as a plain script (not collected by pytest)::
 
-    python tests/benchmarks/bench_agent_memory.py [--idle 10] [--heartbeat 1]
+    python tests/benchmarks/bench_agent_memory.py [--idle 10] [--heartbeat 1] [--python PATH]
+
+``--python`` runs the agents with another interpreter, e.g. that of a plain virtualenv
+with QUIC-Flow installed as a host would have it (``python3 -m venv /tmp/agent-venv &&
+/tmp/agent-venv/bin/pip install .``); its ``quicflow`` is the one next to it.
 
 A hub runs in this process; each way of starting an agent is launched against it in
 turn, waits until the hub lists it, stays idle for ``--idle`` seconds (heartbeats and
@@ -82,10 +86,10 @@ async def measure(hub: Hub, name: str, argv: list[str], idle: float, work: Path)
         process.wait(10)
 
 
-def startup_rss() -> int:
-    """RSS of this interpreter doing nothing but start (``site`` and ``.pth`` files)."""
+def startup_rss(python: str) -> int:
+    """RSS of ``python`` doing nothing but start (``site`` and ``.pth`` files)."""
     out = subprocess.run(
-        [sys.executable, "-c", "print(open('/proc/self/statm').read().split()[1])"],
+        [python, "-c", "print(open('/proc/self/statm').read().split()[1])"],
         capture_output=True,
         text=True,
         check=True,
@@ -94,13 +98,18 @@ def startup_rss() -> int:
 
 
 async def run(arguments: argparse.Namespace) -> None:
-    quicflow = shutil.which("quicflow")
+    python = arguments.python or sys.executable
+    if arguments.python:
+        beside = Path(arguments.python).parent / "quicflow"
+        quicflow = str(beside) if beside.exists() else None
+    else:
+        quicflow = shutil.which("quicflow")
     ways = {
         "quicflow agent": [quicflow, "agent"] if quicflow else None,
         "full CLI (before)": [
-            sys.executable, "-c", "import sys; from reconciler.cli import main; main()", "agent",
+            python, "-c", "import sys; from reconciler.cli import main; main()", "agent",
         ],
-        "python -m agent": [sys.executable, "-m", "agent"],
+        "python -m agent": [python, "-m", "agent"],
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="quicflow-agent-memory-") as temporary:
         work = Path(temporary)
@@ -108,7 +117,7 @@ async def run(arguments: argparse.Namespace) -> None:
         await hub.start()
         try:
             print(
-                f"interpreter start-up alone: {startup_rss() / 2**20:.1f} MiB RSS ({sys.executable})"
+                f"interpreter start-up alone: {startup_rss(python) / 2**20:.1f} MiB RSS ({python})"
             )
             for index, (label, argv) in enumerate(ways.items()):
                 if argv is None:
@@ -129,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--idle", type=float, default=10.0)
     parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--python", help="the interpreter to run the agents with")
     asyncio.run(run(parser.parse_args()))
 
 
