@@ -202,6 +202,32 @@ class RunContext:
         self._calls[prefix] = self._calls.get(prefix, 0) + 1
         return f"{prefix}#{self._calls[prefix]}"
 
+    async def settle(
+        self, target: TargetRef, command_id: str, what: str, wait: float
+    ) -> CommandResult:
+        """How the lost ``command_id`` on ``target`` ended, waiting up to ``wait`` s for its
+        agent to come back and report it (a restarted agent first kills what survived).
+
+        Once known, the command is no longer among ``lost_commands``; while unknown the
+        result is ``lost`` and it stays there (nothing may undo or repeat it yet).
+        """
+        executor = self.executors.for_target(target)
+        if not isinstance(executor, Settling):
+            return CommandResult(
+                exit_code=None, duration=0.0, error="its executor cannot tell", lost=True
+            )
+        result = await executor.settle(target, command_id, wait)
+        if result.lost:
+            return result
+        commands = self.lost_commands.get(target.name, [])
+        if (command_id, what) in commands:
+            commands.remove((command_id, what))
+        how = result.error or (
+            f"signal {result.signal}" if result.signal else f"exit code {result.exit_code}"
+        )
+        self.log("engine", f"agent {target.name} reported {what} (command {command_id}): {how}")
+        return result
+
     def _output(self, source: str, channel: str, text: str) -> None:
         key = (source, channel)
         data = self._buffers.get(key, "") + text
@@ -492,6 +518,8 @@ class RunExecutor:
             result = await ctx.execute(
                 target, task.run or "", key=task.name, env=env, timeout=task.timeout
             )
+            if result.lost:
+                result = await settle_before_retrying(result)
             if not result.ok:
                 what = f"task {task.name!r}"
                 raise StepFailed(
@@ -502,6 +530,25 @@ class RunExecutor:
                     timed_out=result.timed_out,
                 )
             return {"targets": [target.name]}
+
+        async def settle_before_retrying(lost: CommandResult) -> CommandResult:
+            # The agent went away mid-attempt and may still be running it (a network cut):
+            # another attempt now could run beside it. Its own end decides instead.
+            command_id, what = ctx.lost_commands[target.name][-1]
+            ctx.log(
+                f"{target.name}/{task.name}",
+                f"agent {target.name} lost while running task {task.name!r} (command "
+                f"{command_id}): no retry until it reports how that attempt ended (at most "
+                f"{LOST_AGENT_WAIT:g}s)",
+            )
+            result = await ctx.settle(target, command_id, what, LOST_AGENT_WAIT)
+            if result.lost:
+                raise PermanentError(
+                    f"task {task.name!r}: agent {target.name} lost while running it and its "
+                    f"fate is unknown ({result.error}), so it was not retried: it may still "
+                    "be running there"
+                )
+            return result
 
         for n in range(1, task.retries + 2):
             try:
@@ -727,25 +774,15 @@ class RunExecutor:
     async def _settle_target(self, target: TargetRef, wait: float) -> str:
         """'' once every lost command of ``target`` has ended, else why its fate is unknown."""
         ctx = self.ctx
-        executor = ctx.executors.for_target(target)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        commands = ctx.lost_commands[target.name]
-        for command_id, what in list(commands):
-            result = None
-            if isinstance(executor, Settling):
-                result = await executor.settle(target, command_id, max(0.0, deadline - loop.time()))
-            if result is None or result.lost:
-                detail = result.error if result is not None else "its executor cannot tell"
+        for command_id, what in list(ctx.lost_commands[target.name]):
+            result = await ctx.settle(target, command_id, what, max(0.0, deadline - loop.time()))
+            if result.lost:
                 return (
                     f"agent {target.name} lost while running {what}; its fate is unknown, so "
-                    f"nothing was undone there ({detail}): check the host before rolling back"
+                    f"nothing was undone there ({result.error}): check the host before rolling back"
                 )
-            commands.remove((command_id, what))
-            how = result.error or (
-                f"signal {result.signal}" if result.signal else f"exit code {result.exit_code}"
-            )
-            ctx.log("engine", f"agent {target.name} reported {what} (command {command_id}): {how}")
         return ""
 
     async def _retire(

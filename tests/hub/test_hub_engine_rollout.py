@@ -21,7 +21,7 @@ from reconciler.runs import RunState, StepStatus
 from reconciler.targets.resolving import Executors
 
 if TYPE_CHECKING:
-    from conftest import AgentProcess, Fleet
+    from conftest import AgentProcess, Fleet, UdpRelay
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +254,79 @@ async def test_an_agent_that_never_reports_back_is_left_as_it_is(
         assert _deploys(tmp_path, "web-2") == ["1.0", "2.0"]
         [step] = [s for s in rec.runs.steps(run.id) if s.key == "rollback:web-2"]
         assert step.status is StepStatus.FAILED and "fate is unknown" in step.error
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await rec.close()
+
+
+async def test_a_task_lost_mid_attempt_is_not_retried_beside_itself(
+    hub: Hub, fleet: Fleet, relay: tuple[UdpRelay, int], tmp_path: Path
+) -> None:
+    """A network cut longer than the reconnect grace: the hub gives the attempt up as lost
+    while the agent runs it on. A retry then would run a second copy; instead the task
+    waits for the agent to report how the attempt ended, and that decides it."""
+    udp_relay, port = relay
+    marker = tmp_path / "migrations"
+    fleet.spawn(hub, "web-1", port=port, labels="role=web")
+    await hub.wait_for_agents(["web-1"], timeout=20)
+    repo = ConfigRepo(tmp_path / "config")
+    repo.commit(
+        {
+            "quicflow.yaml": "users:\n  - {username: alice, email: alice@example.com,"
+            " is_admin: true}\nagents:\n  - {name: web-1, labels: {role: web}}\n",
+            "projects/app/project.yaml": f"""\
+members:
+  - {{user: alice, role: owner}}
+deploy:
+  type: script
+  script:
+    run: echo "$QUICFLOW_VERSION" > version
+pipeline:
+  stages:
+    - name: prepare
+      tasks:
+        - name: migrate
+          run_on: targets
+          retries: 5
+          run: |
+            echo start >> {marker}
+            sleep 6
+            echo end >> {marker}
+    - name: release
+      tasks:
+        - {{name: deploy, uses: deploy}}
+""",
+            "projects/app/environments/prod.yaml": _env("1.0").replace(
+                "selector: {role: web}", "agent: web-1"
+            ),
+        }
+    )
+    rec = Reconciler(
+        GitRepository.open(repo.path),
+        tmp_path / "data",
+        executors=Executors(agents=HubExecutor(hub)),
+    )
+    rec.hub = hub
+    running = asyncio.create_task(rec.reconcile_once())
+    try:
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline and not running.done(), "migrate never started"
+            await asyncio.sleep(0.05)
+        # 3 missed heartbeats (1.5 s) and the reconnect grace (3 s) pass inside the cut.
+        await udp_relay.cut(5.0)
+        report = await asyncio.wait_for(running, 60)
+        [run] = report.runs
+        assert run.state is RunState.SUCCEEDED, run.error
+        assert marker.read_text().split() == ["start", "end"]  # one copy, never two
+        lines = [line.line for line in rec.logs.read(run.id)]
+        assert any("no retry until it reports how that attempt ended" in line for line in lines)
+        assert any(
+            line.startswith("agent web-1 reported on:prepare/migrate/web-1") and "exit code 0" in line
+            for line in lines
+        ), lines
+        assert not any("retrying in" in line for line in lines), lines
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
