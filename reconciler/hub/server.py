@@ -14,7 +14,8 @@ again where frames are decoded (a second stream, or more bytes, closes the conne
 from one address (more are closed: ``hub busy``) and ``PREAUTH_TOTAL`` in all: while
 that many are open the hub does not take on new ones (``_Server`` drops their first
 packets, and the peers' QUIC sends them again), so a reconnect storm is let in a few
-hundred at a time instead of all at once.
+hundred at a time instead of all at once; from half of that on, a newcomer proves its
+source address with a QUIC Retry first, so forged packets take no place.
 
 One name, one agent: a HELLO for a name that is already connected is the same agent back
 (same process ``instance``: the old connection is replaced) or a second agent.  For a
@@ -55,7 +56,8 @@ from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 
 import agent
 from agent import protocol
@@ -338,33 +340,58 @@ class _Server(QuicServer):
     handshake costs the hub milliseconds of CPU; taking on thousands at once after a
     restart made each one too slow to finish before its peer gave up, and starved the
     heartbeats of the agents already connected.
+
+    While ``busy()`` says so (before ``full``), a new connection must first prove its
+    source address with a QUIC Retry (RFC 9000 section 8.1.2): one more round trip,
+    an AES-GCM token, no connection state. Packets with forged source addresses then
+    take no place at all -- without it they could hold the places until HELLO_TIMEOUT
+    and keep every real agent out. aioquic's Retry is on or off for the whole server, so
+    it is switched on per packet: for a new connection while busy, and for any Initial
+    that carries a token (so that one issued while busy is still checked after).
     """
 
     def __init__(
-        self, *, full: Callable[[], bool], dropped: Callable[[], None], **kwargs: Any
+        self,
+        *,
+        full: Callable[[], bool],
+        busy: Callable[[], bool],
+        dropped: Callable[[], None],
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._protocols = _ConnectionIds()
         self._full = full
+        self._busy = busy
         self._dropped = dropped
+        self._tokens = QuicRetryTokenHandler()
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        if self._full() and self._opens_connection(bytes(data)):
-            self._dropped()
-            return
+        data = bytes(data)
+        header = self._opening_header(data)
+        if header is not None:
+            if self._full():
+                self._dropped()
+                return
+            self._retry = self._tokens if header.token or self._busy() else None
         super().datagram_received(data, addr)
 
-    def _opens_connection(self, data: bytes) -> bool:
+    def _opening_header(self, data: bytes) -> QuicHeader | None:
+        """The header of an Initial packet for a new connection, else None (cheaply: the
+        packets of connections already open have short headers and are not parsed)."""
+        if not data or not data[0] & 0x80:
+            return None
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self._configuration.connection_id_length
             )
         except ValueError:
-            return False  # aioquic ignores it as well
-        return (
-            header.packet_type == QuicPacketType.INITIAL
-            and header.destination_cid not in self._protocols
-        )
+            return None  # aioquic ignores it as well
+        if (
+            header.packet_type != QuicPacketType.INITIAL
+            or header.destination_cid in self._protocols
+        ):
+            return None
+        return header
 
     def _connection_terminated(self, protocol: QuicConnectionProtocol) -> None:
         assert isinstance(self._protocols, _ConnectionIds)
@@ -460,6 +487,7 @@ class Hub:
                 configuration=configuration,
                 create_protocol=create,
                 full=self._handshakes_full,
+                busy=self._handshakes_busy,
                 dropped=self._count_unanswered,
             ),
             sock=sock,
@@ -775,6 +803,10 @@ class Hub:
 
     def _handshakes_full(self) -> bool:
         return len(self._preauth) >= self.preauth_total
+
+    def _handshakes_busy(self) -> bool:
+        """Half the places taken: newcomers prove their address first (``_Server``)."""
+        return 2 * len(self._preauth) >= self.preauth_total
 
     def _count_unanswered(self) -> None:
         """A new connection's packet dropped (``_Server``): log how many, now and then."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aioquic.asyncio import QuicConnectionProtocol
 from aioquic.asyncio.client import connect
+from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
 
 from agent import protocol
 from agent.protocol import ExecRequest
@@ -292,3 +295,52 @@ async def test_over_the_total_new_connections_are_not_answered_until_a_place_is_
         assert hub.preauth_usage() == (0, 0)
     finally:
         await hub.stop()
+
+
+async def test_while_busy_a_newcomer_proves_its_address_first_and_a_forged_one_takes_no_place(
+    tmp_path: Path,
+) -> None:
+    """Half the places taken: a new connection gets a QUIC Retry and only a peer that
+    answers it (so it owns its source address) is given a place."""
+    hub = Hub(tmp_path / "data", port=0, heartbeat_interval=HEARTBEAT, preauth_total=4)
+    await hub.start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(2):
+                await stack.enter_async_context(stranger(hub))
+            assert hub.preauth_usage()[0] == 2  # half: busy from here on
+            # What a forger sends: a client's first flight, from an address that never
+            # reads the answer. The answer is a Retry, and the hub holds nothing for it.
+            forged = QuicConnection(configuration=client_configuration())
+            forged.connect(("127.0.0.1", hub.port), now=time.monotonic())
+            loop = asyncio.get_running_loop()
+            answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+            class Listener(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: Any) -> None:
+                    answers.put_nowait(data)
+
+            transport, _ = await loop.create_datagram_endpoint(
+                Listener, remote_addr=("127.0.0.1", hub.port)
+            )
+            try:
+                for datagram, _addr in forged.datagrams_to_send(now=time.monotonic()):
+                    transport.sendto(datagram)
+                answer = await asyncio.wait_for(answers.get(), 5)
+                header = pull_quic_header(Buffer(data=answer), host_cid_length=8)
+                assert header.packet_type == QuicPacketType.RETRY
+                await asyncio.sleep(0.2)
+                assert hub.preauth_usage()[0] == 2
+            finally:
+                transport.close()
+            # A real peer follows the Retry (aioquic's client does) and gets a place.
+            third = await stack.enter_async_context(stranger(hub))
+            assert third.terminated is None and hub.preauth_usage()[0] == 3
+    finally:
+        await hub.stop()
+
+
+def client_configuration() -> QuicConfiguration:
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=[protocol.ALPN])
+    configuration.verify_mode = ssl.CERT_NONE
+    return configuration
