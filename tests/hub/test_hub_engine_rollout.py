@@ -323,7 +323,8 @@ pipeline:
         lines = [line.line for line in rec.logs.read(run.id)]
         assert any("no retry until it reports how that attempt ended" in line for line in lines)
         assert any(
-            line.startswith("agent web-1 reported on:prepare/migrate/web-1") and "exit code 0" in line
+            line.startswith("agent web-1 reported on:prepare/migrate/web-1")
+            and "exit code 0" in line
             for line in lines
         ), lines
         assert not any("retrying in" in line for line in lines), lines
