@@ -19,11 +19,11 @@ takes them out of the index and the counters in the same transaction.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+from reconciler import times
 from reconciler.store import database, paging
 
 _LINES = paging.Query("log_lines", order=("seq",))
@@ -92,15 +92,11 @@ class Entry(NamedTuple):
 
 
 def _time_ns(at: str) -> int:
-    """``at`` (ISO 8601) in ns since the epoch; now when it does not parse."""
+    """``at`` (RFC 3339 / ISO 8601) in ns since the epoch; now when it does not parse."""
     try:
-        moment = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+        return times.parse_time(at)
     except ValueError:
         return time.time_ns()
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 def _entry(value: Sequence[str]) -> Entry:
