@@ -88,17 +88,15 @@ class CoalescedSending:
         except Exception:  # noqa: BLE001 - the peer reset the stream; nothing to deliver
             logger.debug("cannot send on stream %d", stream_id, exc_info=True)
             return
-        space = self._application_space()
-        if space is not None and space.ack_at is not None:
-            # An ACK is owed: let it leave in the packet that carries this data.
-            space.ack_at = self._loop.time()
+        self.acknowledge_now()  # an ACK owed leaves in the packet that carries this data
         if not self._transmit_scheduled and not self._receiving:
             self._transmit_scheduled = True
             self._loop.call_soon(self._flush)
 
     def acknowledge_now(self) -> None:
-        """Make an owed ACK due at once: inside ``datagram_received`` it leaves right after
-        the handlers return, instead of at aioquic's ack timer (one more wake-up)."""
+        """Make an owed ACK due at once: it leaves with the next transmit (inside
+        ``datagram_received``, right after the handlers return) instead of at aioquic's
+        ack timer, a wake-up and a datagram of its own."""
         space = self._application_space()
         if space is not None and space.ack_at is not None:
             space.ack_at = self._loop.time()

@@ -519,7 +519,7 @@ class RunExecutor:
                 target, task.run or "", key=task.name, env=env, timeout=task.timeout
             )
             if result.lost:
-                result = await settle_before_retrying(result)
+                result = await settle_before_retrying()
             if not result.ok:
                 what = f"task {task.name!r}"
                 raise StepFailed(
@@ -531,7 +531,7 @@ class RunExecutor:
                 )
             return {"targets": [target.name]}
 
-        async def settle_before_retrying(lost: CommandResult) -> CommandResult:
+        async def settle_before_retrying() -> CommandResult:
             # The agent went away mid-attempt and may still be running it (a network cut):
             # another attempt now could run beside it. Its own end decides instead.
             command_id, what = ctx.lost_commands[target.name][-1]

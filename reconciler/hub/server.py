@@ -115,6 +115,25 @@ CLAIM_TIMEOUT = 2.0
 LOST_KEPT = 10_000
 
 
+class _Tally:
+    """Counts events that a flood could repeat thousands of times a second, so that they
+    are logged at most once per ``interval`` s, with how many there were."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._count = 0
+        self._reported = float("-inf")
+
+    def add(self) -> int:
+        """Count one; how many to report now (counted since the last report), else 0."""
+        self._count += 1
+        now = time.monotonic()
+        if now - self._reported < self.interval:
+            return 0
+        count, self._count, self._reported = self._count, 0, now
+        return count
+
+
 @dataclass(slots=True)
 class _Pending:
     """A command sent to an agent whose result has not arrived (hub-internal, mutable)."""
@@ -441,10 +460,8 @@ class Hub:
         # Connections still to say HELLO, and how many of them each source address has.
         self._preauth: set[_AgentConnection] = set()
         self._preauth_by_address: Counter[str] = Counter()
-        self._busy_refused = 0
-        self._busy_logged = float("-inf")
-        self._unanswered = 0
-        self._unanswered_logged = float("-inf")
+        self._busy_refused = _Tally()
+        self._unanswered = _Tally()
         self.registry = registry.Registry()
         self.tokens: tokens.TokenStore | None = None
         self.identity: tls.HubIdentity | None = None
@@ -810,34 +827,28 @@ class Hub:
 
     def _count_unanswered(self) -> None:
         """A new connection's packet dropped (``_Server``): log how many, now and then."""
-        self._unanswered += 1
-        now = time.monotonic()
-        if now - self._unanswered_logged >= 10.0:
+        if unanswered := self._unanswered.add():
             logger.warning(
                 "hub busy: %d packet(s) opening new connections not answered while %d"
                 " connections are still to say HELLO (at most %d at a time); their agents"
                 " send them again",
-                self._unanswered,
+                unanswered,
                 len(self._preauth),
                 self.preauth_total,
             )
-            self._unanswered_logged, self._unanswered = now, 0
 
     def _count_preauth(self, connection: _AgentConnection, address: str) -> None:
         """Count a new connection among those still to say HELLO, or close it if too many."""
         if self._preauth_by_address[address] >= self.preauth_per_address:
-            self._busy_refused += 1
-            now = time.monotonic()
-            if now - self._busy_logged >= 10.0:  # a flood must not flood the log too
+            if refused := self._busy_refused.add():
                 logger.warning(
                     "hub busy: refused %d connection(s) (from %s the last): %d connections"
                     " from that address are still to say HELLO (at most %d)",
-                    self._busy_refused,
+                    refused,
                     address,
                     self._preauth_by_address[address],
                     self.preauth_per_address,
                 )
-                self._busy_logged, self._busy_refused = now, 0
             connection.refuse_when_handshaken(
                 CLOSE_BUSY,
                 "hub busy: too many connections from this address still to say HELLO; retry later",
