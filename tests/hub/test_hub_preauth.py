@@ -80,16 +80,31 @@ class Stranger(QuicConnectionProtocol):
         self.transmit()
 
 
+def client_configuration() -> QuicConfiguration:
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=[protocol.ALPN])
+    configuration.verify_mode = ssl.CERT_NONE  # a stranger verifies nothing
+    return configuration
+
+
 @contextlib.asynccontextmanager
 async def stranger(hub: Hub) -> AsyncIterator[Stranger]:
     """A handshaken connection to ``hub`` that has said nothing yet."""
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=[protocol.ALPN])
-    configuration.verify_mode = ssl.CERT_NONE  # a stranger verifies nothing
     async with connect(
-        "127.0.0.1", hub.port, configuration=configuration, create_protocol=Stranger
+        "127.0.0.1", hub.port, configuration=client_configuration(), create_protocol=Stranger
     ) as peer:
         assert isinstance(peer, Stranger)
         yield peer
+
+
+@contextlib.asynccontextmanager
+async def bounded_hub(tmp_path: Path, **bounds: int) -> AsyncIterator[Hub]:
+    """A started hub with the stranger bounds given (``preauth_total``, …)."""
+    hub = Hub(tmp_path / "data", port=0, heartbeat_interval=HEARTBEAT, **bounds)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
 
 
 class Watch:
@@ -239,9 +254,7 @@ async def test_strangers_per_address_are_bounded_and_time_out(
     tmp_path: Path, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server, "HELLO_TIMEOUT", 1.0)
-    hub = Hub(tmp_path / "data", port=0, heartbeat_interval=HEARTBEAT, preauth_per_address=3)
-    await hub.start()
-    try:
+    async with bounded_hub(tmp_path, preauth_per_address=3) as hub:
         async with contextlib.AsyncExitStack() as stack:
             peers = [await stack.enter_async_context(stranger(hub)) for _ in range(3)]
             assert hub.preauth_usage()[0] == 3
@@ -259,17 +272,13 @@ async def test_strangers_per_address_are_bounded_and_time_out(
             await hub.wait_for_agents(["patient"], timeout=20)
         assert hub.preauth_usage() == (0, 0)
         await agent.wait_log("connected to hub")
-    finally:
-        await hub.stop()
 
 
 async def test_over_the_total_new_connections_are_not_answered_until_a_place_is_free(
     tmp_path: Path, fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(server, "HELLO_TIMEOUT", 2.0)
-    hub = Hub(tmp_path / "data", port=0, heartbeat_interval=HEARTBEAT, preauth_total=2)
-    await hub.start()
-    try:
+    async with bounded_hub(tmp_path, preauth_total=2) as hub:
         async with contextlib.AsyncExitStack() as stack:
             with Watch(hub) as watch:
                 peers = [await stack.enter_async_context(stranger(hub)) for _ in range(2)]
@@ -293,8 +302,6 @@ async def test_over_the_total_new_connections_are_not_answered_until_a_place_is_
         await hub.wait_for_agents(["next"], timeout=20)
         await agent.wait_log("connected to hub")
         assert hub.preauth_usage() == (0, 0)
-    finally:
-        await hub.stop()
 
 
 async def test_while_busy_a_newcomer_proves_its_address_first_and_a_forged_one_takes_no_place(
@@ -302,45 +309,34 @@ async def test_while_busy_a_newcomer_proves_its_address_first_and_a_forged_one_t
 ) -> None:
     """Half the places taken: a new connection gets a QUIC Retry and only a peer that
     answers it (so it owns its source address) is given a place."""
-    hub = Hub(tmp_path / "data", port=0, heartbeat_interval=HEARTBEAT, preauth_total=4)
-    await hub.start()
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            for _ in range(2):
-                await stack.enter_async_context(stranger(hub))
-            assert hub.preauth_usage()[0] == 2  # half: busy from here on
-            # What a forger sends: a client's first flight, from an address that never
-            # reads the answer. The answer is a Retry, and the hub holds nothing for it.
-            forged = QuicConnection(configuration=client_configuration())
-            forged.connect(("127.0.0.1", hub.port), now=time.monotonic())
-            loop = asyncio.get_running_loop()
-            answers: asyncio.Queue[bytes] = asyncio.Queue()
+    async with bounded_hub(tmp_path, preauth_total=4) as hub, contextlib.AsyncExitStack() as stack:
+        for _ in range(2):
+            await stack.enter_async_context(stranger(hub))
+        assert hub.preauth_usage()[0] == 2  # half: busy from here on
+        # What a forger sends: a client's first flight, from an address that never
+        # reads the answer. The answer is a Retry, and the hub holds nothing for it.
+        forged = QuicConnection(configuration=client_configuration())
+        forged.connect(("127.0.0.1", hub.port), now=time.monotonic())
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
 
-            class Listener(asyncio.DatagramProtocol):
-                def datagram_received(self, data: bytes, addr: Any) -> None:
-                    answers.put_nowait(data)
+        class Listener(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                answers.put_nowait(data)
 
-            transport, _ = await loop.create_datagram_endpoint(
-                Listener, remote_addr=("127.0.0.1", hub.port)
-            )
-            try:
-                for datagram, _addr in forged.datagrams_to_send(now=time.monotonic()):
-                    transport.sendto(datagram)
-                answer = await asyncio.wait_for(answers.get(), 5)
-                header = pull_quic_header(Buffer(data=answer), host_cid_length=8)
-                assert header.packet_type == QuicPacketType.RETRY
-                await asyncio.sleep(0.2)
-                assert hub.preauth_usage()[0] == 2
-            finally:
-                transport.close()
-            # A real peer follows the Retry (aioquic's client does) and gets a place.
-            third = await stack.enter_async_context(stranger(hub))
-            assert third.terminated is None and hub.preauth_usage()[0] == 3
-    finally:
-        await hub.stop()
-
-
-def client_configuration() -> QuicConfiguration:
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=[protocol.ALPN])
-    configuration.verify_mode = ssl.CERT_NONE
-    return configuration
+        transport, _ = await loop.create_datagram_endpoint(
+            Listener, remote_addr=("127.0.0.1", hub.port)
+        )
+        try:
+            for datagram, _addr in forged.datagrams_to_send(now=time.monotonic()):
+                transport.sendto(datagram)
+            answer = await asyncio.wait_for(answers.get(), 5)
+            header = pull_quic_header(Buffer(data=answer), host_cid_length=8)
+            assert header.packet_type == QuicPacketType.RETRY
+            await asyncio.sleep(0.2)
+            assert hub.preauth_usage()[0] == 2
+        finally:
+            transport.close()
+        # A real peer follows the Retry (aioquic's client does) and gets a place.
+        third = await stack.enter_async_context(stranger(hub))
+        assert third.terminated is None and hub.preauth_usage()[0] == 3
